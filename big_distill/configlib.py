@@ -1,0 +1,94 @@
+"""Shared config pieces: argument parsing for `get_config(arg)` and the defaults of every key.
+
+Config files call `base_config()` and override what their experiment needs, so every run carries
+the same set of keys and a command-line override of a misspelt key fails loudly.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `k=v,k2=v2` (the part after `:` in `--config=file.py:k=v`) against typed defaults.
+
+  Values are converted to the type of their default (bools accept true/false/1/0). A bare `k`
+  means `k=True`. Unknown keys raise ValueError.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r}; known: {", ".join(sorted(defaults))}.')
+    default = defaults[key]
+    if not _:
+      value = 'True'
+    if isinstance(default, bool):
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'Config argument {key}={value!r} is not a bool.')
+      result[key] = value.lower() in ('true', '1')
+    elif default is None:
+      result[key] = value
+    else:
+      result[key] = type(default)(value)
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with defaults; experiments override these."""
+  c = ml_collections.ConfigDict()
+  c.mode = 'distill'  # 'supervised' (train on labels) or 'distill' (match frozen teachers).
+  c.variant = 'funmatch'  # Distillation setup; 'funmatch' = same mixed-up batch for all models.
+  c.seed = 0
+
+  c.input = ml_collections.ConfigDict()
+  c.input.dataset = 'fashion_mnist'  # Any TFDS name with 'image' and 'label' features.
+  c.input.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir.
+  c.input.train_split = 'train'
+  c.input.eval_split = 'test'
+  c.input.batch_size = 128  # Global, over all devices and processes.
+  c.input.eval_batch_size = 1000
+  c.input.resolution = 28  # Student input side; teachers may set their own.
+  c.input.augment = 'crop_flip'  # 'crop_flip' (pad + random crop), 'inception_crop' or 'none'.
+  c.input.crop_padding = 2  # Pixels of padding for 'crop_flip'.
+  c.input.flip = True  # Random horizontal flips in training.
+  c.input.shuffle_buffer = 50_000
+  c.input.cache = False  # Keep decoded examples in host memory (small datasets).
+  c.input.prefetch = 2  # Batches put on device ahead of the step.
+
+  c.student = ml_collections.ConfigDict()  # The model being trained (in both modes).
+  c.student.model = 'bit'
+  c.student.depth = 26
+  c.student.width = 0.25
+
+  c.teachers = []  # Distill mode: list of dicts with model, its kwargs, checkpoint, resolution.
+  c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
+  c.mixup_alpha = 1.0  # Mixing ratio ~ Beta(alpha, alpha), one per batch ('funmatch').
+
+  c.total_steps = ml_collections.FieldReference(None, field_type=int)
+  c.total_epochs = ml_collections.FieldReference(None, field_type=float)  # Used if steps unset.
+  c.optimizer = ml_collections.ConfigDict({'name': 'adam'})  # 'adam' | 'sgd' | 'shampoo' + kwargs.
+  c.lr = 1e-3
+  c.wd = 0.0  # Decoupled weight decay, multiplied by the learning rate; skips biases and norms.
+  c.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+  c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0})
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  return c
+
+
+def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
+  """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute."""
+  config.input.train_split = f'{config.input.train_split.split("[")[0]}[:1024]'
+  config.input.eval_split = f'{config.input.eval_split.split("[")[0]}[:256]'
+  config.input.batch_size = 32
+  config.input.eval_batch_size = 128
+  config.input.shuffle_buffer = 1024
+  config.total_epochs = None
+  config.total_steps = 10
+  config.schedule.warmup_steps = 2
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10

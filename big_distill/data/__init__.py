@@ -1,0 +1,1 @@
+"""Input pipeline: TFDS -> per-process shard -> preprocessing -> batches."""

@@ -1,0 +1,51 @@
+"""Prepares TFDS datasets from files already on the machine, for hosts without internet.
+
+`fashion_mnist` is prepared with TFDS's own builder from the idx files of Debian's package
+`dataset-fashion-mnist`, so the result is the standard TFDS dataset (same name, version, features,
+splits and counts) that `tfds.load('fashion_mnist')` reads afterwards.
+"""
+
+import os
+
+import tensorflow_datasets as tfds
+from tensorflow_datasets.image_classification import mnist
+
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+_FILES = {
+    'train_data': 'train-images-idx3-ubyte.gz',
+    'train_labels': 'train-labels-idx1-ubyte.gz',
+    'test_data': 't10k-images-idx3-ubyte.gz',
+    'test_labels': 't10k-labels-idx1-ubyte.gz',
+}
+
+
+def local_files_available(name: str, source_dir: str = DEBIAN_FASHION_MNIST) -> bool:
+  """Whether `name` can be prepared from local files in `source_dir`."""
+  return name == 'fashion_mnist' and all(
+      os.path.exists(os.path.join(source_dir, f)) for f in _FILES.values())
+
+
+def prepare_fashion_mnist(data_dir: str | None,
+                          source_dir: str = DEBIAN_FASHION_MNIST) -> tfds.core.DatasetBuilder:
+  """Writes the TFDS `fashion_mnist` dataset into `data_dir` from local idx `.gz` files."""
+  with tfds.core.registered.skip_registration():
+
+    class LocalFashionMNIST(mnist.FashionMNIST):
+      name = 'fashion_mnist'
+
+      def _split_generators(self, dl_manager):
+        paths = dl_manager.extract(
+            {k: os.path.join(source_dir, f) for k, f in _FILES.items()})
+        return [
+            tfds.core.SplitGenerator(
+                name=split,
+                gen_kwargs=dict(num_examples=n, data_path=paths[f'{prefix}_data'],
+                                label_path=paths[f'{prefix}_labels']))
+            for split, prefix, n in ((tfds.Split.TRAIN, 'train', 60_000),
+                                     (tfds.Split.TEST, 'test', 10_000))
+        ]
+
+  builder = LocalFashionMNIST(data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder

@@ -1,0 +1,289 @@
+"""BiT ResNet-v2: GroupNorm, weight-standardised convolutions, pre-activation units.
+
+Follows the "Big Transfer" (BiT) definition, so that the released BiT `.npz` files map onto it
+one to one: a 7x7/2 root convolution and a 3x3/2 max-pool (both with the symmetric zero padding of
+the TensorFlow original), four stages of pre-activation bottleneck units (stride on the 3x3
+convolution), a final GroupNorm + ReLU, global average pooling and a linear head (zero-initialised,
+as BiT does). Inputs are NHWC images in [-1, 1].
+
+Checked against google-research/big_transfer (bit_tf2/models.py + normalization.py, bit_jax/models.py,
+bit_pytorch/models.py): zero padding (3, 3) before the VALID 7x7/2 root conv, zero padding (1, 1)
+before the VALID 3x3/2 max-pool, stride on the 3x3 conv (padding (1, 1)), projection on the
+pre-activated input, 32 GroupNorm groups with epsilon 1e-5 and two-pass variance (as
+`tf.nn.moments`), weight standardisation with the biased variance + 1e-10, GroupNorm + ReLU before
+global average pooling.
+
+Widths below 1 (for small experiments) give channel counts that 32 may not divide; GroupNorm then
+uses `gcd(32, channels)` groups (32 whenever the channels allow it, so BiT widths are unaffected).
+
+BiT `.npz` checkpoints: `load_bit_npz` / `save_bit_npz` (and the in-memory
+`bit_npz_dict_to_params` / `params_to_bit_npz_dict`) convert between our parameter tree and the
+released key layout; `bit_npz_key` is the single name mapping both directions use.
+"""
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+# Units per stage for each depth (depth = 3 * sum(units) + 2).
+BLOCK_UNITS = {
+    14: (1, 1, 1, 1),
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def standardize(kernel: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
+  """Weight standardisation over all but the output axis of an HWIO kernel."""
+  kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  return kernel / jnp.sqrt(jnp.var(kernel, axis=(0, 1, 2), keepdims=True) + eps)
+
+
+class StdConv(nn.Module):
+  """Bias-free convolution with a weight-standardised kernel and explicit zero padding."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    pad = ((k - 1) // 2, k - 1 - (k - 1) // 2)
+    x, kernel = nn.dtypes.promote_dtype(x, standardize(kernel), dtype=self.dtype)
+    return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), (pad, pad),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def group_norm(channels: int, name: str, dtype: Any) -> nn.GroupNorm:
+  # Two-pass variance E[(x - E[x])^2] as BiT's `tf.nn.moments`; flax's default E[x^2] - E[x]^2
+  # loses most float32 digits once a group's mean is large relative to its spread.
+  return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-5, use_fast_variance=False,
+                      dtype=dtype, name=name)
+
+
+class BottleneckUnit(nn.Module):
+  """Pre-activation bottleneck: GN-ReLU-conv1x1, GN-ReLU-conv3x3(stride), GN-ReLU-conv1x1."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    out = 4 * self.features
+    residual = x
+    x = nn.relu(group_norm(x.shape[-1], 'gn1', self.dtype)(x))
+    if x.shape[-1] != out or self.stride != 1:
+      residual = StdConv(out, 1, self.stride, self.dtype, name='conv_proj')(x)
+    x = StdConv(self.features, 1, 1, self.dtype, name='conv1')(x)
+    x = nn.relu(group_norm(self.features, 'gn2', self.dtype)(x))
+    x = StdConv(self.features, 3, self.stride, self.dtype, name='conv2')(x)
+    x = nn.relu(group_norm(self.features, 'gn3', self.dtype)(x))
+    x = StdConv(out, 1, 1, self.dtype, name='conv3')(x)
+    return x + residual
+
+
+class ResNetStage(nn.Module):
+  """`units` bottleneck units; the first one strides and projects."""
+  units: int
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for j in range(self.units):
+      x = BottleneckUnit(self.features, self.stride if j == 0 else 1, self.dtype,
+                         name=f'unit{j + 1:02d}')(x)
+    return x
+
+
+class ResNetV2(nn.Module):
+  """BiT ResNet-v2 classifier: `ResNetV2(depth=50, width=1, num_classes=1000)`."""
+  depth: int = 50
+  width: float = 1
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+    if self.depth not in BLOCK_UNITS:
+      raise ValueError(f'ResNetV2 depth {self.depth} is not one of {sorted(BLOCK_UNITS)}.')
+    base = int(64 * self.width)
+    if base < 1:
+      raise ValueError(f'ResNetV2 width {self.width} gives no channels; use width >= 1/64.')
+    x = StdConv(base, 7, 2, self.dtype, name='conv_root')(images)
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    for i, units in enumerate(BLOCK_UNITS[self.depth]):
+      x = ResNetStage(units, base * 2**i, 1 if i == 0 else 2, self.dtype, name=f'block{i + 1}')(x)
+    x = nn.relu(group_norm(x.shape[-1], 'norm_pre_head', self.dtype)(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                 name='head')(x)
+    return x.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# BiT `.npz` checkpoints.
+#
+# Our tree                               BiT key (all under `resnet/`)
+#   conv_root/kernel                     root_block/standardized_conv2d/kernel
+#   blockN/unitMM/gn1/{scale,bias}       blockN/unitMM/a/group_norm/{gamma,beta}  (unit input)
+#   blockN/unitMM/conv1/kernel           blockN/unitMM/a/standardized_conv2d/kernel
+#   blockN/unitMM/conv_proj/kernel       blockN/unitMM/a/proj/standardized_conv2d/kernel
+#   blockN/unitMM/{gn2,conv2}/...        blockN/unitMM/b/...   (GN before / the 3x3 conv)
+#   blockN/unitMM/{gn3,conv3}/...        blockN/unitMM/c/...
+#   norm_pre_head/{scale,bias}           group_norm/{gamma,beta}
+#   head/kernel (C, N)                   head/conv2d/kernel, stored as a 1x1 conv (1, 1, C, N)
+#   head/bias (N,)                       head/conv2d/bias
+# ---------------------------------------------------------------------------------------------
+
+_UNIT_PART = {'gn1': 'a', 'conv1': 'a', 'gn2': 'b', 'conv2': 'b', 'gn3': 'c', 'conv3': 'c'}
+_GN_PARAM = {'scale': 'gamma', 'bias': 'beta'}
+_HEAD_KEYS = ('resnet/head/conv2d/kernel', 'resnet/head/conv2d/bias')
+
+
+def bit_npz_key(path: tuple[str, ...]) -> str:
+  """The BiT `.npz` key of the parameter at `path` in our tree, e.g. ('block1', 'unit01', 'gn1',
+  'scale') -> 'resnet/block1/unit01/a/group_norm/gamma'. Raises ValueError for unknown paths."""
+  match tuple(path):
+    case ('conv_root', 'kernel'):
+      return 'resnet/root_block/standardized_conv2d/kernel'
+    case ('norm_pre_head', p) if p in _GN_PARAM:
+      return f'resnet/group_norm/{_GN_PARAM[p]}'
+    case ('head', ('kernel' | 'bias') as p):
+      return f'resnet/head/conv2d/{p}'
+    case (block, unit, layer, p) if re.fullmatch(r'block\d+', block) and re.fullmatch(
+        r'unit\d+', unit):
+      prefix = f'resnet/{block}/{unit}/'
+      if layer == 'conv_proj' and p == 'kernel':
+        return prefix + 'a/proj/standardized_conv2d/kernel'
+      if layer.startswith('conv') and layer in _UNIT_PART and p == 'kernel':
+        return prefix + f'{_UNIT_PART[layer]}/standardized_conv2d/kernel'
+      if layer.startswith('gn') and layer in _UNIT_PART and p in _GN_PARAM:
+        return prefix + f'{_UNIT_PART[layer]}/group_norm/{_GN_PARAM[p]}'
+  raise ValueError(f'Parameter {"/".join(path)} has no BiT .npz key.')
+
+
+def _npz_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Shape of the parameter at `path` in the `.npz` layout (the head is a 1x1 conv there)."""
+  return (1, 1) + tuple(shape) if tuple(path) == ('head', 'kernel') else tuple(shape)
+
+
+_LAYER_ORDER = ('conv_root', 'gn1', 'conv_proj', 'conv1', 'gn2', 'conv2', 'gn3', 'conv3',
+                'norm_pre_head', 'head')
+_PARAM_ORDER = ('kernel', 'scale', 'bias')
+
+
+def _network_order(path: tuple[str, ...]) -> tuple[Any, ...]:
+  """Sort key putting parameter paths in forward-pass order (so errors name the earliest key)."""
+  stage = [int(re.sub(r'\D', '', p) or 0) for p in path[:-2]]  # blockN, unitMM
+  block = stage[0] if stage else (0 if path[0] == 'conv_root' else 10**6)
+  return (block, stage[1:], _LAYER_ORDER.index(path[-2]), _PARAM_ORDER.index(path[-1]))
+
+
+def _flat_params(params: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+  params = params.unfreeze() if hasattr(params, 'unfreeze') else params
+  return traverse_util.flatten_dict(dict(params))
+
+
+def params_to_bit_npz_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our parameter tree -> {BiT key: float32 array} (the head kernel reshaped to (1, 1, C, N))."""
+  out = {}
+  for path, value in _flat_params(params).items():
+    value = np.asarray(value, dtype=np.float32)
+    out[bit_npz_key(path)] = value.reshape(_npz_shape(path, value.shape))
+  return out
+
+
+def model_param_shapes(model: ResNetV2, input_channels: int = 3
+                       ) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+  """Flat {path: ShapeDtypeStruct} of `model`'s parameters for `input_channels`-channel images,
+  computed abstractly (nothing is allocated). Spatial size does not affect parameter shapes."""
+  images = jax.ShapeDtypeStruct((1, 32, 32, input_channels), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+  return _flat_params(variables['params'])
+
+
+def replace_head(params: Mapping[str, Any], model: ResNetV2) -> dict[str, Any]:
+  """A copy of `params` whose head is zero-initialised (as BiT fine-tuning does) for
+  `model.num_classes` classes; everything else is shared with `params`."""
+  params = dict(params.unfreeze() if hasattr(params, 'unfreeze') else params)
+  features = params['norm_pre_head']['scale'].shape[-1]
+  params['head'] = {'kernel': np.zeros((features, model.num_classes), np.float32),
+                    'bias': np.zeros((model.num_classes,), np.float32)}
+  return params
+
+
+def _describe(model: ResNetV2) -> str:
+  return f'ResNetV2(depth={model.depth}, width={model.width}, num_classes={model.num_classes})'
+
+
+def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_head: bool,
+                       input_channels: int | None, source: str) -> dict[str, Any]:
+  root_key = bit_npz_key(('conv_root', 'kernel'))
+  if input_channels is None:
+    root = arrays.get(root_key)
+    input_channels = root.shape[2] if root is not None and np.ndim(root) == 4 else 3
+  expected = model_param_shapes(model, input_channels)
+  problems, flat = [], {}
+  for path, spec in sorted(expected.items(), key=lambda item: _network_order(item[0])):
+    if skip_head and path[0] == 'head':
+      continue
+    key, want = bit_npz_key(path), _npz_shape(path, spec.shape)
+    if key not in arrays:
+      problems.append(f'{key}: missing from file, model expects {want}')
+    elif tuple(np.shape(arrays[key])) != want:
+      problems.append(f'{key}: file has {tuple(np.shape(arrays[key]))}, model expects {want}')
+    else:
+      flat[path] = np.asarray(arrays[key], dtype=spec.dtype).reshape(spec.shape)
+  known = {bit_npz_key(path) for path in expected} | (set(_HEAD_KEYS) if skip_head else set())
+  problems += [f'{key}: in file with shape {tuple(np.shape(arrays[key]))}, not in model'
+               for key in sorted(set(arrays) - known)]
+  if problems:
+    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
+    raise ValueError(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
+  params = traverse_util.unflatten_dict(flat)
+  return replace_head(params, model) if skip_head else params
+
+
+def bit_npz_dict_to_params(arrays: Mapping[str, np.ndarray], model: ResNetV2, *,
+                           skip_head: bool = False, input_channels: int | None = None
+                           ) -> dict[str, Any]:
+  """Inverse of `params_to_bit_npz_dict`, checked against `model`; see `load_bit_npz`."""
+  return _from_bit_npz_dict(arrays, model, skip_head, input_channels, 'BiT parameters')
+
+
+def load_bit_npz(path: str, model: ResNetV2, *, skip_head: bool = False,
+                 input_channels: int | None = None) -> dict[str, Any]:
+  """Loads a BiT `.npz` checkpoint into a params tree (numpy arrays) for `model`.
+
+  The result matches `model.init(...)['params']`. Every key and shape must match the configured
+  model, else ValueError names the first mismatching key with both shapes (or the missing /
+  unexpected key) in one line. With `skip_head=True` the file's head (if any, of any shape) is
+  ignored and the head comes back zero-initialised with `model.num_classes` classes, as BiT does
+  for fine-tuning. `input_channels` is the image channel count the root kernel must have; None
+  takes it from the file's root kernel (the model itself accepts any channel count).
+  """
+  with np.load(path, allow_pickle=False) as f:
+    arrays = {key: f[key] for key in f.files}
+  return _from_bit_npz_dict(arrays, model, skip_head, input_channels, f'BiT checkpoint {path}')
+
+
+def save_bit_npz(params: Mapping[str, Any], path: str) -> None:
+  """Writes `params` to `path` (used as given, no suffix added) in the BiT `.npz` key layout,
+  as float32. Loading it back with `load_bit_npz` gives the same values exactly."""
+  with open(path, 'wb') as f:
+    np.savez(f, **params_to_bit_npz_dict(params))

@@ -1,0 +1,287 @@
+"""Blocked Shampoo with layer-wise grafting, as an optax ``GradientTransformation``.
+
+Every parameter is viewed as a matrix (the "matrix view"):
+
+* size-1 dimensions are dropped first;
+* what remains of rank 0 or 1 (scalars, biases, norm scales, ``(n, 1)`` kernels)
+  is *not* preconditioned: its update is the grafted optimizer's direction;
+* rank 2 is used as is; rank >= 3 merges all leading dimensions into rows and
+  keeps the last one as columns, so a conv kernel ``HWIO`` becomes
+  ``(H*W*I, O)`` and an attention kernel ``(D, heads, Dh)`` becomes
+  ``(D*heads, Dh)``.
+
+The matrix is cut into blocks of at most ``block_size`` rows and columns
+(consecutive chunks; the last chunk of a dimension may be smaller). Each block
+``G`` keeps its own statistics
+
+    L <- beta2 L + (1 - beta2) G G^T,    R <- beta2 R + (1 - beta2) G^T G
+
+and is preconditioned as
+``L^{-1/p} G R^{-1/p}``. For a tensor with ``k`` preconditioned dimensions the
+root is ``p = 2k``; every preconditioned matrix view has ``k = 2``, hence
+``p = 4`` unless ``exponent_override`` is given. The blocks of one parameter
+are zero-padded to a common shape and stacked, which is exact: a zero-padded
+block yields the same update on its real entries as Shampoo run on the
+unpadded block (every block uses both factors, even a trailing block of one
+row or column).
+
+Inverse roots come from ``jnp.linalg.eigh`` in float32 of the symmetrised
+statistic. Eigenvalues are clipped at 0 and damped *relatively*: each becomes
+``max(lambda_i, 0) + epsilon * lambda_max``; an all-zero statistic gets the
+identity as its root. With ``statistics_dtype`` other than float32 the
+relative damping is raised to at least that dtype's machine epsilon
+(bfloat16: 2^-7), because smaller eigenvalues are rounding noise there.
+Roots are recomputed at 0-based step counts
+``start_preconditioning_step + j * preconditioning_compute_steps`` (j >= 0);
+in between the last roots stored in the state are reused.
+
+Grafting is per parameter: the Shampoo direction of the whole parameter is
+rescaled to the Frobenius norm of the grafted optimizer's direction
+(``'adam'``: bias-corrected RMS-normalised gradient, ``'rmsprop'``: same
+without bias correction, ``'sgd'``: the gradient, ``'none'``: no rescaling and
+the gradient as the direction of unpreconditioned parameters). For the first
+``start_preconditioning_step`` steps every parameter uses the grafted direction.
+Finally an exponential moving average of the update with rate ``b1`` (bias
+corrected, optionally Nesterov as in ``optax.adam``) is applied; the momentum
+thus averages the normalised directions, so before preconditioning
+``graft_type='adam'`` with ``b1=0`` is exactly ``optax.adam(b1=0)`` and with
+``b1 > 0`` it is close to, not identical with, Adam.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GRAFT_TYPES = ("adam", "rmsprop", "sgd", "none")
+
+
+class Factors(NamedTuple):
+    """Left and right Kronecker factors of one parameter, blocks stacked on axis 0."""
+
+    left: jax.Array  # (num_blocks, rows_per_block, rows_per_block)
+    right: jax.Array  # (num_blocks, cols_per_block, cols_per_block)
+
+
+class ShampooState(NamedTuple):
+    """State of :func:`scale_by_shampoo`; every leaf is an array.
+
+    ``stats`` and ``roots`` hold a :class:`Factors` per preconditioned
+    parameter and ``optax.MaskedNode()`` otherwise; ``graft_nu`` (diagonal
+    second moment, only for 'adam'/'rmsprop') and ``mu`` (momentum, only for
+    ``b1 > 0``) are float32 trees like the params or ``MaskedNode``.
+    """
+
+    count: jax.Array  # int32 scalar, number of updates done
+    stats: Any
+    roots: Any
+    graft_nu: Any
+    mu: Any
+
+
+class _Layout(NamedTuple):
+    """Static blocking of one parameter's matrix view."""
+
+    rows: int
+    cols: int
+    block_rows: int
+    block_cols: int
+    num_row_blocks: int
+    num_col_blocks: int
+
+
+def _layout(shape: tuple[int, ...], block_size: int) -> _Layout | None:
+    """Returns the blocking of a parameter, or None if it is not preconditioned."""
+    dims = [d for d in shape if d != 1]
+    if len(dims) < 2:
+        return None
+    rows, cols = math.prod(dims[:-1]), dims[-1]
+    block_rows, block_cols = min(rows, block_size), min(cols, block_size)
+    return _Layout(rows, cols, block_rows, block_cols,
+                   -(-rows // block_rows), -(-cols // block_cols))
+
+
+def _to_blocks(x: jax.Array, lay: _Layout) -> jax.Array:
+    """Parameter-shaped array -> (num_blocks, block_rows, block_cols), zero padded."""
+    m = x.reshape(lay.rows, lay.cols)
+    m = jnp.pad(m, ((0, lay.num_row_blocks * lay.block_rows - lay.rows),
+                    (0, lay.num_col_blocks * lay.block_cols - lay.cols)))
+    m = m.reshape(lay.num_row_blocks, lay.block_rows, lay.num_col_blocks, lay.block_cols)
+    return m.transpose(0, 2, 1, 3).reshape(-1, lay.block_rows, lay.block_cols)
+
+
+def _from_blocks(b: jax.Array, lay: _Layout, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of :func:`_to_blocks`."""
+    m = b.reshape(lay.num_row_blocks, lay.num_col_blocks, lay.block_rows, lay.block_cols)
+    m = m.transpose(0, 2, 1, 3).reshape(lay.num_row_blocks * lay.block_rows,
+                                        lay.num_col_blocks * lay.block_cols)
+    return m[:lay.rows, :lay.cols].reshape(shape)
+
+
+def _inverse_pth_root(stat: jax.Array, p: float, epsilon: float) -> jax.Array:
+    """Batched ``(S + epsilon * lambda_max * I)^{-1/p}`` via float32 eigh; identity for S == 0."""
+    s = stat.astype(jnp.float32)
+    s = 0.5 * (s + jnp.swapaxes(s, -1, -2))
+    w, q = jnp.linalg.eigh(s)
+    w_max = jnp.maximum(jnp.max(w, axis=-1, keepdims=True), 0.0)
+    nonzero = w_max > 0
+    w = jnp.where(nonzero, jnp.maximum(w, 0.0) + epsilon * w_max, 1.0)
+    root = jnp.einsum("...ij,...j,...kj->...ik", q, w ** (-1.0 / p), q)
+    eye = jnp.broadcast_to(jnp.eye(s.shape[-1], dtype=jnp.float32), s.shape)
+    return jnp.where(nonzero[..., None], root, eye)
+
+
+def scale_by_shampoo(
+    block_size: int = 128,
+    beta2: float = 0.999,
+    epsilon: float = 1e-6,
+    preconditioning_compute_steps: int = 10,
+    start_preconditioning_step: int = 10,
+    graft_type: str = "adam",
+    b1: float = 0.9,
+    nesterov: bool = False,
+    graft_eps: float = 1e-8,
+    statistics_dtype: Any = jnp.float32,
+    exponent_override: int | None = None,
+) -> optax.GradientTransformation:
+    """Shampoo preconditioning with grafting and momentum (see module docstring).
+
+    Args:
+      block_size: maximal block side; larger dimensions are split.
+      beta2: EMA rate of the Kronecker statistics and of the graft's second moment.
+      epsilon: relative damping, ``epsilon * lambda_max`` added to every eigenvalue
+        (at least the machine epsilon of ``statistics_dtype``).
+      preconditioning_compute_steps: steps between recomputations of the inverse roots.
+      start_preconditioning_step: number of initial steps that use the grafted update only.
+      graft_type: 'adam', 'rmsprop', 'sgd' or 'none' (no norm grafting).
+      b1: momentum EMA rate applied to the final direction; 0 disables momentum.
+      nesterov: use Nesterov momentum.
+      graft_eps: epsilon of the 'adam'/'rmsprop' graft denominator.
+      statistics_dtype: dtype (or its name) of stored statistics and roots.
+      exponent_override: use the inverse ``p``-th root with this ``p`` instead of 4.
+
+    Returns:
+      A GradientTransformation whose output is to be scaled by ``-learning_rate``.
+    """
+    if graft_type not in GRAFT_TYPES:
+        raise ValueError(f"graft_type must be one of {GRAFT_TYPES}, got {graft_type!r}")
+    if block_size < 1 or preconditioning_compute_steps < 1 or start_preconditioning_step < 0:
+        raise ValueError("need block_size >= 1, preconditioning_compute_steps >= 1, "
+                         "start_preconditioning_step >= 0")
+    if not (0.0 < beta2 < 1.0 and 0.0 <= b1 < 1.0):
+        raise ValueError("need 0 < beta2 < 1 and 0 <= b1 < 1")
+    stat_dtype = jnp.dtype(statistics_dtype)
+    damping = max(epsilon, float(jnp.finfo(stat_dtype).eps))
+    p = 4.0 if exponent_override is None else float(exponent_override)
+    use_nu = graft_type in ("adam", "rmsprop")
+
+    def init_fn(params: optax.Params) -> ShampooState:
+        def stats_init(x):
+            lay = _layout(x.shape, block_size)
+            if lay is None:
+                return optax.MaskedNode()
+            n = lay.num_row_blocks * lay.num_col_blocks
+            return Factors(jnp.zeros((n, lay.block_rows, lay.block_rows), stat_dtype),
+                           jnp.zeros((n, lay.block_cols, lay.block_cols), stat_dtype))
+
+        def roots_init(x):
+            lay = _layout(x.shape, block_size)
+            if lay is None:
+                return optax.MaskedNode()
+            n = lay.num_row_blocks * lay.num_col_blocks
+            eye = lambda k: jnp.broadcast_to(jnp.eye(k, dtype=stat_dtype), (n, k, k))
+            return Factors(eye(lay.block_rows), eye(lay.block_cols))
+
+        zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+        masked = lambda x: optax.MaskedNode()
+        return ShampooState(
+            count=jnp.zeros([], jnp.int32),
+            stats=jax.tree.map(stats_init, params),
+            roots=jax.tree.map(roots_init, params),
+            graft_nu=jax.tree.map(zeros if use_nu else masked, params),
+            mu=jax.tree.map(zeros if b1 > 0 else masked, params),
+        )
+
+    def update_fn(updates: optax.Updates, state: ShampooState,
+                  params: optax.Params | None = None) -> tuple[optax.Updates, ShampooState]:
+        del params
+        count = state.count
+        t = optax.safe_int32_increment(count)
+        tf = t.astype(jnp.float32)
+        treedef = jax.tree.structure(updates)
+        grads = [g.astype(jnp.float32) for g in treedef.flatten_up_to(updates)]
+        layouts = [_layout(g.shape, block_size) for g in grads]
+        blocks = [None if lay is None else _to_blocks(g, lay) for g, lay in zip(grads, layouts)]
+
+        # Kronecker statistics.
+        def new_factors(b, f):
+            if b is None:
+                return f
+            ema = lambda old, new: (beta2 * old.astype(jnp.float32)
+                                    + (1.0 - beta2) * new).astype(stat_dtype)
+            return Factors(ema(f.left, jnp.einsum("nij,nkj->nik", b, b)),
+                           ema(f.right, jnp.einsum("nji,njk->nik", b, b)))
+
+        stats = [new_factors(b, f) for b, f in zip(blocks, treedef.flatten_up_to(state.stats))]
+        stats = treedef.unflatten(stats)
+
+        # Inverse roots, refreshed every `preconditioning_compute_steps` from the start step.
+        since_start = count - start_preconditioning_step
+        refresh = (since_start >= 0) & (since_start % preconditioning_compute_steps == 0)
+        root = lambda a: _inverse_pth_root(a, p, damping).astype(stat_dtype)
+        roots = jax.lax.cond(refresh, lambda s: jax.tree.map(root, s), lambda s: state.roots, stats)
+
+        # Grafted direction.
+        if use_nu:
+            nu = [beta2 * v + (1.0 - beta2) * g * g
+                  for g, v in zip(grads, treedef.flatten_up_to(state.graft_nu))]
+            scale = 1.0 / (1.0 - beta2 ** tf) if graft_type == "adam" else 1.0
+            graft = [g / (jnp.sqrt(v * scale) + graft_eps) for g, v in zip(grads, nu)]
+            graft_nu = treedef.unflatten(nu)
+        else:
+            graft = grads
+            graft_nu = state.graft_nu
+
+        # Shampoo direction, grafted per parameter.
+        preconditioning = count >= start_preconditioning_step
+        directions = []
+        for g, gr, b, lay, r in zip(grads, graft, blocks, layouts, treedef.flatten_up_to(roots)):
+            if lay is None:
+                directions.append(gr)
+                continue
+            pb = jnp.einsum("nij,njk,nkl->nil", r.left.astype(jnp.float32), b,
+                            r.right.astype(jnp.float32))
+            d = _from_blocks(pb, lay, g.shape)
+            if graft_type != "none":
+                d_norm = jnp.linalg.norm(d)
+                ratio = jnp.linalg.norm(gr) / jnp.where(d_norm > 0, d_norm, 1.0)
+                d = d * ratio
+            directions.append(jnp.where(preconditioning, d, gr))
+
+        # Momentum.
+        if b1 > 0:
+            mu = [b1 * m + (1.0 - b1) * d
+                  for d, m in zip(directions, treedef.flatten_up_to(state.mu))]
+            if nesterov:
+                out = [b1 * m / (1.0 - b1 ** (tf + 1.0)) + (1.0 - b1) * d / (1.0 - b1 ** tf)
+                       for d, m in zip(directions, mu)]
+            else:
+                out = [m / (1.0 - b1 ** tf) for m in mu]
+            mu_tree = treedef.unflatten(mu)
+        else:
+            out, mu_tree = directions, state.mu
+
+        orig = treedef.flatten_up_to(updates)
+        out = treedef.unflatten([o.astype(u.dtype) for o, u in zip(out, orig)])
+        return out, ShampooState(count=t, stats=stats, roots=roots, graft_nu=graft_nu, mu=mu_tree)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def shampoo(learning_rate: optax.ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformation:
+    """Shampoo optimizer: :func:`scale_by_shampoo` (``kwargs``) followed by ``-learning_rate``."""
+    return optax.chain(scale_by_shampoo(**kwargs), optax.scale_by_learning_rate(learning_rate))

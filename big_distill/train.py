@@ -1,0 +1,173 @@
+"""The training loop: data, models, state, restore, step, eval, checkpoint. Read top to bottom."""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import periodic_actions
+
+from big_distill import checkpoint, metrics, parallel, steps
+from big_distill.data import input_pipeline
+from big_distill.models import get_model
+from big_distill.optim import make_optimizer
+from big_distill.teachers import load_teachers
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`config.total_steps`, or `config.total_epochs` converted with the global batch size."""
+  if config.total_steps:
+    return int(config.total_steps)
+  if config.total_epochs:
+    return max(1, int(config.total_epochs * num_train_examples / config.input.batch_size))
+  raise ValueError('Set config.total_steps or config.total_epochs.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks that need no data or model, so bad input fails before anything is written."""
+  if config.mode not in ('supervised', 'distill'):
+    raise ValueError(f"config.mode={config.mode!r}; use 'supervised' or 'distill'.")
+  if config.mode == 'distill' and config.variant not in steps.VARIANTS:
+    raise ValueError(f'config.variant={config.variant!r}; use one of {", ".join(steps.VARIANTS)}.')
+  parallel.check_batch_size(config.input.batch_size)
+  parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+
+
+def evaluate(eval_step, params: Any, teacher_params: Any, eval_ds, mesh) -> dict[str, float]:
+  """Runs the eval split once; returns per-example means of the eval step's sums."""
+  totals = None
+  for local in eval_ds.as_numpy_iterator():
+    sums = eval_step(params, teacher_params, parallel.to_global(local, mesh))
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop('count')
+  return {f'eval/{k}': float(v / count) for k, v in totals.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains per `config` in `workdir` (resuming from its latest checkpoint); returns final eval."""
+  validate(config)
+  mesh = parallel.make_mesh()
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  # Data.
+  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
+  num_train = input_pipeline.num_examples(builder, config.input.train_split)
+  input_pipeline.num_examples(builder, config.input.eval_split)
+  num_classes = input_pipeline.num_classes(builder)
+  channels = builder.info.features['image'].shape[-1]
+  image_shape = (config.input.resolution, config.input.resolution, channels)
+  num_steps = total_steps(config, num_train)
+
+  # Models, optimizer and the (student's) training state.
+  student = get_model(**config.student, num_classes=num_classes)
+  tx, schedule = make_optimizer(config, num_steps)
+  rng = jax.random.PRNGKey(config.seed)
+  init = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
+                 out_shardings=replicated)
+  teacher_params = ()
+  if config.mode == 'distill':
+    teachers, teacher_params = load_teachers(config.teachers, num_classes, channels,
+                                             config.input.resolution)
+    teacher_params = jax.device_put(teacher_params, replicated)
+    train_step = functools.partial(
+        steps.distill_step, student=student, teachers=teachers, tx=tx, schedule=schedule,
+        variant=config.variant, temperature=config.temperature, mixup_alpha=config.mixup_alpha)
+    eval_step = functools.partial(steps.distill_eval_step, student=student, teachers=teachers)
+  else:
+    train_step = functools.partial(steps.supervised_step, model=student, tx=tx,
+                                   schedule=schedule)
+    train_step = _ignore_teacher(train_step)
+    eval_step = _ignore_teacher(functools.partial(steps.supervised_eval_step, model=student))
+  train_step = jax.jit(train_step, donate_argnums=0,
+                       in_shardings=(replicated, replicated, batch_sharding, replicated),
+                       out_shardings=(replicated, replicated))
+  eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, batch_sharding),
+                      out_shardings=replicated)
+
+  # Workdir: resume from the latest checkpoint if there is one.
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
+                                    every_steps=config.checkpoint_every_steps)
+  abstract = jax.eval_shape(init, rng)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  state = checkpoint.restore_latest(manager, abstract)
+  if state is None:
+    state = init(rng)
+  start_step = int(state.step)
+  if start_step:
+    logging.info('Resuming from the checkpoint of step %d.', start_step)
+  write_config(config, workdir)
+  writer = metrics.create_writer(workdir)
+  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+
+  # The loop.
+  batches = parallel.prefetch_to_mesh(
+      input_pipeline.train_batches(config.input, builder, seed=config.seed,
+                                   start_step=start_step), mesh, config.input.prefetch)
+  eval_ds = input_pipeline.eval_batches(config.input, builder)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                             every_secs=30)
+  logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
+               num_steps, config.input.batch_size, jax.device_count())
+  eval_results, pending, t_log = {}, [], time.time()
+  for step in range(start_step + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, step_metrics = train_step(state, teacher_params, next(batches),
+                                       jax.random.fold_in(rng, step))
+    pending.append(step_metrics)
+    progress(step)
+    if step % config.log_every_steps == 0 or step == num_steps:
+      means = {f'train/{k}': float(np.mean(v))
+               for k, v in jax.device_get(jax.tree_util.tree_map(
+                   lambda *x: jnp.stack(x), *pending)).items()}
+      now = time.time()
+      means['train/img_per_sec'] = len(pending) * config.input.batch_size / (now - t_log)
+      writer.write_scalars(step, means)
+      pending, t_log = [], now
+      if not np.isfinite(means['train/loss']):
+        raise FloatingPointError(f'Non-finite training loss at step {step}.')
+    if step % config.eval_every_steps == 0 or step == num_steps:
+      with progress.timed('eval'):
+        eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
+      writer.write_scalars(step, eval_results)
+      t_log = time.time()
+    checkpoint.save(manager, step, state, force=step == num_steps)
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  if not eval_results and start_step >= num_steps:
+    eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
+  return eval_results
+
+
+def _ignore_teacher(fn):
+  """Gives a supervised step the distill step's signature (teacher params in 2nd place)."""
+  @functools.wraps(fn)
+  def wrapped(state_or_params, teacher_params, *args):
+    del teacher_params
+    return fn(state_or_params, *args)
+  return wrapped
+
+
+def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out

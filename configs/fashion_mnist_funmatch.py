@@ -1,0 +1,39 @@
+r"""Distils the demo teacher into a smaller BiT student on Fashion-MNIST by function matching.
+
+  python -m big_distill.main --config=configs/fashion_mnist_funmatch.py \
+      --workdir=/tmp/fmnist_student \
+      --config.teachers[0].checkpoint=/tmp/fmnist_teacher/checkpoints
+
+The teacher (R26, width 1/4, from `configs/fashion_mnist_teacher.py`) and the student (R14,
+width 1/4) see the same mixed-up batch; the loss is KL(teacher || student) at `temperature`.
+Arguments: `epochs`, `teacher` (checkpoint path), `runlocal`.
+"""
+
+import ml_collections
+
+from big_distill import configlib
+
+
+def get_config(arg=None):
+  arg = configlib.parse_arg(arg, epochs=4.0, teacher='/tmp/fmnist_teacher/checkpoints',
+                            runlocal=False)
+  config = configlib.base_config()
+  config.mode = 'distill'
+  config.variant = 'funmatch'
+  config.teachers = [ml_collections.ConfigDict(dict(
+      model='bit', depth=26, width=0.25, checkpoint=arg.teacher))]
+  config.student.depth = 14
+  config.student.width = 0.25
+  config.temperature = 1.0
+  config.mixup_alpha = 1.0
+  config.input.cache = True
+  config.total_epochs = arg.epochs
+  config.optimizer = dict(name='adam')
+  config.lr = 3e-3
+  config.wd = 1e-4
+  config.schedule = dict(name='cosine', warmup_steps=200)
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  if arg.runlocal:
+    configlib.shrink_for_local_run(config)
+  return config

@@ -1,0 +1,30 @@
+"""big_distill: knowledge distillation of big vision models, "patient and consistent"."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='big_distill',
+    version='0.1.0',
+    description='Knowledge distillation in JAX/Flax following Beyer et al., CVPR 2022.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['big_distill', 'big_distill.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.5,<0.11',
+        'flax>=0.10,<0.13',
+        'optax>=0.2.4,<0.3',
+        'orbax-checkpoint>=0.11,<0.13',
+        'tensorflow-datasets>=4.9.7,<5',
+        'tensorflow-cpu>=2.18,<2.22; platform_machine=="x86_64"',
+        'tensorflow>=2.18,<2.22; platform_machine!="x86_64"',
+        'tensorboard>=2.18',
+        'importlib_resources',  # Needed by TFDS to prepare datasets.
+        'ml-collections>=0.1.1',
+        'clu>=0.0.12',
+        'absl-py',
+        'numpy',
+        'matplotlib',
+    ],
+    extras_require={'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel']},
+)

@@ -1,0 +1,93 @@
+"""End to end through `python -m big_distill.main`: both modes, checkpoints, resume, 1 vs 4 devices."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from big_distill.models import get_model
+from conftest import FUNMATCH_CONFIG, TEACHER_CONFIG, metric, read_metrics, run_main
+
+TRAIN_KEYS = {'train/loss', 'train/learning_rate', 'train/img_per_sec', 'train/grad_norm',
+              'train/param_norm'}
+DISTILL_EVAL_KEYS = {'eval/student_accuracy', 'eval/teacher_accuracy', 'eval/agreement_top1',
+                     'eval/agreement_top5', 'eval/kl'}
+
+
+def _restore_params(workdir: str, step: int):
+  path = os.path.join(workdir, 'checkpoints', str(step), 'params')
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def test_supervised_run_writes_metrics_config_and_checkpoints(teacher_run):
+  records = read_metrics(teacher_run)
+  keys = set().union(*records)
+  assert TRAIN_KEYS <= keys and {'eval/accuracy', 'eval/loss'} <= keys
+  assert sorted(metric(records, 'train/loss')) == [5, 10]
+  assert 0.0 < metric(records, 'eval/accuracy')[10] <= 1.0
+  assert any('steps_per_sec' in r for r in records)  # clu's progress report.
+  with open(os.path.join(teacher_run, 'config.json')) as f:
+    config = json.load(f)
+  assert config['mode'] == 'supervised' and config['student']['depth'] == 14
+  assert config['total_steps'] == 10
+  assert '10' in os.listdir(os.path.join(teacher_run, 'checkpoints'))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(teacher_run))
+  params = _restore_params(teacher_run, 10)
+  assert params['head']['kernel'].shape == (256, 10)  # R14 x 1/4: 4 * 64 channels.
+
+
+def test_distill_run_trains_only_the_student(distill_run, teacher_run):
+  records = read_metrics(distill_run)
+  assert TRAIN_KEYS | DISTILL_EVAL_KEYS <= set().union(*records)
+  evals = [r for r in records if 'eval/kl' in r][-1]
+  assert 0.0 <= evals['eval/agreement_top1'] <= evals['eval/agreement_top5'] <= 1.0
+  assert evals['eval/kl'] >= 0.0
+  # The teacher's accuracy is that of the supervised run's final checkpoint on the same data.
+  teacher_eval = metric(read_metrics(teacher_run), 'eval/accuracy')[10]
+  assert abs(evals['eval/teacher_accuracy'] - teacher_eval) < 1e-6
+  # Checkpoints hold the student (R14 x 1/8) alone: same tree as a fresh student.
+  params = _restore_params(distill_run, 10)
+  student = get_model('bit', depth=14, width=0.125, num_classes=10)
+  expected = jax.eval_shape(student.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      expected['params'])
+  assert jax.tree_util.tree_map(np.shape, params) == jax.tree_util.tree_map(
+      lambda x: x.shape, expected['params'])
+  opt_state = ocp.StandardCheckpointer().restore(
+      os.path.join(distill_run, 'checkpoints', '10', 'opt_state'))
+  n_student = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  n_opt = sum(np.size(x) for x in jax.tree_util.tree_leaves(opt_state))
+  assert n_opt < 2 * n_student + 10  # Adam's two moments of the student, nothing of the teacher.
+
+
+def test_resume_continues_from_the_latest_checkpoint(tmp_path, teacher_run):
+  """Drop the final checkpoint, rerun the same command: it resumes at step 5 and ends equal."""
+  workdir = str(tmp_path / 'resume')
+  shutil.copytree(teacher_run, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '10'))
+  proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14')
+  assert 'Resuming from the checkpoint of step 5' in proc.stderr
+  resumed, original = _restore_params(workdir, 10), _restore_params(teacher_run, 10)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         resumed, original)
+  losses = metric(read_metrics(workdir), 'train/loss')
+  assert losses[10] == metric(read_metrics(teacher_run), 'train/loss')[10] or np.isclose(
+      losses[10], metric(read_metrics(teacher_run), 'train/loss')[10], rtol=1e-5)
+
+
+def test_four_devices_match_one_device(tmp_path, teacher_run, distill_run):
+  """The same runs with the batch sharded over 4 CPU devices give the same losses."""
+  sup = str(tmp_path / 'sup4')
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', sup, '--config.student.depth=14', devices=4)
+  dis = str(tmp_path / 'dis4')
+  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', dis,
+           '--config.teachers[0].depth=14', '--config.student.width=0.125', devices=4)
+  for one, four in ((teacher_run, sup), (distill_run, dis)):
+    for key in ('train/loss', 'train/grad_norm'):
+      a, b = metric(read_metrics(one), key), metric(read_metrics(four), key)
+      assert a.keys() == b.keys()
+      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
+                                 rtol=2e-4)

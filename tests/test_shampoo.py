@@ -1,0 +1,249 @@
+"""Tests for big_distill.optim.shampoo."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from big_distill.optim import shampoo as sh
+
+
+# ---------------------------------------------------------------- reference --
+
+def _np_inv_root(stat, p, eps):
+    w, q = np.linalg.eigh(stat)
+    w_max = max(w.max(), 0.0)
+    if w_max == 0:
+        return np.eye(len(stat))
+    w = np.maximum(w, 0.0) + eps * w_max
+    return (q * w ** (-1.0 / p)) @ q.T
+
+
+def _np_shampoo(grads, *, beta2, epsilon, b1, nesterov, graft_type, start, every, graft_eps=1e-8):
+    """Dense float64 Shampoo on a list of {name: array} gradients; returns updates.
+
+    Tensors of rank >= 2 (after dropping size-1 dims) use the (prod(leading), last)
+    matrix view, everything else the grafted direction.
+    """
+    state = {}
+    out = []
+    for t, tree in enumerate(grads, start=1):
+        c = t - 1
+        upd = {}
+        for name, g in tree.items():
+            g = np.asarray(g, np.float64)
+            s = state.setdefault(name, {"nu": np.zeros_like(g), "mu": np.zeros_like(g)})
+            s["nu"] = beta2 * s["nu"] + (1 - beta2) * g * g
+            if graft_type == "adam":
+                graft = g / (np.sqrt(s["nu"] / (1 - beta2 ** t)) + graft_eps)
+            elif graft_type == "rmsprop":
+                graft = g / (np.sqrt(s["nu"]) + graft_eps)
+            else:
+                graft = g
+            dims = [d for d in g.shape if d != 1]
+            d = graft
+            if len(dims) >= 2:
+                m = g.reshape(-1, dims[-1])
+                if "L" not in s:
+                    s.update(L=np.zeros((m.shape[0],) * 2), R=np.zeros((m.shape[1],) * 2),
+                             Lr=np.eye(m.shape[0]), Rr=np.eye(m.shape[1]))
+                s["L"] = beta2 * s["L"] + (1 - beta2) * m @ m.T
+                s["R"] = beta2 * s["R"] + (1 - beta2) * m.T @ m
+                if c >= start and (c - start) % every == 0:
+                    s["Lr"] = _np_inv_root(s["L"], 4, epsilon)
+                    s["Rr"] = _np_inv_root(s["R"], 4, epsilon)
+                pm = (s["Lr"] @ m @ s["Rr"]).reshape(g.shape)
+                if graft_type != "none":
+                    pm *= np.linalg.norm(graft) / np.linalg.norm(pm)
+                if c >= start:
+                    d = pm
+            if b1 > 0:
+                s["mu"] = b1 * s["mu"] + (1 - b1) * d
+                if nesterov:
+                    d = b1 * s["mu"] / (1 - b1 ** (t + 1)) + (1 - b1) * d / (1 - b1 ** t)
+                else:
+                    d = s["mu"] / (1 - b1 ** t)
+            upd[name] = d
+        out.append(upd)
+    return out
+
+
+def _run(tx, grads, params=None):
+    params = grads[0] if params is None else params
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    outs = []
+    for g in grads:
+        u, state = update(g, state)
+        outs.append(u)
+    return outs, state
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _grads(shapes, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+            for _ in range(steps)]
+
+
+# -------------------------------------------------------------------- tests --
+
+@pytest.mark.parametrize("kw", [
+    dict(graft_type="none", b1=0.0, nesterov=False, start=0, every=1),
+    dict(graft_type="none", b1=0.9, nesterov=False, start=2, every=3),
+    dict(graft_type="adam", b1=0.9, nesterov=True, start=1, every=2),
+    dict(graft_type="rmsprop", b1=0.5, nesterov=False, start=0, every=1),
+    dict(graft_type="sgd", b1=0.0, nesterov=False, start=3, every=1),
+])
+def test_matches_dense_numpy(kw):
+    shapes = {"w": (6, 5), "conv": (2, 3, 1, 4), "b": (5,), "col": (7, 1)}
+    grads = _grads(shapes, steps=6)
+    common = dict(beta2=0.95, epsilon=1e-4, b1=kw["b1"], nesterov=kw["nesterov"],
+                  graft_type=kw["graft_type"])
+    tx = sh.scale_by_shampoo(block_size=128, preconditioning_compute_steps=kw["every"],
+                             start_preconditioning_step=kw["start"], **common)
+    got, _ = _run(tx, grads)
+    want = _np_shampoo(grads, start=kw["start"], every=kw["every"], **common)
+    for g_step, w_step in zip(got, want):
+        for name in shapes:
+            assert g_step[name].shape == shapes[name]
+            assert _rel(g_step[name], w_step[name]) < 1e-5, name
+
+
+def test_blocking_equals_separate_blocks():
+    grads = _grads({"w": (10, 7)}, steps=5, seed=1)
+    kw = dict(beta2=0.9, epsilon=1e-4, graft_type="none", b1=0.9,
+              preconditioning_compute_steps=2, start_preconditioning_step=1)
+    blocked, state = _run(sh.scale_by_shampoo(block_size=4, **kw), grads)
+    assert state.stats["w"].left.shape == (6, 4, 4)  # 3 x 2 blocks
+    assert state.stats["w"].right.shape == (6, 4, 4)
+    rows, cols = [(0, 4), (4, 8), (8, 10)], [(0, 4), (4, 7)]
+    split = lambda w: {f"{r}{c}": w[r0:r1, c0:c1] for r, (r0, r1) in enumerate(rows)
+                       for c, (c0, c1) in enumerate(cols)}
+    separate, _ = _run(sh.scale_by_shampoo(block_size=128, **kw), [split(g["w"]) for g in grads])
+    for b, s in zip(blocked, separate):
+        for key, block in split(b["w"]).items():
+            assert _rel(block, s[key]) < 1e-5, key
+
+
+def test_faster_than_adam_on_ill_conditioned_least_squares():
+    d, k, n, steps = 32, 8, 64, 1000
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    x = (u * np.logspace(0, -2.05, d)) @ v.T  # rotated, cond(X^T X) = 10^4.1
+    assert np.linalg.cond(x.T @ x) >= 1e4
+    x = jnp.asarray(x, jnp.float32)
+    y = x @ jnp.asarray(rng.normal(size=(d, k)), jnp.float32)
+    loss = lambda w: 0.5 * jnp.sum((x @ w - y) ** 2)
+    w0 = jnp.zeros((d, k))
+    target = 1e-5 * float(loss(w0))
+    lrs = jnp.asarray([0.03, 0.1, 0.3, 1.0, 3.0])
+
+    def steps_to_target(make):
+        def losses(lr):
+            tx = make(lr)
+
+            def step(carry, _):
+                w, s = carry
+                l, g = jax.value_and_grad(loss)(w)
+                upd, s = tx.update(g, s, w)
+                return (optax.apply_updates(w, upd), s), l
+
+            return jax.lax.scan(step, (w0, tx.init(w0)), None, length=steps)[1]
+
+        curves = np.asarray(jax.jit(jax.vmap(losses))(lrs))
+        hits = [np.flatnonzero(c <= target) for c in curves]
+        return [int(h[0]) if h.size else steps + 1 for h in hits]
+
+    adam = steps_to_target(lambda lr: optax.adam(lr))
+    shamp = steps_to_target(lambda lr: sh.shampoo(lr))
+    assert 0 < int(np.argmin(adam)) < len(lrs) - 1  # Adam's best lr is inside the grid
+    assert min(shamp) <= steps and 2 * min(shamp) <= min(adam), (shamp, adam)
+
+
+def _tree(seed=2):
+    rng = np.random.default_rng(seed)
+    shapes = {"conv": {"kernel": (3, 3, 4, 8), "bias": (8,)}, "dense": {"kernel": (40, 6)}}
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                        is_leaf=lambda s: isinstance(s, tuple))
+
+
+def test_jit_sharding_and_orbax_roundtrip(tmp_path):
+    params = _tree()
+    tx = sh.shampoo(1e-2, block_size=16, preconditioning_compute_steps=3,
+                    start_preconditioning_step=4)
+    state = tx.init(params)
+    inner = state[0]
+    assert inner.count.dtype == jnp.int32
+    assert inner.stats["conv"]["kernel"].left.shape == (3, 16, 16)  # (3*3*4, 8) in 16-row blocks
+    assert inner.stats["conv"]["kernel"].right.shape == (3, 8, 8)
+    assert inner.stats["dense"]["kernel"].right.shape == (3, 6, 6)
+    assert inner.stats["conv"]["bias"] == optax.MaskedNode()
+
+    mesh = jax.make_mesh((1,), ("data",))
+    shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), state)
+    update = jax.jit(tx.update, out_shardings=(None, shardings))
+    state = jax.device_put(state, shardings)
+    for g in _grads({"a": ()}, 8):
+        grads = jax.tree.map(lambda p: p * g["a"], params)
+        upd, state = update(grads, state)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(upd))
+    assert int(state[0].count) == 8
+
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp_path / "state", state)
+    ckpt.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = ckpt.restore(tmp_path / "state", abstract)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    u1, _ = update(params, state)
+    u2, _ = update(params, restored)
+    jax.tree.map(np.testing.assert_array_equal, u1, u2)
+
+
+def test_bfloat16_statistics():
+    params = _tree()
+    grads = [_tree(seed) for seed in range(10, 16)]
+    kw = dict(block_size=16, preconditioning_compute_steps=2, start_preconditioning_step=1)
+    u16, s16 = _run(sh.scale_by_shampoo(statistics_dtype="bfloat16", **kw), grads, params)
+    # bfloat16 statistics raise the relative damping to bfloat16's machine epsilon.
+    bf16_eps = float(jnp.finfo(jnp.bfloat16).eps)
+    u32, s32 = _run(sh.scale_by_shampoo(epsilon=bf16_eps, **kw), grads, params)
+    for x in jax.tree.leaves((s16.stats, s16.roots)):
+        assert x.dtype == jnp.bfloat16
+    for x in jax.tree.leaves((s32.stats, s32.roots)):
+        assert x.dtype == jnp.float32
+    for step16, step32 in zip(u16, u32):
+        for a, b in zip(jax.tree.leaves(step16), jax.tree.leaves(step32)):
+            assert a.dtype == jnp.float32 and np.isfinite(np.asarray(a)).all()
+            assert _rel(a, b) < 2e-2
+
+
+def test_adam_graft_before_preconditioning_is_adam_without_momentum():
+    grads = _grads({"w": (5, 4), "b": (4,)}, steps=4, seed=3)
+    lr = optax.linear_schedule(1e-2, 1e-3, 4)
+    got, _ = _run(sh.shampoo(lr, start_preconditioning_step=100, b1=0.0), grads)
+    want, _ = _run(optax.adam(lr, b1=0.0), grads)
+    for g, w in zip(got, want):
+        for name in g:
+            np.testing.assert_allclose(g[name], w[name], rtol=1e-5, atol=1e-8)
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        sh.scale_by_shampoo(graft_type="adagrad")
+    with pytest.raises(ValueError):
+        sh.scale_by_shampoo(preconditioning_compute_steps=0)
+    with pytest.raises(ValueError):
+        sh.scale_by_shampoo(beta2=1.0)
