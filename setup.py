@@ -13,7 +13,7 @@ setup(
     install_requires=[
         'jax>=0.5,<0.11',
         'flax>=0.10,<0.13',
-        'optax>=0.2.4,<0.3',
+        'optax>=0.2.6,<0.3',
         'orbax-checkpoint>=0.11,<0.13',
         'tensorflow-datasets>=4.9.7,<5',
         'tensorflow-cpu>=2.18,<2.22; platform_machine=="x86_64"',

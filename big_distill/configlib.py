@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.model = 'bit'
   c.student.depth = 26
   c.student.width = 0.25
+  c.student.init = ''  # Optional BiT .npz or run to start from (head replaced if classes differ).
 
   c.teachers = []  # Distill mode: list of dicts with model, its kwargs, checkpoint, resolution.
   c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
@@ -91,4 +92,4 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.schedule.warmup_steps = 2
   config.log_every_steps = 5
   config.eval_every_steps = 10
-  config.checkpoint_every_steps = 10
+  config.checkpoint_every_steps = 5

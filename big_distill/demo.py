@@ -45,10 +45,10 @@ def main(argv):
   del argv
   teacher_dir = os.path.join(_WORKDIR.value, 'teacher')
   student_dir = os.path.join(_WORKDIR.value, 'student')
-  teacher_args = f'epochs={_TEACHER_EPOCHS.value}' if _TEACHER_EPOCHS.value else ''
+  teacher_args = f':epochs={_TEACHER_EPOCHS.value}' if _TEACHER_EPOCHS.value else ''
   student_args = f'teacher={teacher_dir}' + (
       f',epochs={_STUDENT_EPOCHS.value}' if _STUDENT_EPOCHS.value else '')
-  t_teacher = run_stage(f'{CONFIGS}/fashion_mnist_teacher.py:{teacher_args}', teacher_dir)
+  t_teacher = run_stage(f'{CONFIGS}/fashion_mnist_teacher.py{teacher_args}', teacher_dir)
   t_student = run_stage(f'{CONFIGS}/fashion_mnist_funmatch.py:{student_args}', student_dir)
   teacher, student = last_metrics(teacher_dir), last_metrics(student_dir)
   rows = [

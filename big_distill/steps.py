@@ -29,10 +29,14 @@ class TrainState:
   opt_state: Any
 
 
+def new_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                image_shape: tuple[int, ...]) -> TrainState:
-  params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  """A fresh state with randomly initialised parameters."""
+  return new_state(model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))['params'], tx)
 
 
 def mixup(rng: jax.Array, images: jax.Array, alpha: float) -> jax.Array:
@@ -46,8 +50,8 @@ def _update(state: TrainState, loss_fn: Callable[[Any], jax.Array],
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-             'param_norm': optax.global_norm(params), 'learning_rate': schedule(state.step)}
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+             'param_norm': optax.tree.norm(params), 'learning_rate': schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

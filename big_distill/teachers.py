@@ -11,10 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from big_distill import checkpoint
-from big_distill.models import bit, get_model
-
-_SPEC_KEYS = ('checkpoint', 'resolution')
-
+from big_distill.models import from_config
 
 @dataclasses.dataclass(frozen=True)
 class Teachers:
@@ -41,9 +38,8 @@ def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, chan
     raise ValueError("config.mode='distill' needs at least one entry in config.teachers.")
   models, resolutions, params = [], [], []
   for i, spec in enumerate(specs):
-    spec = dict(spec)
-    path, resolution = spec.pop('checkpoint', None), spec.pop('resolution', None)
-    model = get_model(**spec, num_classes=num_classes)
+    path, resolution = spec.get('checkpoint'), spec.get('resolution')
+    model = from_config(spec, num_classes)
     res = resolution or default_resolution
     abstract = jax.eval_shape(
         lambda m=model, r=res: m.init(jax.random.PRNGKey(0),
@@ -59,6 +55,4 @@ def _load(path: str | None, model: nn.Module, abstract: Any, name: str) -> Any:
     raise ValueError(f'{name}.checkpoint is not set: give a BiT .npz file or a checkpoint dir.')
   if not os.path.exists(path):
     raise ValueError(f'{name}.checkpoint {path!r} does not exist.')
-  if path.endswith('.npz'):
-    return bit.load_bit_npz(path, model)
-  return checkpoint.load_params(path, abstract)
+  return checkpoint.load_params(path, model, abstract)

@@ -15,7 +15,7 @@ from clu import periodic_actions
 
 from big_distill import checkpoint, metrics, parallel, steps
 from big_distill.data import input_pipeline
-from big_distill.models import get_model
+from big_distill.models import from_config
 from big_distill.optim import make_optimizer
 from big_distill.teachers import load_teachers
 
@@ -72,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = total_steps(config, num_train)
 
   # Models, optimizer and the (student's) training state.
-  student = get_model(**config.student, num_classes=num_classes)
+  student = from_config(config.student, num_classes)
   tx, schedule = make_optimizer(config, num_steps)
   rng = jax.random.PRNGKey(config.seed)
   init = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
@@ -97,15 +97,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, batch_sharding),
                       out_shardings=replicated)
 
-  # Workdir: resume from the latest checkpoint if there is one.
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
-                                    every_steps=config.checkpoint_every_steps)
   abstract = jax.eval_shape(init, rng)
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  init_params = None
+  if config.student.get('init'):
+    init_params = checkpoint.load_params(config.student['init'], student, abstract.params,
+                                         allow_new_head=True)
+
+  # Workdir: resume from the latest checkpoint if there is one.
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   state = checkpoint.restore_latest(manager, abstract)
-  if state is None:
+  if state is None and init_params is not None:
+    state = jax.jit(functools.partial(steps.new_state, tx=tx), out_shardings=replicated)(
+        init_params)
+  elif state is None:
     state = init(rng)
   start_step = int(state.step)
   if start_step:
@@ -145,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
       writer.write_scalars(step, eval_results)
       t_log = time.time()
-    checkpoint.save(manager, step, state, force=step == num_steps)
+    if step % config.checkpoint_every_steps == 0 or step == num_steps:
+      checkpoint.save(manager, step, state)
   manager.wait_until_finished()
   manager.close()
   writer.flush()

@@ -10,6 +10,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_teacher.py')
 FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py')
+# Tiny models at 28x28 keep the end-to-end runs to seconds.
+TINY_TEACHER = ('--config.student.depth=14', '--config.student.width=0.25',
+                '--config.input.resolution=28')
+TINY_STUDENT = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
+                '--config.student.depth=14', '--config.student.width=0.125',
+                '--config.input.resolution=28')
 
 
 def run_main(config: str, workdir: str, *overrides: str, devices: int = 1,
@@ -45,7 +51,7 @@ def fmnist_builder():
 def teacher_run(tmp_path_factory, fmnist_builder):
   """A 10-step supervised run of the demo teacher config on a slice of Fashion-MNIST."""
   workdir = str(tmp_path_factory.mktemp('teacher'))
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14')
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER)
   return workdir
 
 
@@ -53,6 +59,5 @@ def teacher_run(tmp_path_factory, fmnist_builder):
 def distill_run(tmp_path_factory, teacher_run):
   """A 10-step function-matching run distilling `teacher_run` into an R14 x 1/8 student."""
   workdir = str(tmp_path_factory.mktemp('distill'))
-  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir,
-           '--config.teachers[0].depth=14', '--config.student.width=0.125')
+  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT)
   return workdir

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from big_distill import configlib
-from conftest import TEACHER_CONFIG, run_main
+from conftest import TEACHER_CONFIG, TINY_TEACHER, run_main
 
 
 def test_parse_arg_types_and_errors():
@@ -24,8 +24,8 @@ def test_parse_arg_types_and_errors():
 def test_overrides_reach_the_resolved_config(tmp_path):
   """`:k=v` and `--config.a.b=v` both land in DIR/config.json, which drives the run."""
   workdir = str(tmp_path / 'run')
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14',
-           '--config.total_steps=3', '--config.lr=0.0123', '--config.input.batch_size=16',
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER, '--config.total_steps=3',
+           '--config.lr=0.0123', '--config.input.batch_size=16',
            '--config.optimizer.name=sgd', '--config.log_every_steps=3')
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)

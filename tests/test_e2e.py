@@ -9,7 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from big_distill.models import get_model
-from conftest import FUNMATCH_CONFIG, TEACHER_CONFIG, metric, read_metrics, run_main
+from conftest import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, metric,
+                      read_metrics, run_main)
 
 TRAIN_KEYS = {'train/loss', 'train/learning_rate', 'train/img_per_sec', 'train/grad_norm',
               'train/param_norm'}
@@ -36,7 +37,7 @@ def test_supervised_run_writes_metrics_config_and_checkpoints(teacher_run):
   assert '10' in os.listdir(os.path.join(teacher_run, 'checkpoints'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(teacher_run))
   params = _restore_params(teacher_run, 10)
-  assert params['head']['kernel'].shape == (256, 10)  # R14 x 1/4: 4 * 64 channels.
+  assert params['head']['kernel'].shape == (512, 10)  # R14 x 1/4: 4 * 8 * 16 channels.
 
 
 def test_distill_run_trains_only_the_student(distill_run, teacher_run):
@@ -68,7 +69,7 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, teacher_run):
   workdir = str(tmp_path / 'resume')
   shutil.copytree(teacher_run, workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '10'))
-  proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14')
+  proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER)
   assert 'Resuming from the checkpoint of step 5' in proc.stderr
   resumed, original = _restore_params(workdir, 10), _restore_params(teacher_run, 10)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -78,16 +79,21 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, teacher_run):
       losses[10], metric(read_metrics(teacher_run), 'train/loss')[10], rtol=1e-5)
 
 
-def test_four_devices_match_one_device(tmp_path, teacher_run, distill_run):
-  """The same runs with the batch sharded over 4 CPU devices give the same losses."""
-  sup = str(tmp_path / 'sup4')
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', sup, '--config.student.depth=14', devices=4)
-  dis = str(tmp_path / 'dis4')
-  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', dis,
-           '--config.teachers[0].depth=14', '--config.student.width=0.125', devices=4)
-  for one, four in ((teacher_run, sup), (distill_run, dis)):
-    for key in ('train/loss', 'train/grad_norm'):
-      a, b = metric(read_metrics(one), key), metric(read_metrics(four), key)
-      assert a.keys() == b.keys()
-      np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
-                                 rtol=2e-4)
+def test_four_devices_match_one_device(tmp_path, teacher_run):
+  """Both modes with the batch sharded over 4 CPU devices give the losses of 1 device.
+
+  SGD, because Adam turns the rounding differences of another summation order into
+  O(learning-rate) steps on weights whose gradients are ~0, which hides real differences.
+  """
+  sgd = ('--config.optimizer.name=sgd', '--config.total_steps=6', '--config.log_every_steps=1')
+  for name, config, overrides in (
+      ('supervised', f'{TEACHER_CONFIG}:runlocal=True', TINY_TEACHER),
+      ('distill', f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', TINY_STUDENT)):
+    losses = []
+    for devices in (1, 4):
+      workdir = str(tmp_path / f'{name}{devices}')
+      run_main(config, workdir, *overrides, *sgd, devices=devices)
+      losses.append(metric(read_metrics(workdir), 'train/loss'))
+    assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([losses[1][s] for s in range(1, 7)],
+                               [losses[0][s] for s in range(1, 7)], rtol=2e-4, err_msg=name)
