@@ -22,7 +22,8 @@ def _input_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.mark.skipif(not offline.local_files_available('fashion_mnist'),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_offline_preparation_is_the_standard_tfds_dataset(tmp_path):
-  builder = offline.prepare_fashion_mnist(str(tmp_path))
+  builder = input_pipeline.get_builder('fashion_mnist', str(tmp_path))  # Prepares it.
+  assert input_pipeline.num_examples(builder, 'train[:1024]') == 1024
   reference = tfds.builder('fashion_mnist', data_dir=str(tmp_path))  # TFDS's own builder.
   assert reference.is_prepared()
   assert reference.info.name == 'fashion_mnist' and str(reference.info.version) == '3.0.1'

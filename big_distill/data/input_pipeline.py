@@ -28,6 +28,7 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
   if not builder.is_prepared():
     if offline.local_files_available(name):
       offline.prepare_fashion_mnist(data_dir)
+      builder = tfds.builder(name, data_dir=data_dir)  # Reads the prepared dataset's info.
     else:
       builder.download_and_prepare()
   return builder
