@@ -25,12 +25,20 @@ block yields the same update on its real entries as Shampoo run on the
 unpadded block (every block uses both factors, even a trailing block of one
 row or column).
 
-Inverse roots come from ``jnp.linalg.eigh`` in float32 of the symmetrised
-statistic. Eigenvalues are clipped at 0 and damped *relatively*: each becomes
-``max(lambda_i, 0) + epsilon * lambda_max``; an all-zero statistic gets the
-identity as its root. With ``statistics_dtype`` other than float32 the
-relative damping is raised to at least that dtype's machine epsilon
-(bfloat16: 2^-7), because smaller eigenvalues are rounding noise there.
+Inverse roots are computed in float32 with matrix products only, no LAPACK: the
+largest eigenvalue ``lambda_max`` of the symmetrised statistic comes from power
+iteration (on a repeatedly squared copy, then a Rayleigh quotient), the
+statistic is damped *relatively* to ``S + epsilon * lambda_max * I``, and its
+inverse ``p``-th root comes from the coupled Newton iteration (Guo & Higham
+2006, as in Anil et al.'s distributed Shampoo), stopped at convergence or when
+the residual grows (then the previous iterate is kept); an all-zero statistic
+gets the identity as its root. (``jnp.linalg.eigh`` is avoided because on
+XLA:CPU its batched LAPACK kernel schedules work on the intra-op thread pool and
+blocks a pool worker until it is done; several of them running concurrently in
+a train step occupy every worker and deadlock.) With ``statistics_dtype``
+other than float32 the relative damping is raised to at least that dtype's
+machine epsilon (bfloat16: 2^-7), because smaller eigenvalues are rounding
+noise there.
 Roots are recomputed at 0-based step counts
 ``start_preconditioning_step + j * preconditioning_compute_steps`` (j >= 0);
 in between the last roots stored in the state are reused.
@@ -50,11 +58,13 @@ thus averages the normalised directions, so before preconditioning
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 GRAFT_TYPES = ("adam", "rmsprop", "sgd", "none")
@@ -122,17 +132,84 @@ def _from_blocks(b: jax.Array, lay: _Layout, shape: tuple[int, ...]) -> jax.Arra
     return m[:lay.rows, :lay.cols].reshape(shape)
 
 
-def _inverse_pth_root(stat: jax.Array, p: float, epsilon: float) -> jax.Array:
-    """Batched ``(S + epsilon * lambda_max * I)^{-1/p}`` via float32 eigh; identity for S == 0."""
+_matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
+
+def _matrix_power(x: jax.Array, p: int) -> jax.Array:
+    """``x^p`` for a static integer ``p >= 1`` by repeated squaring."""
+    out = None
+    while p:
+        if p & 1:
+            out = x if out is None else _matmul(out, x)
+        p >>= 1
+        if p:
+            x = _matmul(x, x)
+    return out
+
+
+def _max_eigenvalue(s: jax.Array, squarings: int = 5, iters: int = 20) -> jax.Array:
+    """Largest eigenvalue of batched symmetric PSD ``s`` (0 for ``s == 0``).
+
+    Power iteration on ``s^(2^squarings)`` (trace-normalised) finds the top
+    eigenvector; its Rayleigh quotient with ``s`` is the eigenvalue.
+    """
+    tiny = jnp.finfo(jnp.float32).tiny
+    b = s
+    for _ in range(squarings):
+        b = b / jnp.maximum(jnp.trace(b, axis1=-2, axis2=-1), tiny)[..., None, None]
+        b = _matmul(b, b)
+    v0 = np.random.default_rng(0).normal(size=s.shape[-1]).astype(np.float32)
+
+    def step(_, v):
+        v = _matmul(b, v[..., None])[..., 0]
+        return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), tiny)
+
+    v = jax.lax.fori_loop(0, iters, step, step(0, jnp.broadcast_to(v0, s.shape[:-1])))
+    return jnp.sum(v * _matmul(s, v[..., None])[..., 0], axis=-1)
+
+
+def _newton_inverse_root(a: jax.Array, p: int, max_iters: int, tol: float) -> jax.Array:
+    """``a^{-1/p}`` of one symmetric positive definite matrix by the coupled Newton iteration.
+
+    With ``z = (p + 1) / (2 ||a||_F)``, ``M_0 = z a``, ``X_0 = z^{1/p} I`` and
+    ``T_i = ((p + 1) I - M_i) / p``: ``X_{i+1} = X_i T_i -> a^{-1/p}``,
+    ``M_{i+1} = T_i^p M_i -> I``. Stops when ``max |M - I| <= tol``, after
+    ``max_iters`` steps, or when the residual grows by more than 20% (float32
+    noise or an indefinite ``a``), returning the iterate before that step.
+    """
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    z = (1.0 + p) / (2.0 * jnp.linalg.norm(a))
+    m = z * a
+    x = z ** (1.0 / p) * eye
+
+    def cond(c):
+        i, _, _, _, err, ok = c
+        return (i < max_iters) & (err > tol) & ok
+
+    def body(c):
+        i, m, x, _, err, _ = c
+        t = ((p + 1.0) * eye - m) / p
+        m_new = _matmul(_matrix_power(t, p), m)
+        err_new = jnp.max(jnp.abs(m_new - eye))
+        return i + 1, m_new, _matmul(x, t), x, err_new, err_new < 1.2 * err
+
+    init = (jnp.zeros([], jnp.int32), m, x, x, jnp.max(jnp.abs(m - eye)), jnp.bool_(True))
+    _, _, x, x_prev, _, ok = jax.lax.while_loop(cond, body, init)
+    return jnp.where(ok, x, x_prev)
+
+
+def _inverse_pth_root(stat: jax.Array, p: int, epsilon: float, max_iters: int = 100,
+                      tol: float = 1e-6) -> jax.Array:
+    """Batched ``(S + epsilon * lambda_max * I)^{-1/p}`` in float32; identity for S == 0."""
     s = stat.astype(jnp.float32)
     s = 0.5 * (s + jnp.swapaxes(s, -1, -2))
-    w, q = jnp.linalg.eigh(s)
-    w_max = jnp.maximum(jnp.max(w, axis=-1, keepdims=True), 0.0)
-    nonzero = w_max > 0
-    w = jnp.where(nonzero, jnp.maximum(w, 0.0) + epsilon * w_max, 1.0)
-    root = jnp.einsum("...ij,...j,...kj->...ik", q, w ** (-1.0 / p), q)
     eye = jnp.broadcast_to(jnp.eye(s.shape[-1], dtype=jnp.float32), s.shape)
-    return jnp.where(nonzero[..., None], root, eye)
+    lam = _max_eigenvalue(s)
+    nonzero = (lam > 0)[..., None, None]
+    damped = jnp.where(nonzero, s + epsilon * lam[..., None, None] * eye, eye)
+    flat = damped.reshape(-1, *s.shape[-2:])
+    root = jax.vmap(lambda a: _newton_inverse_root(a, p, max_iters, tol))(flat)
+    return jnp.where(nonzero, root.reshape(s.shape), eye)
 
 
 def scale_by_shampoo(
@@ -162,7 +239,7 @@ def scale_by_shampoo(
       nesterov: use Nesterov momentum.
       graft_eps: epsilon of the 'adam'/'rmsprop' graft denominator.
       statistics_dtype: dtype (or its name) of stored statistics and roots.
-      exponent_override: use the inverse ``p``-th root with this ``p`` instead of 4.
+      exponent_override: use the inverse ``p``-th root with this integer ``p`` instead of 4.
 
     Returns:
       A GradientTransformation whose output is to be scaled by ``-learning_rate``.
@@ -176,7 +253,10 @@ def scale_by_shampoo(
         raise ValueError("need 0 < beta2 < 1 and 0 <= b1 < 1")
     stat_dtype = jnp.dtype(statistics_dtype)
     damping = max(epsilon, float(jnp.finfo(stat_dtype).eps))
-    p = 4.0 if exponent_override is None else float(exponent_override)
+    if exponent_override is not None and (int(exponent_override) != exponent_override
+                                          or exponent_override < 1):
+        raise ValueError(f"exponent_override must be a positive integer, got {exponent_override}")
+    p = 4 if exponent_override is None else int(exponent_override)
     use_nu = graft_type in ("adam", "rmsprop")
 
     def init_fn(params: optax.Params) -> ShampooState:
