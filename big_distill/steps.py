@@ -30,6 +30,7 @@ class TrainState:
 
 
 def new_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """Step 0 with `params` and a fresh optimizer state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
@@ -73,10 +74,13 @@ def distill_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batc
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
                  variant: str, temperature: float,
                  mixup_alpha: float) -> tuple[TrainState, Metrics]:
-  """One distillation step: (mixup) -> frozen teachers -> student -> KL -> update."""
+  """One distillation step: (mixup) -> frozen teachers -> student -> KL -> update.
+
+  `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
+  """
   images = batch['image']
   if variant == 'funmatch':
-    images = mixup(rng, images, mixup_alpha)
+    images = mixup(jax.random.fold_in(rng, state.step), images, mixup_alpha)
   teacher_logp = jax.lax.stop_gradient(teachers.log_probs(teacher_params, images, temperature))
 
   def loss_fn(params):

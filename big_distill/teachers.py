@@ -13,6 +13,7 @@ import ml_collections
 from big_distill import checkpoint
 from big_distill.models import from_config
 
+
 @dataclasses.dataclass(frozen=True)
 class Teachers:
   """One or several frozen models whose averaged probabilities are the distillation target."""

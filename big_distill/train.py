@@ -133,8 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_results, pending, t_log = {}, [], time.time()
   for step in range(start_step + 1, num_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, step_metrics = train_step(state, teacher_params, next(batches),
-                                       jax.random.fold_in(rng, step))
+      state, step_metrics = train_step(state, teacher_params, next(batches), rng)
     pending.append(step_metrics)
     progress(step)
     if step % config.log_every_steps == 0 or step == num_steps:
