@@ -7,7 +7,7 @@ r"""Distils the demo teacher into a smaller BiT student on Fashion-MNIST by func
 The teacher (R14, width 1/4, from `configs/fashion_mnist_teacher.py`) and the student (R14,
 width 1/8) see the same mixed-up batch; the loss is KL(teacher || student) at `temperature`.
 Arguments: `epochs`, `teacher` (the teacher run's workdir or checkpoints dir), `runlocal`.
-Expected: about 89.5% student accuracy (teacher 91%) in about 4.5 minutes on 2 CPU cores.
+Expected: about 89% student accuracy (teacher 91%) in about 4 minutes on 2 CPU cores.
 """
 
 import ml_collections
