@@ -37,7 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
   """Every key the trainer reads, with defaults; experiments override these."""
   c = ml_collections.ConfigDict()
   c.mode = 'distill'  # 'supervised' (train on labels) or 'distill' (match frozen teachers).
-  c.variant = 'funmatch'  # Distillation setup; 'funmatch' = same mixed-up batch for all models.
+  # Distillation setup (what the teacher sees): 'fixed' (un-augmented image), 'independent' (its
+  # own augmentation), 'consistent' (the student's augmented image), 'funmatch' (consistent + mixup).
+  c.variant = 'funmatch'
+  # 'fixed' only: .npy file of precomputed teacher logits (relative paths are in the workdir),
+  # computed on first use and reused by later runs; '' computes the teacher every step.
+  c.teacher_logits_cache = ''
   c.seed = 0
 
   c.input = ml_collections.ConfigDict()
@@ -54,6 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.shuffle_buffer = 50_000
   c.input.cache = False  # Keep decoded examples in host memory (small datasets).
   c.input.prefetch = 2  # Batches put on device ahead of the step.
+  c.input.central_crop = 1.0  # Eval: resize the short side to resolution / this, crop the centre.
+  # Data order is a function of (seed, step, data_shards): each of `data_shards` slices of the
+  # train split is shuffled and augmented on its own and fills its rows of every global batch.
+  # 0 means one shard per process; equal values give equal batches on any process layout.
+  c.input.data_shards = 0
+  # Function matching on extra images: an unlabelled TFDS source mixed into the train batches.
+  c.input.extra_data = ml_collections.ConfigDict(dict(
+      dataset='', split='train', fraction=0.5,  # Share of every batch taken from the extra data.
+      data_dir=ml_collections.FieldReference(None, field_type=str)))
 
   c.student = ml_collections.ConfigDict()  # The model being trained (in both modes).
   c.student.model = 'bit'
@@ -80,8 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
-  """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute."""
+def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = False) -> None:
+  """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute.
+
+  `tiny_models` also swaps in BiT R14 models (student width 1/8, teachers width 1/4, each
+  teacher at the student's resolution) at 32 px, for configs whose real models are too big for
+  a CPU; the teacher checkpoints must then be R14 x1/4 files.
+  """
   config.input.train_split = f'{config.input.train_split.split("[")[0]}[:1024]'
   config.input.eval_split = f'{config.input.eval_split.split("[")[0]}[:256]'
   config.input.batch_size = 32
@@ -93,3 +112,8 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.log_every_steps = 5
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 5
+  if tiny_models:
+    config.input.resolution = 32
+    config.student.update(depth=14, width=0.125)
+    config.teachers = [ml_collections.ConfigDict(dict(t, depth=14, width=0.25, resolution=None))
+                       for t in config.teachers]

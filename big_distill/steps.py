@@ -1,8 +1,14 @@
 """Pure train and eval steps. `train.py` compiles them with `jax.jit` and mesh shardings.
 
-Distillation (function matching): one batch, one mixup with a ratio drawn per batch, the same
-mixed images to the frozen teacher(s) and the student, loss KL(teacher || student) at a
-temperature. Teacher parameters are an argument, never differentiated or optimised.
+Distillation: the frozen teacher(s) and the student each get a view of the batch, the loss is
+KL(teacher || student) at a temperature. Teacher parameters are an argument, never differentiated
+or optimised. The variants of the paper differ only in what the teacher sees (`TEACHER_VIEWS`,
+produced by the input pipeline) and in mixup:
+
+- `fixed`: the un-augmented image (or its precomputed logits), the student an augmentation;
+- `independent`: its own random augmentation of the same image;
+- `consistent`: the student's augmented image;
+- `funmatch`: `consistent`, after mixup of the batch (function matching).
 """
 
 from typing import Any, Callable
@@ -14,11 +20,13 @@ import jax.numpy as jnp
 import optax
 
 from big_distill import losses
-from big_distill.teachers import Teachers
+from big_distill import teachers as teachers_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-VARIANTS = ('funmatch', 'consistent')
+TEACHER_VIEWS = {'fixed': 'unaugmented', 'independent': 'augmented', 'consistent': 'same',
+                 'funmatch': 'same'}
+VARIANTS = tuple(TEACHER_VIEWS)
 
 
 @flax.struct.dataclass
@@ -69,19 +77,34 @@ def supervised_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: n
   return _update(state, loss_fn, tx, schedule)
 
 
+def distill_inputs(batch: Batch, rng: jax.Array, variant: str,
+                   mixup_alpha: float) -> tuple[jax.Array | None, jax.Array]:
+  """(teacher images, student images) of a `variant`; teacher images are None with cached logits."""
+  images = batch['image']
+  if variant == 'funmatch':
+    images = mixup(rng, images, mixup_alpha)
+  if 'teacher_logits' in batch:
+    return None, images
+  return batch.get('teacher_image', images), images
+
+
 def distill_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
-                 rng: jax.Array, *, student: nn.Module, teachers: Teachers,
+                 rng: jax.Array, *, student: nn.Module, teachers: teachers_lib.Teachers,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
                  variant: str, temperature: float,
                  mixup_alpha: float) -> tuple[TrainState, Metrics]:
-  """One distillation step: (mixup) -> frozen teachers -> student -> KL -> update.
+  """One distillation step: views (mixup) -> frozen teachers -> student -> KL -> update.
 
-  `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
+  `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`. A batch with
+  `teacher_logits` (the fixed teacher's, precomputed) skips the teachers' forward pass.
   """
-  images = batch['image']
-  if variant == 'funmatch':
-    images = mixup(jax.random.fold_in(rng, state.step), images, mixup_alpha)
-  teacher_logp = jax.lax.stop_gradient(teachers.log_probs(teacher_params, images, temperature))
+  teacher_images, images = distill_inputs(batch, jax.random.fold_in(rng, state.step), variant,
+                                          mixup_alpha)
+  if teacher_images is None:
+    teacher_logp = teachers_lib.combine(batch['teacher_logits'], temperature)
+  else:
+    teacher_logp = teachers.log_probs(teacher_params, teacher_images, temperature)
+  teacher_logp = jax.lax.stop_gradient(teacher_logp)
 
   def loss_fn(params):
     logits = student.apply({'params': params}, images)
@@ -101,7 +124,7 @@ def supervised_eval_step(params: Any, batch: Batch, *, model: nn.Module) -> Metr
 
 
 def distill_eval_step(params: Any, teacher_params: tuple[Any, ...], batch: Batch, *,
-                      student: nn.Module, teachers: Teachers) -> Metrics:
+                      student: nn.Module, teachers: teachers_lib.Teachers) -> Metrics:
   """Sums over real examples: both accuracies, top-1/top-5 agreement, KL at temperature 1."""
   logits = student.apply({'params': params}, batch['image'])
   teacher_logp = teachers.log_probs(teacher_params, batch['image'], 1.0)

@@ -1,14 +1,21 @@
 """Frozen teachers: loading (BiT `.npz` or an orbax checkpoint of a supervised run), ensembles
-(averaged probabilities) and per-teacher input resolutions."""
+(averaged probabilities), per-teacher input resolutions, and precomputed logits for the fixed
+teacher (computed once, stored with a fingerprint of the teachers and data they came from)."""
 
 import dataclasses
+import hashlib
+import json
 import os
-from typing import Any
+from typing import Any, Callable, Iterable
+
+from absl import logging
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from big_distill import checkpoint
 from big_distill.models import from_config
@@ -20,16 +27,26 @@ class Teachers:
   models: tuple[nn.Module, ...]
   resolutions: tuple[int | None, ...]
 
-  def log_probs(self, params: tuple[Any, ...], images: jax.Array,
-                temperature: float) -> jax.Array:
-    """log(mean_k softmax(logits_k / T)); each teacher sees `images` resized to its resolution."""
-    logps = []
+  def logits(self, params: tuple[Any, ...], images: jax.Array) -> jax.Array:
+    """[batch, teacher, class] logits; each teacher sees `images` resized to its resolution."""
+    out = []
     for model, resolution, p in zip(self.models, self.resolutions, params):
       x = images
       if resolution and resolution != images.shape[1]:
         x = jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), 'bilinear')
-      logps.append(jax.nn.log_softmax(model.apply({'params': p}, x) / temperature))
-    return jax.nn.logsumexp(jnp.stack(logps), axis=0) - jnp.log(len(logps))
+      out.append(model.apply({'params': p}, x))
+    return jnp.stack(out, axis=1)
+
+  def log_probs(self, params: tuple[Any, ...], images: jax.Array,
+                temperature: float) -> jax.Array:
+    """log(mean_k softmax(logits_k / T)) of the teachers on `images`."""
+    return combine(self.logits(params, images), temperature)
+
+
+def combine(logits: jax.Array, temperature: float) -> jax.Array:
+  """[batch, teacher, class] logits -> log of the teachers' mean softmax at temperature T."""
+  logps = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+  return jax.nn.logsumexp(logps, axis=1) - jnp.log(logits.shape[1])
 
 
 def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, channels: int,
@@ -57,3 +74,63 @@ def _load(path: str | None, model: nn.Module, abstract: Any, name: str) -> Any:
   if not os.path.exists(path):
     raise ValueError(f'{name}.checkpoint {path!r} does not exist.')
   return checkpoint.load_params(path, model, abstract)
+
+
+def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],
+                **data: Any) -> dict[str, Any]:
+  """What precomputed logits depend on: each teacher's model, a hash of its weights, the data."""
+  teachers = []
+  for spec, p in zip(specs, params):
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(p):
+      digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    teachers.append({**{k: v for k, v in spec.items() if k != 'checkpoint'},
+                     'params_sha256': digest.hexdigest()})
+  return {'teachers': teachers, **data}
+
+
+def cached_logits(path: str, meta: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+  """The [example, teacher, class] logits stored at `path` if they were made for `meta`.
+
+  Computes and stores them (`path` and `path.json`, written atomically by process 0) if `path`
+  does not exist; raises ValueError if it holds logits of other teachers or data.
+  """
+  meta = json.loads(json.dumps(meta))
+  meta_path = path + '.json'
+  if os.path.exists(path):
+    try:
+      with open(meta_path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError):
+      stored = {}
+    stale = sorted(k for k in set(meta) | set(stored) if meta.get(k) != stored.get(k))
+    if stale:
+      raise ValueError(f'config.teacher_logits_cache {path!r} holds logits of other teachers '
+                       f'or data (differs in: {", ".join(stale)}); delete it or set '
+                       'config.teacher_logits_cache to a new path.')
+    logging.info('Reusing the teacher logits in %s.', path)
+    return np.load(path, mmap_mode='r')
+  logging.info('Precomputing teacher logits into %s.', path)
+  logits = compute()
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      np.save(f, logits)
+    with open(meta_path + '.tmp', 'w') as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(meta_path + '.tmp', meta_path)
+    os.replace(path + '.tmp', path)
+  return logits
+
+
+def compute_logits(logits_fn: Callable[[dict[str, jax.Array]], jax.Array],
+                   batches: Iterable[dict[str, jax.Array]], num: int) -> np.ndarray:
+  """Runs `logits_fn` over global batches with `index` and `mask`; returns [num, ...] logits."""
+  table = None
+  for batch in batches:
+    out, index, mask = (multihost_utils.process_allgather(x, tiled=True)
+                        for x in (logits_fn(batch), batch['index'], batch['mask']))
+    if table is None:
+      table = np.zeros((num, *out.shape[1:]), np.float32)
+    table[index[mask > 0]] = out[mask > 0]
+  return table

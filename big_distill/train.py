@@ -14,10 +14,10 @@ import numpy as np
 from clu import periodic_actions
 
 from big_distill import checkpoint, metrics, parallel, steps
+from big_distill import teachers as teachers_lib
 from big_distill.data import input_pipeline
 from big_distill.models import from_config
 from big_distill.optim import make_optimizer
-from big_distill.teachers import load_teachers
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -35,6 +35,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.mode={config.mode!r}; use 'supervised' or 'distill'.")
   if config.mode == 'distill' and config.variant not in steps.VARIANTS:
     raise ValueError(f'config.variant={config.variant!r}; use one of {", ".join(steps.VARIANTS)}.')
+  if config.teacher_logits_cache and (config.mode, config.variant) != ('distill', 'fixed'):
+    raise ValueError("config.teacher_logits_cache needs config.variant='fixed' (only a teacher "
+                     'that sees un-augmented images has logits that can be precomputed).')
+  if config.input.extra_data.dataset:
+    if config.mode != 'distill' or config.teacher_logits_cache:
+      raise ValueError('config.input.extra_data needs distill mode without a teacher logits cache '
+                       '(extra images have no labels and no precomputed logits).')
+    if not 0 < config.input.extra_data.fraction < 1:
+      raise ValueError(f'config.input.extra_data.fraction={config.input.extra_data.fraction}; '
+                       'use a share of the batch between 0 and 1.')
   parallel.check_batch_size(config.input.batch_size)
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
 
@@ -67,7 +77,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_train = input_pipeline.num_examples(builder, config.input.train_split)
   input_pipeline.num_examples(builder, config.input.eval_split)
   num_classes = input_pipeline.num_classes(builder)
-  channels = builder.info.features['image'].shape[-1]
+  channels = input_pipeline.channels(builder)
+  extra = config.input.extra_data
+  extra_builder = (input_pipeline.get_builder(extra.dataset, extra.data_dir)
+                   if extra.dataset else None)
+  if extra_builder:
+    input_pipeline.num_examples(extra_builder, extra.split)
   image_shape = (config.input.resolution, config.input.resolution, channels)
   num_steps = total_steps(config, num_train)
 
@@ -77,9 +92,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.PRNGKey(config.seed)
   init = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
                  out_shardings=replicated)
-  teacher_params = ()
+  teacher_params, teacher_view = (), 'same'
   if config.mode == 'distill':
-    teachers, teacher_params = load_teachers(config.teachers, num_classes, channels,
+    teacher_view = 'index' if config.teacher_logits_cache else steps.TEACHER_VIEWS[config.variant]
+    teachers, teacher_params = teachers_lib.load_teachers(config.teachers, num_classes, channels,
                                              config.input.resolution)
     teacher_params = jax.device_put(teacher_params, replicated)
     train_step = functools.partial(
@@ -122,9 +138,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
 
   # The loop.
-  batches = parallel.prefetch_to_mesh(
-      input_pipeline.train_batches(config.input, builder, seed=config.seed,
-                                   start_step=start_step), mesh, config.input.prefetch)
+  batches = input_pipeline.train_batches(config.input, builder, seed=config.seed,
+                                         start_step=start_step, teacher_view=teacher_view,
+                                         extra_builder=extra_builder)
+  if teacher_view == 'index':
+    table = _teacher_logits(config, workdir, builder, teachers, teacher_params, mesh)
+    batches = ({**b, 'teacher_logits': np.asarray(table[b.pop('index')])} for b in batches)
+  batches = parallel.prefetch_to_mesh(batches, mesh, config.input.prefetch)
   eval_ds = input_pipeline.eval_batches(config.input, builder)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=30)
@@ -159,6 +179,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if not eval_results and start_step >= num_steps:
     eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
   return eval_results
+
+
+def _teacher_logits(config: ml_collections.ConfigDict, workdir: str, builder, teachers,
+                    teacher_params: tuple[Any, ...], mesh) -> np.ndarray:
+  """The fixed teachers' [example, teacher, class] logits on the un-augmented train split."""
+  split = config.input.train_split
+  num = input_pipeline.num_examples(builder, split)
+  meta = teachers_lib.fingerprint(
+      config.teachers, teacher_params, dataset=builder.info.full_name, split=split,
+      num_examples=num, resolution=config.input.resolution,
+      central_crop=config.input.central_crop)
+  logits_fn = jax.jit(lambda p, batch: teachers.logits(p, batch['image']),
+                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                      out_shardings=parallel.batch_sharded(mesh))
+  batches = (parallel.to_global(b, mesh) for b in input_pipeline.eval_batches(
+      config.input, builder, split=split, cache=False).as_numpy_iterator())
+  return teachers_lib.cached_logits(
+      os.path.join(workdir, config.teacher_logits_cache), meta,
+      lambda: teachers_lib.compute_logits(functools.partial(logits_fn, teacher_params), batches,
+                                          num))
 
 
 def _ignore_teacher(fn):

@@ -1,9 +1,15 @@
-"""TFDS input pipeline: per-process shards, deterministic augmentation, fixed-size batches.
+"""TFDS input pipeline: data shards, deterministic augmentation, teacher views, fixed-size batches.
 
-Every random choice of the training stream is a pure function of (seed, process, example
-position): the shuffle is seeded and each example's augmentation uses stateless ops seeded by
-its position in the stream, so a run restarted at step `s` sees exactly the batches it would have
-seen (`start_step` skips what was consumed). Images come out as float32 in [-1, 1] (BiT).
+The train split is cut into `data_shards` contiguous slices (default: one per process); each slice
+is shuffled and augmented on its own and fills its own rows of every global batch, and a process
+reads only its slices. Every random choice is a pure function of (seed, shard, stream position):
+the shuffle is seeded and each example's augmentation uses stateless ops seeded by its position,
+so a run restarted at step `s` sees exactly the batches it would have seen (`start_step` skips what
+was consumed), on any process layout with the same `data_shards`. Images are float32 in [-1, 1].
+
+What the teacher sees is the distillation variant's business (`TEACHER_VIEWS`): the student's
+image (no extra key), its own augmentation or the un-augmented image (`teacher_image`), or nothing
+but the example's position in the split (`index`), to look up precomputed logits.
 """
 
 from typing import Iterator
@@ -17,6 +23,7 @@ import tensorflow_datasets as tfds
 from big_distill.data import offline
 
 Batch = dict[str, np.ndarray]
+TEACHER_VIEWS = ('same', 'augmented', 'unaugmented', 'index')
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -47,14 +54,36 @@ def num_classes(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['label'].num_classes
 
 
+def channels(builder: tfds.core.DatasetBuilder) -> int:
+  return builder.info.features['image'].shape[-1]
+
+
 def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
-def _resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
-  if image.shape[0] == resolution and image.shape[1] == resolution:
+def _resize(image: tf.Tensor, size: tf.Tensor | tuple[int, int]) -> tf.Tensor:
+  return tf.image.resize(image, size, method='bilinear', antialias=True)
+
+
+def _match_channels(image: tf.Tensor, num_channels: int) -> tf.Tensor:
+  """Grey <-> RGB, for extra data whose images differ from the main dataset's."""
+  if image.shape[-1] == num_channels:
     return image
-  return tf.image.resize(image, (resolution, resolution), method='bilinear', antialias=True)
+  return tf.image.grayscale_to_rgb(image) if num_channels == 3 else tf.image.rgb_to_grayscale(image)
+
+
+def eval_image(image: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
+  """Un-augmented: short side resized to `resolution / central_crop`, centre crop, float32."""
+  image = _to_float(image)
+  shape = tf.shape(image)
+  scale = cfg.resolution / cfg.central_crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+  size = tf.maximum(cfg.resolution, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale),
+                                            tf.int32))
+  if cfg.central_crop != 1.0 or tuple(image.shape[:2]) != (cfg.resolution, cfg.resolution):
+    image = _resize(image, size)
+  top, left = (size[0] - cfg.resolution) // 2, (size[1] - cfg.resolution) // 2
+  return tf.image.crop_to_bounding_box(image, top, left, cfg.resolution, cfg.resolution)
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
@@ -62,10 +91,10 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = _to_float(image)
   if cfg.augment == 'crop_flip':
-    h, w, c = image.shape
+    shape = tf.shape(image)
     p = cfg.crop_padding
     image = tf.pad(image, [[p, p], [p, p], [0, 0]], constant_values=-1.0)
-    image = tf.image.stateless_random_crop(image, (h, w, c), seed=crop_seed)
+    image = tf.image.stateless_random_crop(image, shape, seed=crop_seed)
   elif cfg.augment == 'inception_crop':
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=crop_seed,
@@ -75,53 +104,131 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
   elif cfg.augment != 'none':
     raise ValueError(f"Unknown input.augment {cfg.augment!r}; use 'crop_flip', "
                      "'inception_crop' or 'none'.")
-  image = _resize(image, cfg.resolution)
+  if tuple(image.shape[:2]) != (cfg.resolution, cfg.resolution):
+    image = _resize(image, (cfg.resolution, cfg.resolution))
   if cfg.flip:
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
   return image
 
 
-def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                  seed: int, start_step: int = 0) -> Iterator[Batch]:
-  """Endless per-process training batches of `cfg.batch_size // process_count` examples."""
-  local_batch = cfg.batch_size // jax.process_count()
-  split = tfds.split_for_jax_process(cfg.train_split, drop_remainder=True)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+def process_slices(builder: tfds.core.DatasetBuilder, split: str, slices: int, *,
+                   drop_remainder: bool) -> list[tuple[int, object, int]]:
+  """This process's share of `slices` contiguous slices of `split`: (slice, subsplit, offset).
+
+  Slice `v` belongs to process `v * process_count // slices`; `offset` is the position of the
+  slice's first example in `split`, so `offset + position` identifies an example on any layout.
+  """
+  procs = jax.process_count()
+  if slices % procs:
+    raise ValueError(f'input.data_shards={slices} is not a multiple of the {procs} processes.')
+  subsplits = tfds.even_splits(split, n=slices, drop_remainder=drop_remainder)
+  sizes = [builder.info.splits[s].num_examples for s in subsplits]
+  offsets = np.cumsum([0] + sizes[:-1])
+  return [(v, s, int(offsets[v])) for v, s in enumerate(subsplits)
+          if v * procs // slices == jax.process_index()]
+
+
+def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
+            cfg: ml_collections.ConfigDict, *, seed: int, skip: int, views) -> tf.data.Dataset:
+  """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in."""
+  ds = builder.as_dataset(split=subsplit, shuffle_files=False).enumerate(start=offset)
   if cfg.cache:
     ds = ds.cache()
   ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.enumerate().skip(start_step * local_batch)
-  base_seed = tf.constant([seed, jax.process_index()], tf.int64)
+  ds = ds.enumerate().skip(skip)
+  base_seed = tf.constant([0, seed], tf.int64)
+
+  def preprocess(position, indexed):
+    index, example = indexed
+    return views(example, index, tf.random.experimental.stateless_fold_in(base_seed, position))
+
+  return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _extra_rows_pattern(rows: int, extra: int) -> tf.data.Dataset:
+  """Endless 0/1 source choices: `extra` of every `rows` from source 1, spread evenly."""
+  pattern = [(i + 1) * extra // rows - i * extra // rows for i in range(rows)]
+  return tf.data.Dataset.from_tensor_slices(tf.constant(pattern, tf.int64)).repeat()
+
+
+def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+                  seed: int, start_step: int = 0, teacher_view: str = 'same',
+                  extra_builder: tfds.core.DatasetBuilder | None = None) -> Iterator[Batch]:
+  """Endless per-process training batches of `cfg.batch_size // process_count` examples.
+
+  Keys: `image`, `label` (-1 for rows from `extra_builder`, a share `cfg.extra_data.fraction` of
+  every slice's rows), and per `teacher_view`: `teacher_image` ('augmented': an independent
+  augmentation, 'unaugmented': the eval preprocessing) or `index` (position in the split).
+  """
+  if teacher_view not in TEACHER_VIEWS:
+    raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {TEACHER_VIEWS}.')
+  slices = cfg.data_shards or jax.process_count()
+  if cfg.batch_size % slices:
+    raise ValueError(f'input.batch_size={cfg.batch_size} is not divisible by '
+                     f'input.data_shards={slices}.')
+  rows = cfg.batch_size // slices
+  extra_rows = round(rows * cfg.extra_data.fraction) if extra_builder else 0
+  num_channels = channels(builder)
+
+  def views(example, index, example_seed):
+    image = _match_channels(example['image'], num_channels)
+    out = {'image': augment(image, example_seed, cfg),
+           'label': tf.cast(example.get('label', -1), tf.int32)}
+    if teacher_view == 'augmented':
+      out['teacher_image'] = augment(
+          image, tf.random.experimental.stateless_fold_in(example_seed, 1), cfg)
+    elif teacher_view == 'unaugmented':
+      out['teacher_image'] = eval_image(image, cfg)
+    elif teacher_view == 'index':
+      out['index'] = tf.cast(index, tf.int32)
+    return out
+
+  def extra_views(example, index, example_seed):
+    return views({'image': example['image']}, index, example_seed)
+
+  main_slices = process_slices(builder, cfg.train_split, slices, drop_remainder=True)
+  extra_slices = (process_slices(extra_builder, cfg.extra_data.split, slices, drop_remainder=True)
+                  if extra_rows else [None] * len(main_slices))
+  per_slice = []
+  for (v, subsplit, offset), extra in zip(main_slices, extra_slices):
+    shuffle_seed = seed * 65_537 + 2 * v
+    ds = _stream(builder, subsplit, offset, cfg, seed=shuffle_seed,
+                 skip=start_step * (rows - extra_rows), views=views)
+    if extra:
+      extra_ds = _stream(extra_builder, extra[1], extra[2], cfg, seed=shuffle_seed + 1,
+                         skip=start_step * extra_rows, views=extra_views)
+      ds = tf.data.Dataset.choose_from_datasets([ds, extra_ds],
+                                                _extra_rows_pattern(rows, extra_rows))
+    per_slice.append(ds.batch(rows, drop_remainder=True))
+  ds = per_slice[0] if len(per_slice) == 1 else tf.data.Dataset.zip(tuple(per_slice)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def eval_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+                 split: str | None = None, cache: bool | None = None) -> tf.data.Dataset:
+  """A split (default the eval split) un-augmented, padded to whole global batches.
+
+  `mask` marks real examples and `index` is each one's position in the split. Every process
+  yields the same number of batches, as the eval step is a global computation.
+  """
+  split = split or cfg.eval_split
+  procs = jax.process_count()
+  local_batch = cfg.eval_batch_size // procs
+  per_process = -(-num_examples(builder, split) // procs)
+  steps = -(-per_process // local_batch)
+  (_, subsplit, offset), = process_slices(builder, split, procs, drop_remainder=False)
+  ds = builder.as_dataset(split=subsplit, shuffle_files=False).enumerate(start=offset)
+  num_channels = channels(builder)
 
   def preprocess(index, example):
-    example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    return {'image': augment(example['image'], example_seed, cfg),
-            'label': tf.cast(example['label'], tf.int32)}
-
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator()
-
-
-def eval_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
-  """The eval split, un-augmented, padded to whole batches; `mask` marks real examples.
-
-  Every process yields the same number of batches, as the eval step is a global computation.
-  """
-  local_batch = cfg.eval_batch_size // jax.process_count()
-  total = num_examples(builder, cfg.eval_split)
-  per_process = -(-total // jax.process_count())
-  steps = -(-per_process // local_batch)
-  split = tfds.split_for_jax_process(cfg.eval_split, drop_remainder=False)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-
-  def preprocess(example):
-    return {'image': _resize(_to_float(example['image']), cfg.resolution),
-            'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32)}
+    return {'image': eval_image(_match_channels(example['image'], num_channels), cfg),
+            'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32),
+            'index': tf.cast(index, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
   ds = ds.concatenate(padding).take(steps * local_batch).batch(local_batch)
-  if cfg.cache:
+  if cfg.cache if cache is None else cache:
     ds = ds.cache()
   return ds.prefetch(tf.data.AUTOTUNE)
