@@ -91,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.allow_config_change = False  # Continue a workdir whose run had another config.
   return c
 
 
@@ -117,3 +118,45 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
     config.student.update(depth=14, width=0.125)
     config.teachers = [ml_collections.ConfigDict(dict(t, depth=14, width=0.25, resolution=None))
                        for t in config.teachers]
+
+
+def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, eval_split: str,
+                           schedules: dict[str, dict], teacher: str, cache: bool,
+                           log_every_steps: int = 100,
+                           runlocal_train_split: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's 128 px recipe for Flowers, Pets, Food and SUN: R152x2 -> R50x1 by function
+  matching, inception crop + flip, batch 512, Adam (bfloat16 first moment), clipping at 1,
+  1500 warm-up steps then cosine; `schedules` gives each length's epochs, lr, wd and T.
+
+  Arguments after the config file's `:`: schedule, variant, teacher, runlocal.
+  """
+  arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher, runlocal=False)
+  if arg.schedule not in schedules:
+    raise ValueError(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
+  hp = schedules[arg.schedule]
+  config = base_config()
+  config.mode = 'distill'
+  config.variant = arg.variant
+  if arg.variant == 'fixed':  # The teacher's logits on un-augmented images, computed once.
+    config.teacher_logits_cache = 'teacher_logits.npy'
+  config.input.update(dataset=dataset, train_split=train_split, eval_split=eval_split,
+                      batch_size=512, resolution=128, augment='inception_crop', flip=True,
+                      central_crop=128 / 160, cache=cache)
+  config.student.update(depth=50, width=1.0)
+  config.teachers = [ml_collections.ConfigDict(dict(
+      model='bit', depth=152, width=2, checkpoint=arg.teacher, resolution=None))]
+  config.temperature = hp['temperature']
+  config.mixup_alpha = 1.0
+  config.total_epochs = float(hp['epochs'])
+  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
+  config.lr = hp['lr']
+  config.wd = hp['wd']
+  config.grad_clip_norm = 1.0
+  config.schedule = dict(name='cosine', warmup_steps=1500)
+  config.log_every_steps = log_every_steps
+  config.eval_every_steps = 2500
+  config.checkpoint_every_steps = 2500
+  if arg.runlocal:
+    shrink_for_local_run(config, tiny_models=True)
+    config.input.train_split = runlocal_train_split or config.input.train_split
+  return config

@@ -7,39 +7,15 @@ Runs the two documented commands (`configs/fashion_mnist_teacher.py`, then
 reusing finished stages in the workdir, and reads the results back from `metrics.jsonl`.
 """
 
-import json
 import os
-import shlex
-import subprocess
-import sys
-import time
 
 from absl import app, flags
+
+from big_distill.runs import CONFIGS, last_metrics, run_stage
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/big_distill_demo', 'Where both runs live.')
 _TEACHER_EPOCHS = flags.DEFINE_float('teacher_epochs', None, 'Override the teacher config.')
 _STUDENT_EPOCHS = flags.DEFINE_float('student_epochs', None, 'Override the student config.')
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-
-
-def last_metrics(workdir: str) -> dict[str, float]:
-  """The newest value of every key in `workdir/metrics.jsonl`."""
-  latest = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      latest.update(json.loads(line))
-  return latest
-
-
-def run_stage(config: str, workdir: str) -> float:
-  """Runs one training command, echoing it; returns its wall time in seconds."""
-  cmd = [sys.executable, '-m', 'big_distill.main', f'--config={config}', f'--workdir={workdir}']
-  print('+', shlex.join(cmd), flush=True)
-  start = time.time()
-  subprocess.run(cmd, check=True)
-  return time.time() - start
-
 
 def main(argv):
   del argv

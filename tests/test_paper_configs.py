@@ -1,0 +1,139 @@
+"""The paper's configs: values checked against the paper, arguments, and a `runlocal=True` run of
+each on a synthetic stand-in of its dataset with a tiny BiT teacher."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from big_distill.data import synthetic
+from big_distill.models import bit
+from conftest import ROOT, read_metrics, run_main
+
+# Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
+# train split, eval split, {schedule: (epochs, lr, weight decay, temperature)}.
+SMALL = {
+    'flowers_funmatch.py': ('oxford_flowers102', 102, 'train', 'test', {
+        'fast': (10_000, 0.003, 3e-4, 10), 'medium': (100_000, 0.001, 1e-4, 1),
+        'long': (1_000_000, 0.0003, 1e-5, 1)}),
+    'pets_funmatch.py': ('oxford_iiit_pet', 37, 'train[:90%]', 'test', {
+        'fast': (1000, 0.01, 1e-3, 5), 'medium': (3000, 0.003, 3e-4, 10),
+        'long': (30_000, 0.003, 1e-5, 2)}),
+    'food_funmatch.py': ('food101', 101, 'train[:90%]', 'validation', {
+        'fast': (100, 0.01, 1e-3, 10), 'medium': (1000, 0.001, 3e-4, 10),
+        'long': (3000, 0.01, 1e-4, 5)}),
+    'sun_funmatch.py': ('sun397', 397, 'train', 'test', {
+        'fast': (100, 0.01, 1e-3, 10), 'medium': (1000, 0.003, 1e-4, 10),
+        'long': (3000, 0.01, 3e-5, 10)}),
+}
+CLASSES = {'imagenet_funmatch.py': ('imagenet2012', 1000, 'validation'),
+           **{name: (v[0], v[1], v[3]) for name, v in SMALL.items()}}
+
+
+def get_config(name: str, arg: str | None = None):
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, 'configs', name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _check_recipe(config, teacher: str):
+  """What all the paper's runs share: models, function matching, Adam, clipping, mixup."""
+  assert config.mode == 'distill' and config.variant == 'funmatch'
+  assert (config.student.depth, config.student.width) == (50, 1)
+  [t] = config.teachers
+  assert (t.model, t.depth, t.width, t.checkpoint, t.resolution) == ('bit', 152, 2, teacher, None)
+  assert config.input.augment == 'inception_crop' and config.input.flip
+  assert config.mixup_alpha == 1.0  # big_vision's mixup p=1.0: ratios ~ U(0, 1).
+  assert config.optimizer.to_dict() == {'name': 'adam', 'mu_dtype': 'bfloat16'}
+  assert config.grad_clip_norm == 1.0 and config.schedule.name == 'cosine'
+  assert config.total_steps is None
+
+
+@pytest.mark.parametrize('name,schedule', [(n, s) for n in SMALL for s in SMALL[n][4]])
+def test_small_dataset_configs_match_the_paper(name, schedule):
+  dataset, _, train_split, eval_split, schedules = SMALL[name]
+  epochs, lr, wd, temperature = schedules[schedule]
+  config = get_config(name, f'schedule={schedule},teacher=t.npz')
+  _check_recipe(config, 't.npz')
+  assert (config.input.dataset, config.input.train_split, config.input.eval_split) == (
+      dataset, train_split, eval_split)
+  assert (config.total_epochs, config.lr, config.wd, config.temperature) == (
+      epochs, lr, wd, temperature)
+  assert config.input.batch_size == 512 and config.input.resolution == 128
+  assert config.input.central_crop == pytest.approx(128 / 160)  # resize_small(160), crop 128.
+  assert config.schedule.warmup_steps == 1500
+
+
+def test_imagenet_config_matches_the_paper():
+  config = get_config('imagenet_funmatch.py')
+  _check_recipe(config, 'R152x2_T_224.npz')
+  assert (config.input.dataset, config.input.train_split, config.input.eval_split) == (
+      'imagenet2012', 'train[:98%]', 'validation')
+  assert config.input.batch_size == 4096 and config.input.resolution == 224
+  assert config.input.central_crop == 0.875  # resize_small(256), crop 224.
+  assert (config.lr, config.wd, config.temperature) == (0.03, 3e-4, 1.0)
+  assert config.schedule.warmup_steps == 5000 and config.total_epochs == 1200
+  assert get_config('imagenet_funmatch.py', 'epochs=9600').total_epochs == 9600
+
+
+def test_arguments_and_runlocal():
+  config = get_config('pets_funmatch.py', 'schedule=long,variant=consistent,teacher=/x.npz')
+  assert (config.variant, config.teachers[0].checkpoint, config.total_epochs) == (
+      'consistent', '/x.npz', 30_000)
+  assert config.teacher_logits_cache == ''
+  fixed = get_config('imagenet_funmatch.py', 'variant=fixed')
+  assert (fixed.variant, fixed.teacher_logits_cache) == ('fixed', 'teacher_logits.npy')
+  with pytest.raises(ValueError, match="schedule='slow'"):
+    get_config('food_funmatch.py', 'schedule=slow')
+  local = get_config('sun_funmatch.py', 'runlocal=True,schedule=medium')
+  assert (local.student.depth, local.student.width, local.input.resolution) == (14, 0.125, 32)
+  assert (local.teachers[0].depth, local.teachers[0].width) == (14, 0.25)
+  assert (local.total_steps, local.total_epochs, local.input.batch_size) == (10, None, 32)
+  assert (local.input.dataset, local.lr, local.temperature) == ('sun397', 0.003, 10)
+
+
+@pytest.fixture(scope='module')
+def standins(tmp_path_factory):
+  """Every config's dataset, with just enough examples for runlocal's slices, and a random
+  tiny (R14 x1/4) teacher per class count."""
+  tfds.disable_progress_bar()
+  root = tmp_path_factory.mktemp('paper')
+  teachers = {}
+  for dataset, classes, eval_split in CLASSES.values():
+    synthetic.make_standin(
+        dataset, str(root / 'data'),
+        {s: 1024 if s == 'train' else 256 if s == eval_split else 4
+         for s in synthetic.SPLITS[dataset]}, image_size=(36, 44))
+    model = bit.ResNetV2(depth=14, width=0.25, num_classes=classes)
+    params = jax.tree_util.tree_map(np.asarray, model.init(
+        jax.random.PRNGKey(classes), np.zeros((1, 32, 32, 3)))['params'])
+    params['head']['kernel'] = np.random.default_rng(classes).normal(
+        size=params['head']['kernel'].shape).astype(np.float32)  # Non-uniform predictions.
+    teachers[classes] = str(root / f'teacher{classes}.npz')
+    bit.save_bit_npz(params, teachers[classes])
+  return str(root / 'data'), teachers
+
+
+@pytest.mark.parametrize('name', CLASSES)
+def test_runlocal_on_a_standin(tmp_path, standins, name):
+  data_dir, teachers = standins
+  dataset, classes, _ = CLASSES[name]
+  workdir = str(tmp_path / 'run')
+  run_main(f'{os.path.join(ROOT, "configs", name)}:runlocal=True,teacher={teachers[classes]}',
+           workdir, f'--config.input.data_dir={data_dir}')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  assert config['input']['dataset'] == dataset and config['input']['resolution'] == 32
+  records = read_metrics(workdir)
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
+  final = [r for r in records if 'eval/student_accuracy' in r][-1]
+  assert final['step'] == 10 and 0 <= final['eval/teacher_accuracy'] <= 1
+  params = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '10', 'params'))
+  assert params['head']['kernel'].shape == (256, classes)  # R14 x1/8: 256 features.

@@ -1,0 +1,128 @@
+"""`big_distill.report`: results.md and plots from workdirs written by the test."""
+
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from big_distill import report
+from big_distill.data import synthetic
+
+FLOWERS_TRAIN = 1020  # Examples in oxford_flowers102's train split.
+
+
+def _workdir(path, *, variant='funmatch', mode='distill', epochs=None, steps=None,
+             batch_size=512, dataset='oxford_flowers102', data_dir=None, accuracy=0.5,
+             agreement=None, teacher=None, num_train=FLOWERS_TRAIN, log_epoch=True):
+  """A workdir as the trainer leaves it: config.json and metrics.jsonl (train records with an
+  `epoch` field if `log_epoch`, four evals ending at `accuracy` / `agreement`)."""
+  os.makedirs(path)
+  config = dict(mode=mode, variant=variant, total_epochs=epochs, total_steps=steps,
+                input=dict(dataset=dataset, data_dir=data_dir, train_split='train',
+                           batch_size=batch_size))
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  last = steps or int(epochs * num_train / batch_size)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for i in range(1, 5):
+      step = last * i // 4
+      train = {'step': step, 'train/loss': 1.0 / i}
+      if log_epoch:
+        train['epoch'] = step * batch_size / num_train
+      f.write(json.dumps(train) + '\n')
+      key = 'eval/accuracy' if mode == 'supervised' else 'eval/student_accuracy'
+      evals = {'step': step, key: accuracy - 0.1 * (4 - i)}
+      if agreement is not None:
+        evals.update({'eval/agreement_top1': agreement - 0.1 * (4 - i),
+                      'eval/teacher_accuracy': teacher})
+      f.write(json.dumps(evals) + '\n')
+  return str(path)
+
+
+def _table(markdown: str, section: str) -> dict[str, dict[str, str]]:
+  """The variant x length table under `## section`: {variant: {length: cell}}."""
+  lines = markdown.split(f'## {section}\n', 1)[1].strip().splitlines()
+  header = [c.strip() for c in lines[0].strip('|').split('|')]
+  rows = {}
+  for line in lines[2:]:
+    if not line.startswith('|'):
+      break
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+  return rows
+
+
+def _assert_png(path):
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0
+
+
+def test_variants_by_schedule_length(tmp_path):
+  d = lambda name, **kw: _workdir(tmp_path / name, teacher=0.9782, **kw)
+  runs = report.load_runs([
+      d('fm100', epochs=100, accuracy=0.80, agreement=0.85),
+      d('fm1000', epochs=1000, accuracy=0.90, agreement=0.93),
+      d('cons100', variant='consistent', epochs=100, accuracy=0.78, agreement=0.82),
+      d('fix100a', variant='fixed', epochs=100, accuracy=0.70, agreement=0.75),
+      d('fix100b', variant='fixed', epochs=100, accuracy=0.72, agreement=0.77),
+  ])
+  assert runs[1].steps_per_epoch == pytest.approx(FLOWERS_TRAIN / 512)
+  assert runs[1].epochs == 1000 and runs[1].last_step == 1992
+  epochs, accuracy = runs[1].curve('eval/student_accuracy', in_epochs=True)
+  assert list(epochs) == pytest.approx([250, 500, 750, 1000], abs=1)
+  assert list(accuracy) == pytest.approx([0.6, 0.7, 0.8, 0.9])
+
+  paths = report.write_report(runs, str(tmp_path / 'out'))
+  assert sorted(os.path.basename(p) for p in paths) == [
+      'accuracy_oxford_flowers102.png', 'agreement_oxford_flowers102.png', 'results.md']
+  with open(tmp_path / 'out' / 'results.md') as f:
+    markdown = f.read()
+  assert _table(markdown, 'oxford_flowers102') == {
+      'consistent': {'100 epochs': '78.00% (82.00%)', '1000 epochs': '—'},
+      'fixed': {'100 epochs': '71.00% (76.00%) [2]', '1000 epochs': '—'},
+      'funmatch': {'100 epochs': '80.00% (85.00%)', '1000 epochs': '90.00% (93.00%)'},
+  }
+  assert 'Teacher accuracy: 97.82%.' in markdown
+  assert markdown.index('| fixed |') < markdown.index('| consistent |') < markdown.index(
+      '| funmatch |')  # The paper's order.
+  assert '| fm1000 | funmatch | 1000 epochs | 1992 | 90.00% | 93.00% | 97.82% |' in markdown
+  for path in paths[1:]:
+    _assert_png(path)
+
+
+def test_command_line_on_a_supervised_run_and_a_run_without_epochs(tmp_path):
+  """Epochs from the TFDS metadata of the run's split when no `epoch` is logged; steps when
+  neither is known. Each dataset gets its own section and plots."""
+  data_dir = str(tmp_path / 'data')
+  synthetic.make_standin('fashion_mnist', data_dir, {'train': 64, 'test': 8})
+  supervised = _workdir(tmp_path / 'teacher', mode='supervised', steps=20, batch_size=16,
+                        dataset='fashion_mnist', data_dir=data_dir, accuracy=0.91,
+                        num_train=64, log_epoch=False)
+  unknown = [_workdir(tmp_path / f'other{i}', steps=30 * i, batch_size=16,
+                      dataset='no_such_dataset', accuracy=0.4, agreement=0.6,
+                      teacher=0.5 + i / 100, log_epoch=False) for i in (1, 2)]
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'big_distill.report', f'--workdirs={supervised},{",".join(unknown)}',
+       f'--output={out}', '--labels=teacher,a,b'], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(out)) == ['accuracy_fashion_mnist.png',
+                                     'accuracy_no_such_dataset.png',
+                                     'agreement_no_such_dataset.png', 'results.md']
+  markdown = (out / 'results.md').read_text()
+  assert _table(markdown, 'fashion_mnist') == {'supervised': {'5 epochs': '91.00%'}}
+  assert _table(markdown, 'no_such_dataset') == {
+      'funmatch': {'30 steps': '40.00% (60.00%)', '60 steps': '40.00% (60.00%)'}}
+  assert 'Teacher accuracy: 51.00% (a); 52.00% (b).' in markdown
+  assert '| teacher | supervised | 5 epochs | 20 | 91.00% | — | — |' in markdown
+  for name in os.listdir(out):
+    if name.endswith('.png'):
+      _assert_png(out / name)
+
+
+def test_labels_must_match_workdirs(tmp_path):
+  with pytest.raises(ValueError, match='2 labels for 1 workdirs'):
+    report.load_runs([_workdir(tmp_path / 'a', epochs=1)], ['x', 'y'])
