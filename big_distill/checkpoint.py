@@ -1,15 +1,23 @@
 """Checkpoints: orbax for the training state (`WORKDIR/checkpoints/<step>/{params,opt_state}`),
-and reading parameters for teachers and student initialisation (orbax runs or BiT `.npz` files).
+preemption (SIGTERM), and reading parameters for teachers and student initialisation (orbax runs
+or BiT `.npz` files).
 
 Parameters and optimizer state are separate items, so a finished supervised run can serve as a
-teacher by restoring `params` alone.
+teacher by restoring `params` alone. Orbax writes each checkpoint atomically (a temporary
+directory renamed when complete); a checkpoint that cannot be read back is moved aside to
+`WORKDIR/corrupt_checkpoints/` (never deleted) and the next older one is used.
 """
 
 import os
+import signal
+import time
 from typing import Any
 
+from absl import logging
+from etils import epath
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -25,23 +33,110 @@ def make_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
                                options=options, item_names=ITEMS)
 
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a checkpoint was written; run it again.
+
+
+class Preempted(Exception):
+  """Raised after the checkpoint of the step at which a preemption was noticed."""
+
+  def __init__(self, step: int):
+    super().__init__(f'Preempted at step {step}; its checkpoint is saved. Run the same command '
+                     'again to resume.')
+    self.step = step
+
+
+class Preemption:
+  """Notices SIGTERM. One process: its own handler; several: JAX's preemption sync point, so
+  that every process saves at the same step."""
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint after this step, then exiting.')
+    self._requested = True
+
+  def reached(self, manager: ocp.CheckpointManager, step: int) -> bool:
+    return self._requested or manager.reached_preemption(step)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves `state` (a TrainState) at `step`, asynchronously (orbax writes atomically)."""
-  manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
-      opt_state=ocp.args.StandardSave(state.opt_state)), force=True)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state)), force=True)
+  except Exception as e:  # An earlier asynchronous write may fail here too.
+    raise _write_error(manager, e) from e
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
-  """The newest saved state, laid out like `abstract_state` (shapes, dtypes, shardings)."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state.params),
-      opt_state=ocp.args.StandardRestore(abstract_state.opt_state)))
-  return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
-                                params=restored.params, opt_state=restored.opt_state)
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for pending asynchronous writes; a failed one raises OSError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _write_error(manager, e) from e
+
+
+def _write_error(manager: ocp.CheckpointManager, error: Exception) -> OSError:
+  message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return OSError(f'Writing a checkpoint to {manager.directory} failed ({message}); earlier '
+                 f'checkpoints are intact (newest: step {manager.latest_step()}). Free disk space '
+                 'and run the same command again to resume.')
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   workdir: str) -> Any | None:
+  """The newest intact saved state, laid out like `abstract_state` (shapes, dtypes, shardings).
+
+  Unreadable checkpoints are moved to `workdir/corrupt_checkpoints/` with a warning that names
+  them; interrupted writes (orbax temporary directories) are reported and ignored. A checkpoint
+  whose shapes do not fit the configured model is bad input: ValueError.
+  """
+  for name in sorted(p.name for p in manager.directory.iterdir()) if manager.directory.exists() else []:
+    if '.orbax-checkpoint-tmp' in name:
+      logging.warning('Ignoring %s: a checkpoint whose writing was interrupted.',
+                      manager.directory / name)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_state.params),
+          opt_state=ocp.args.StandardRestore(abstract_state.opt_state)))
+    except ValueError as e:
+      if 'shape' in str(e) or 'tree structures' in str(e):
+        raise ValueError(f'The checkpoint of step {step} in {manager.directory} does not fit the '
+                         f'configured model or optimizer ({str(e).splitlines()[0]}); use a new '
+                         '--workdir.') from None
+      _set_aside(manager, step, workdir, e)
+      continue
+    except Exception as e:  # Truncated or garbled files: tensorstore, JSON or msgpack errors.
+      _set_aside(manager, step, workdir, e)
+      continue
+    return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
+                                  params=restored.params, opt_state=restored.opt_state)
+  return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str, error: Exception) -> None:
+  source = manager.directory / str(step)
+  target = epath.Path(workdir) / 'corrupt_checkpoints' / f'{step}-{int(time.time())}'
+  reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  logging.warning('Checkpoint %s is unreadable (%s); moving it to %s and trying an older one.',
+                  source, reason, target)
+  if jax.process_index() == 0:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+  multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+  manager.reload()
 
 
 def _checkpoints_dir(path: str) -> str:
@@ -68,18 +163,28 @@ def load_params(path: str, model: bit.ResNetV2, abstract_params: Any, *,
                 allow_new_head: bool = False) -> Any:
   """Parameters for `model` from a BiT `.npz` file or a run's orbax checkpoint.
 
-  Shapes must fit `abstract_params`, else ValueError names the first mismatching key. With
-  `allow_new_head`, a head for another class count is replaced by a zero head (BiT fine-tuning).
+  Shapes must fit `abstract_params`, else ValueError names the first mismatching key (or the
+  class counts, for the head). With `allow_new_head`, a head for another class count is replaced
+  by a zero head (BiT fine-tuning). An unreadable file is a ValueError too.
   """
-  if path.endswith('.npz'):
-    with np.load(path) as f:
-      head = f.get('resnet/head/conv2d/kernel')
+  try:
+    if path.endswith('.npz'):
+      with np.load(path) as f:
+        head = f['resnet/head/conv2d/kernel'] if 'resnet/head/conv2d/kernel' in f.files else None
       new_head = allow_new_head and (head is None or head.shape[-1] != model.num_classes)
-    channels = abstract_params['conv_root']['kernel'].shape[2]
-    return bit.load_bit_npz(path, model, skip_head=new_head, input_channels=channels)
-  params, step = read_params(path)
+      if head is not None and not new_head:
+        _check_classes(path, head.shape[-1], model)
+      channels = abstract_params['conv_root']['kernel'].shape[2]
+      return bit.load_bit_npz(path, model, skip_head=new_head, input_channels=channels)
+    params, step = read_params(path)
+  except ValueError:
+    raise
+  except Exception as e:  # Truncated or garbled files: zip, tensorstore, JSON errors.
+    raise ValueError(f'Cannot read the checkpoint {path} ({type(e).__name__}: '
+                     f'{(str(e).strip().splitlines() or [""])[0][:200]}).') from None
   if allow_new_head and params['head']['bias'].shape != (model.num_classes,):
     params = bit.replace_head(params, model)
+  _check_classes(f'{path} (step {step})', params['head']['bias'].shape[0], model)
   got = traverse_util.flatten_dict(params, sep='/')
   want = traverse_util.flatten_dict(abstract_params, sep='/')
   for key in sorted(set(got) | set(want)):
@@ -88,3 +193,9 @@ def load_params(path: str, model: bit.ResNetV2, abstract_params: Any, *,
       raise ValueError(f'Checkpoint {path} (step {step}) does not fit the configured model: '
                        f'{key}: checkpoint has {shapes[0]}, model expects {shapes[1]}.')
   return params
+
+
+def _check_classes(source: str, classes: int, model: bit.ResNetV2) -> None:
+  if classes != model.num_classes:
+    raise ValueError(f'{source} predicts {classes} classes, but the dataset has '
+                     f'{model.num_classes}; use a model trained on this dataset\'s classes.')

@@ -49,10 +49,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
 
 
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir that holds a run of another config, or that cannot be written.
+
+  Reads only, except for creating the workdir (and a probe file, removed) when it is writable.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path) and not config.allow_config_change:
+    with open(path) as f:
+      stored = _flatten(json.load(f))
+    new = _flatten(_config_json(config))
+    changed = sorted(k for k in set(stored) | set(new)
+                     if k != 'allow_config_change' and stored.get(k) != new.get(k))
+    if changed:
+      raise ValueError(f'{workdir} holds a run of another config (differs in: '
+                       f'{", ".join(changed[:8])}{", ..." if len(changed) > 8 else ""}); use a new '
+                       '--workdir, or pass --config.allow_config_change=True to continue it.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
+                     'choose a writable directory.') from None
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+      json.dump(_config_json(config), f, indent=2, sort_keys=True)
 
 
 def evaluate(eval_step, params: Any, teacher_params: Any, eval_ds, mesh) -> dict[str, float]:
@@ -121,10 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_params = checkpoint.load_params(config.student['init'], student, abstract.params,
                                          allow_new_head=True)
 
-  # Workdir: resume from the latest checkpoint if there is one.
-  os.makedirs(workdir, exist_ok=True)
+  table = None
+  if teacher_view == 'index':  # Before the workdir is touched: a stale cache is bad input.
+    table = _teacher_logits(config, workdir, builder, teachers, teacher_params, mesh)
+
+  # Workdir: resume from the newest intact checkpoint if there is one.
+  check_workdir(config, workdir)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, abstract)
+  state = checkpoint.restore_latest(manager, abstract, workdir)
   if state is None and init_params is not None:
     state = jax.jit(functools.partial(steps.new_state, tx=tx), out_shardings=replicated)(
         init_params)
@@ -138,47 +173,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
 
   # The loop.
-  batches = input_pipeline.train_batches(config.input, builder, seed=config.seed,
-                                         start_step=start_step, teacher_view=teacher_view,
-                                         extra_builder=extra_builder)
-  if teacher_view == 'index':
-    table = _teacher_logits(config, workdir, builder, teachers, teacher_params, mesh)
-    batches = ({**b, 'teacher_logits': np.asarray(table[b.pop('index')])} for b in batches)
-  batches = parallel.prefetch_to_mesh(batches, mesh, config.input.prefetch)
+  def batches_from(step: int):
+    stream = input_pipeline.train_batches(config.input, builder, seed=config.seed,
+                                          start_step=step, teacher_view=teacher_view,
+                                          extra_builder=extra_builder)
+    if table is not None:
+      stream = ({**b, 'teacher_logits': np.asarray(table[b.pop('index')])} for b in stream)
+    return stream
+
+  batches = parallel.prefetch_to_mesh(batches_from(start_step), mesh, config.input.prefetch)
   eval_ds = input_pipeline.eval_batches(config.input, builder)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=30)
+  preemption = checkpoint.Preemption()
   logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
                num_steps, config.input.batch_size, jax.device_count())
   eval_results, pending, t_log = {}, [], time.time()
-  for step in range(start_step + 1, num_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, step_metrics = train_step(state, teacher_params, next(batches), rng)
-    pending.append(step_metrics)
-    progress(step)
-    if step % config.log_every_steps == 0 or step == num_steps:
-      means = {f'train/{k}': float(np.mean(v))
-               for k, v in jax.device_get(jax.tree_util.tree_map(
-                   lambda *x: jnp.stack(x), *pending)).items()}
-      now = time.time()
-      means['train/img_per_sec'] = len(pending) * config.input.batch_size / (now - t_log)
-      writer.write_scalars(step, means)
-      pending, t_log = [], now
-      if not np.isfinite(means['train/loss']):
-        raise FloatingPointError(f'Non-finite training loss at step {step}.')
-    if step % config.eval_every_steps == 0 or step == num_steps:
-      with progress.timed('eval'):
-        eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
-      writer.write_scalars(step, eval_results)
-      t_log = time.time()
-    if step % config.checkpoint_every_steps == 0 or step == num_steps:
-      checkpoint.save(manager, step, state)
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = train_step(state, teacher_params, next(batches), rng)
+      pending.append(step_metrics)
+      progress(step)
+      preempted = preemption.reached(manager, step)
+      log_now = step % config.log_every_steps == 0 or step == num_steps
+      save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
+      if log_now or save_now:
+        pending = jax.device_get(pending)
+        _check_finite(pending, step - len(pending) + 1, manager, batches_from)
+      if log_now:
+        means = {f'train/{k}': float(np.mean([m[k] for m in pending])) for k in pending[0]}
+        now = time.time()
+        means['train/img_per_sec'] = len(pending) * config.input.batch_size / (now - t_log)
+        means['epoch'] = step * config.input.batch_size / num_train
+        writer.write_scalars(step, means)
+        pending, t_log = [], now
+      if step % config.eval_every_steps == 0 or step == num_steps:
+        with progress.timed('eval'):
+          eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
+        writer.write_scalars(step, eval_results)
+        t_log = time.time()
+      if save_now:
+        checkpoint.save(manager, step, state)
+      if preempted:
+        checkpoint.wait(manager)
+        raise checkpoint.Preempted(step)
+    checkpoint.wait(manager)
+  finally:
+    preemption.close()
+    writer.flush()
+    manager.close()
   if not eval_results and start_step >= num_steps:
     eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
   return eval_results
+
+
+def _check_finite(pending: list[dict[str, np.ndarray]], first_step: int, manager,
+                  batches_from) -> None:
+  """Stops at the first step whose loss, gradient or parameters are not finite.
+
+  Nothing of that step is saved; the log gets the statistics of its batch, which is recomputed
+  from the data pipeline (a pure function of the step).
+  """
+  for i, m in enumerate(pending):
+    bad = [k for k in ('loss', 'grad_norm', 'param_norm') if not np.isfinite(m[k])]
+    if not bad:
+      continue
+    step = first_step + i
+    batch = next(batches_from(step - 1))
+    for key, value in batch.items():
+      value = np.asarray(value, np.float64)
+      logging.error('Batch of step %d: %s shape=%s min=%g max=%g mean=%g std=%g non-finite=%d',
+                    step, key, value.shape, np.nanmin(value), np.nanmax(value),
+                    np.nanmean(value), np.nanstd(value), np.sum(~np.isfinite(value)))
+    raise FloatingPointError(
+        f'Non-finite {", ".join(bad)} at step {step} '
+        f'({", ".join(f"{k}={m[k]:g}" for k in ("loss", "grad_norm", "param_norm"))}); '
+        f'nothing of it was saved, the newest checkpoint is step {manager.latest_step()}. '
+        'The batch statistics are in the log; lower config.lr or set config.grad_clip_norm.')
 
 
 def _teacher_logits(config: ml_collections.ConfigDict, workdir: str, builder, teachers,
@@ -211,10 +283,14 @@ def _ignore_teacher(fn):
 
 
 def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': v, 'teachers[0].depth': v, ...}; values other than scalars become strings."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
       out.update(_flatten(v, f'{prefix}{k}.'))
+    elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
+      for i, x in enumerate(v):
+        out.update(_flatten(x, f'{prefix}{k}[{i}].'))
     else:
       out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
   return out
