@@ -1,0 +1,108 @@
+"""Multi-process runs on localhost: 2 processes x 2 CPU devices train like 1 process x 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, metric, read_metrics
+
+# SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
+OVERRIDES = (*TINY_TEACHER, '--config.optimizer.name=sgd', '--config.total_steps=4',
+             '--config.log_every_steps=1', '--config.input.data_shards=4')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start(log: str, workdir: str, devices: int, *flags: str, **env: str) -> subprocess.Popen:
+  """`python -m big_distill.main` in the background, its stderr going to the file `log`."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **env)
+  cmd = [sys.executable, '-m', 'big_distill.main', f'--config={TEACHER_CONFIG}:runlocal=True',
+         f'--workdir={workdir}', *OVERRIDES, *flags]
+  with open(log, 'w') as f:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
+
+
+def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
+  """The contents of each process's log; fails (killing the rest) if one fails or hangs."""
+  try:
+    for p in procs:
+      p.wait(timeout=300)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  texts = [open(log).read() for log in logs]
+  for p, text in zip(procs, texts):
+    assert p.returncode == 0, text[-4000:]
+  return texts
+
+
+def _read_params(workdir: str, step: int):
+  """Saved parameters on this process's first device, whatever device layout wrote them."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'params')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        checkpointer.metadata(path).item_metadata)
+    return jax.tree_util.tree_map(np.asarray, checkpointer.restore(path, target))
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """Process 0 gets the coordinator flags, process 1 the environment variables."""
+  multi, single = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
+  address = f'127.0.0.1:{_free_port()}'
+  stderr = [str(tmp_path / f'{name}.log') for name in ('process0', 'process1', 'single')]
+  logs = _finish([
+      _start(stderr[0], multi, 2, f'--coordinator_address={address}', '--num_processes=2',
+             '--process_id=0'),
+      _start(stderr[1], multi, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2',
+             JAX_PROCESS_ID='1'),
+      _start(stderr[2], single, 4)], stderr)
+  for i in (0, 1):
+    assert f'JAX process {i} of 2, 2 local / 4 global devices.' in logs[i]
+  assert 'JAX process 0 of 1, 4 local / 4 global devices.' in logs[2]
+
+  records = read_metrics(multi)  # Written by process 0 alone: every step once.
+  assert [r['step'] for r in records if 'train/loss' in r] == [1, 2, 3, 4]
+  assert [r['step'] for r in records if 'eval/accuracy' in r] == [4]
+  np.testing.assert_allclose(list(metric(records, 'train/loss').values()),
+                             list(metric(read_metrics(single), 'train/loss').values()), rtol=1e-6)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      _read_params(multi, 4), _read_params(single, 4))
+
+
+def test_partial_multiprocess_flags_are_bad_input(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'big_distill.main', f'--config={TEACHER_CONFIG}:runlocal=True',
+       f'--workdir={tmp_path / "w"}', '--coordinator_address=127.0.0.1:1234'],
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'big_distill: error: a multi-process run needs' in proc.stderr
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_only_a_slurm_step_with_several_tasks_is_detected():
+  """SLURM with one task stays single-process. (In a subprocess, as main.py defines flags.)"""
+  cases = [{}, {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1', 'SLURM_STEP_NODELIST': 'n1'},
+           {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '8', 'SLURM_STEP_NODELIST': 'n[1-2]'}]
+  code = ('import json, os, sys\nfrom big_distill import main\n'
+          'for env in json.loads(sys.argv[1]):\n'
+          '  os.environ.update(env)\n'
+          '  print(main.cluster_detected())')
+  env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+  proc = subprocess.run([sys.executable, '-c', code, json.dumps(cases)], env=env, check=True,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.stdout.split() == ['False', 'False', 'True']
