@@ -26,11 +26,18 @@ from big_distill.models import bit
 ITEMS = ('params', 'opt_state')
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+  """`path` as an `epath.Path` (local, or remote such as `gs://bucket/dir`); a relative local path
+  is made absolute."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
+
+
 def make_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
   """Keeps the newest `keep` checkpoints; the loop decides when to save."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options, item_names=ITEMS)
+  return ocp.CheckpointManager(absolute(workdir) / 'checkpoints', options=options,
+                               item_names=ITEMS)
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a checkpoint was written; run it again.
@@ -121,8 +128,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     except Exception as e:  # Truncated or garbled files: tensorstore, JSON or msgpack errors.
       _set_aside(manager, step, workdir, e)
       continue
-    return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
-                                  params=restored.params, opt_state=restored.opt_state)
+    return abstract_state.replace(
+        step=jax.device_put(np.int32(step), abstract_state.step.sharding),
+        params=restored.params, opt_state=restored.opt_state)
   return None
 
 
@@ -139,23 +147,32 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, workdir: str, error: E
   manager.reload()
 
 
-def _checkpoints_dir(path: str) -> str:
+def _checkpoints_dir(path: str) -> epath.Path:
   """A run's `checkpoints/` directory, given the run's workdir or that directory itself."""
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
-  return os.path.abspath(path)
+  path = absolute(path)
+  return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
 
 
 def read_params(path: str, step: int | None = None) -> tuple[Any, int]:
-  """The parameters (host arrays, as saved) and step of a run's checkpoint (default: latest)."""
-  with ocp.CheckpointManager(_checkpoints_dir(path), item_names=ITEMS) as manager:
+  """The parameters (host arrays, as saved) and step of a run's checkpoint (default: latest).
+
+  Any device layout may have written it: the arrays are restored whole onto this process's first
+  device, with the shapes and dtypes of the checkpoint's own metadata.
+  """
+  handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
+  with ocp.CheckpointManager(_checkpoints_dir(path), item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if not steps:
       raise ValueError(f'No checkpoint found in {path!r}.')
     step = max(steps) if step is None else step
     if step not in steps:
       raise ValueError(f'No checkpoint of step {step} in {path!r}; it has {sorted(steps)}.')
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step).params)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))
   return jax.tree_util.tree_map(np.asarray, restored.params), step
 
 
@@ -169,7 +186,7 @@ def load_params(path: str, model: bit.ResNetV2, abstract_params: Any, *,
   """
   try:
     if path.endswith('.npz'):
-      with np.load(path) as f:
+      with epath.Path(path).open('rb') as file, np.load(file) as f:
         head = f['resnet/head/conv2d/kernel'] if 'resnet/head/conv2d/kernel' in f.files else None
       new_head = allow_new_head and (head is None or head.shape[-1] != model.num_classes)
       if head is not None and not new_head:

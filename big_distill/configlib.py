@@ -87,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0})
 
+  # Device mesh: `data` x `fsdp` devices (-1: the rest); the batch is split over both. With
+  # fsdp > 1 each parameter array (and its optimizer state) of the models marked below is split
+  # over `fsdp` along its largest divisible dimension, for models too big to replicate.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, student_fsdp=True, teacher_fsdp=True))
+
   c.log_every_steps = 50
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000

@@ -1,9 +1,9 @@
 """Metric writers: clu's default writers (logging + TensorBoard) plus `metrics.jsonl`."""
 
 import json
-import os
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 from clu import metric_writers
 
@@ -14,8 +14,8 @@ class JsonlWriter(metric_writers.MetricWriter):
   Only scalars are recorded; images, texts and the like go to the other writers.
   """
 
-  def __init__(self, path: str):
-    self._file = open(path, 'a', encoding='utf-8')
+  def __init__(self, path: epath.Path):
+    self._file = path.open('a')  # UTF-8; local or remote (gs://).
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
@@ -56,5 +56,5 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+      JsonlWriter(epath.Path(workdir) / 'metrics.jsonl'),
   ])

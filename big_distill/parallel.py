@@ -1,16 +1,38 @@
-"""Device mesh, shardings and the assembly of global batches from per-process data."""
+"""Device mesh, shardings and the assembly of global batches from per-process data.
+
+The mesh has two axes: `data` and `fsdp`. The batch is split over both; parameters and optimizer
+state are replicated, or split over `fsdp` (each array along one dimension, see `fsdp_spec`),
+and XLA gathers them where a step needs them whole. The step functions are the same either way.
+"""
 
 import collections
-from typing import Iterator
+import math
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+AXES = ('data', 'fsdp')
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, with the axis `data`."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
+
+def mesh_shape(data: int, fsdp: int, devices: int) -> tuple[int, int]:
+  """The (data, fsdp) sizes for `devices` devices; one of them may be -1, the rest."""
+  sizes = (data, fsdp)
+  known = math.prod(s for s in sizes if s != -1)
+  rest = devices // known if known > 0 and devices % known == 0 else 0
+  shape = tuple(rest if s == -1 else s for s in sizes)
+  if sizes.count(-1) > 1 or min(shape) < 1 or math.prod(shape) != devices:
+    raise ValueError(f'config.mesh data={data}, fsdp={fsdp} does not fit the {devices} devices; '
+                     f'use sizes whose product is {devices} (one of them may be -1: the rest).')
+  return shape
+
+
+def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
+  """A (data, fsdp) mesh over every device of every process, in `jax.devices()` order (so each
+  process's devices hold consecutive rows of the batch)."""
+  shape = mesh_shape(data, fsdp, jax.device_count())
+  return Mesh(np.asarray(jax.devices()).reshape(shape), AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -18,8 +40,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over `data`."""
-  return NamedSharding(mesh, P('data'))
+  """Leading (batch) axis split over all devices: `data` x `fsdp`."""
+  return NamedSharding(mesh, P(AXES))
+
+
+def fsdp_spec(shape: tuple[int, ...], size: int) -> P:
+  """Splits the largest dimension divisible by `size` (the last of equals) over `fsdp`;
+  replicates arrays with no such dimension, and everything when `size` is 1."""
+  dims = [i for i, n in enumerate(shape) if n % size == 0] if size > 1 else []
+  if not dims:
+    return P()
+  axis = max(dims, key=lambda i: (shape[i], i))
+  return P(*[None] * axis, 'fsdp')
+
+
+def param_shardings(tree: Any, mesh: Mesh, fsdp: bool) -> Any:
+  """A `NamedSharding` per array of `tree` (arrays or `ShapeDtypeStruct`s): split over `fsdp`
+  by `fsdp_spec` if `fsdp`, else replicated."""
+  size = mesh.shape['fsdp'] if fsdp else 1
+  return jax.tree_util.tree_map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size)), tree)
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """`ShapeDtypeStruct`s of `abstract` carrying the matching sharding of `shardings`."""
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
 def check_batch_size(batch_size: int, name: str = 'input.batch_size') -> None:
@@ -31,7 +76,7 @@ def check_batch_size(batch_size: int, name: str = 'input.batch_size') -> None:
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """One global `jax.Array` per key, sharded over `data`, from this process's slice."""
+  """One global `jax.Array` per key, split over all devices, from this process's slice."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 

@@ -4,8 +4,9 @@ r"""The paper's comparison at small scale: four teaching setups x schedule lengt
 
 Trains the demo teacher (`configs/fashion_mnist_teacher.py`) unless `--teacher` names a finished
 run, distils it with `configs/fashion_mnist_funmatch.py` once per variant and schedule (the fixed
-teacher's logits are computed once and shared), then writes `results.md` and PNG plots into the
-workdir with `big_distill.report`. Finished runs are reused, so the command can be re-run.
+teacher's logits are computed once and shared), then writes `results.md` and PNG plots of every
+run in the workdir (also those of earlier invocations, e.g. other `--epochs`) with
+`big_distill.report`. Finished runs are reused, so the command can be re-run or extended.
 """
 
 import os
@@ -30,7 +31,6 @@ def main(argv):
   teacher = _TEACHER.value or os.path.join(root, 'teacher')
   if not _TEACHER.value:
     run_stage(f'{CONFIGS}/fashion_mnist_teacher.py', teacher)
-  runs = []
   for epochs in _EPOCHS.value:
     for variant in _VARIANTS.value:
       workdir = os.path.join(root, f'{variant}_{epochs}ep')
@@ -39,7 +39,9 @@ def main(argv):
         overrides.append(f'--config.teacher_logits_cache={root}/teacher_logits.npy')
       run_stage(f'{CONFIGS}/fashion_mnist_funmatch.py:epochs={epochs},teacher={teacher},'
                 f'variant={variant}', workdir, *overrides)
-      runs.append(workdir)
+  runs = sorted(os.path.join(root, d) for d in os.listdir(root)
+                if os.path.exists(os.path.join(root, d, 'metrics.jsonl')) and
+                os.path.join(root, d) != teacher)
   subprocess.run([sys.executable, '-m', 'big_distill.report', f'--workdirs={",".join(runs)}',
                   f'--output={root}'], check=True)
 

@@ -9,7 +9,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from absl import logging
-
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,7 @@ def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, chan
 def _load(path: str | None, model: nn.Module, abstract: Any, name: str) -> Any:
   if not path:
     raise ValueError(f'{name}.checkpoint is not set: give a BiT .npz file or a checkpoint dir.')
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f'{name}.checkpoint {path!r} does not exist.')
   return checkpoint.load_params(path, model, abstract)
 
@@ -89,18 +89,19 @@ def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],
   return {'teachers': teachers, **data}
 
 
-def cached_logits(path: str, meta: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+def cached_logits(path: epath.Path, meta: dict[str, Any],
+                  compute: Callable[[], np.ndarray]) -> np.ndarray:
   """The [example, teacher, class] logits stored at `path` if they were made for `meta`.
 
-  Computes and stores them (`path` and `path.json`, written atomically by process 0) if `path`
-  does not exist; raises ValueError if it holds logits of other teachers or data.
+  Computes and stores them (`path` and `path.json`, each written to a temporary name and renamed
+  by process 0) if `path` does not exist; raises ValueError if it holds logits of other teachers
+  or data. Local files are memory-mapped; remote ones (gs://) are read whole.
   """
   meta = json.loads(json.dumps(meta))
-  meta_path = path + '.json'
-  if os.path.exists(path):
+  meta_path = _sibling(path, '.json')
+  if path.exists():
     try:
-      with open(meta_path) as f:
-        stored = json.load(f)
+      stored = json.loads(meta_path.read_text())
     except (OSError, ValueError):
       stored = {}
     stale = sorted(k for k in set(meta) | set(stored) if meta.get(k) != stored.get(k))
@@ -109,18 +110,25 @@ def cached_logits(path: str, meta: dict[str, Any], compute: Callable[[], np.ndar
                        f'or data (differs in: {", ".join(stale)}); delete it or set '
                        'config.teacher_logits_cache to a new path.')
     logging.info('Reusing the teacher logits in %s.', path)
+    if '://' in os.fspath(path):
+      with path.open('rb') as f:
+        return np.load(f)
     return np.load(path, mmap_mode='r')
   logging.info('Precomputing teacher logits into %s.', path)
   logits = compute()
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + '.tmp', 'wb') as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _sibling(path, '.tmp').open('wb') as f:
       np.save(f, logits)
-    with open(meta_path + '.tmp', 'w') as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(meta_path + '.tmp', meta_path)
-    os.replace(path + '.tmp', path)
+    _sibling(meta_path, '.tmp').write_text(json.dumps(meta, indent=2, sort_keys=True))
+    _sibling(meta_path, '.tmp').replace(meta_path)
+    _sibling(path, '.tmp').replace(path)
   return logits
+
+
+def _sibling(path: epath.Path, suffix: str) -> epath.Path:
+  """`path` with `suffix` appended to its name."""
+  return path.parent / f'{path.name}{suffix}'
 
 
 def compute_logits(logits_fn: Callable[[dict[str, jax.Array]], jax.Array],

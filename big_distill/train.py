@@ -2,11 +2,11 @@
 
 import functools
 import json
-import os
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,35 +54,35 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir that holds a run of another config, or that cannot be written.
+  """Refuses a workdir that holds a run of another config (the device mesh may differ: state
+  is restored onto any layout), or that cannot be written.
 
   Reads only, except for creating the workdir (and a probe file, removed) when it is writable.
   """
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path) and not config.allow_config_change:
-    with open(path) as f:
+  path = epath.Path(workdir) / 'config.json'
+  if path.exists() and not config.allow_config_change:
+    with path.open() as f:
       stored = _flatten(json.load(f))
     new = _flatten(_config_json(config))
-    changed = sorted(k for k in set(stored) | set(new)
-                     if k != 'allow_config_change' and stored.get(k) != new.get(k))
+    changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k) and
+                     k != 'allow_config_change' and not k.startswith('mesh.'))
     if changed:
       raise ValueError(f'{workdir} holds a run of another config (differs in: '
                        f'{", ".join(changed[:8])}{", ..." if len(changed) > 8 else ""}); use a new '
                        '--workdir, or pass --config.allow_config_change=True to continue it.')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe = epath.Path(workdir) / f'.write_probe_{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except Exception as e:  # OSError locally; remote filesystems (gs://) raise their own errors.
+    raise ValueError(f'Cannot write to --workdir={workdir} ({getattr(e, "strerror", None) or e}); '
                      'choose a writable directory.') from None
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    with (epath.Path(workdir) / 'config.json').open('w') as f:
       json.dump(_config_json(config), f, indent=2, sort_keys=True)
 
 
@@ -100,7 +100,7 @@ def evaluate(eval_step, params: Any, teacher_params: Any, eval_ds, mesh) -> dict
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains per `config` in `workdir` (resuming from its latest checkpoint); returns final eval."""
   validate(config)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
   # Data.
@@ -121,14 +121,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   student = from_config(config.student, num_classes)
   tx, schedule = make_optimizer(config, num_steps)
   rng = jax.random.PRNGKey(config.seed)
-  init = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
-                 out_shardings=replicated)
-  teacher_params, teacher_view = (), 'same'
+  init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
+  abstract = jax.eval_shape(init, rng)
+  state_sharding = parallel.param_shardings(abstract, mesh, config.mesh.student_fsdp)
+  init = jax.jit(init, out_shardings=state_sharding)
+  teacher_params, teacher_sharding, teacher_view = (), (), 'same'
   if config.mode == 'distill':
     teacher_view = 'index' if config.teacher_logits_cache else steps.TEACHER_VIEWS[config.variant]
     teachers, teacher_params = teachers_lib.load_teachers(config.teachers, num_classes, channels,
                                              config.input.resolution)
-    teacher_params = jax.device_put(teacher_params, replicated)
+    teacher_sharding = parallel.param_shardings(teacher_params, mesh, config.mesh.teacher_fsdp)
+    teacher_params = jax.device_put(teacher_params, teacher_sharding)
     train_step = functools.partial(
         steps.distill_step, student=student, teachers=teachers, tx=tx, schedule=schedule,
         variant=config.variant, temperature=config.temperature, mixup_alpha=config.mixup_alpha)
@@ -139,14 +142,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step = _ignore_teacher(train_step)
     eval_step = _ignore_teacher(functools.partial(steps.supervised_eval_step, model=student))
   train_step = jax.jit(train_step, donate_argnums=0,
-                       in_shardings=(replicated, replicated, batch_sharding, replicated),
-                       out_shardings=(replicated, replicated))
-  eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, batch_sharding),
+                       in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
+                       out_shardings=(state_sharding, replicated))
+  eval_step = jax.jit(eval_step,
+                      in_shardings=(state_sharding.params, teacher_sharding, batch_sharding),
                       out_shardings=replicated)
 
-  abstract = jax.eval_shape(init, rng)
-  abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  abstract = parallel.with_shardings(abstract, state_sharding)
   init_params = None
   if config.student.get('init'):
     init_params = checkpoint.load_params(config.student['init'], student, abstract.params,
@@ -154,14 +156,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   table = None
   if teacher_view == 'index':  # Before the workdir is touched: a stale cache is bad input.
-    table = _teacher_logits(config, workdir, builder, teachers, teacher_params, mesh)
+    table = _teacher_logits(config, workdir, builder, teachers, teacher_params,
+                            teacher_sharding, mesh)
 
   # Workdir: resume from the newest intact checkpoint if there is one.
   check_workdir(config, workdir)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   state = checkpoint.restore_latest(manager, abstract, workdir)
   if state is None and init_params is not None:
-    state = jax.jit(functools.partial(steps.new_state, tx=tx), out_shardings=replicated)(
+    state = jax.jit(functools.partial(steps.new_state, tx=tx), out_shardings=state_sharding)(
         init_params)
   elif state is None:
     state = init(rng)
@@ -254,7 +257,8 @@ def _check_finite(pending: list[dict[str, np.ndarray]], first_step: int, manager
 
 
 def _teacher_logits(config: ml_collections.ConfigDict, workdir: str, builder, teachers,
-                    teacher_params: tuple[Any, ...], mesh) -> np.ndarray:
+                    teacher_params: tuple[Any, ...], teacher_sharding: tuple[Any, ...],
+                    mesh) -> np.ndarray:
   """The fixed teachers' [example, teacher, class] logits on the un-augmented train split."""
   split = config.input.train_split
   num = input_pipeline.num_examples(builder, split)
@@ -263,12 +267,12 @@ def _teacher_logits(config: ml_collections.ConfigDict, workdir: str, builder, te
       num_examples=num, resolution=config.input.resolution,
       central_crop=config.input.central_crop)
   logits_fn = jax.jit(lambda p, batch: teachers.logits(p, batch['image']),
-                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                      in_shardings=(teacher_sharding, parallel.batch_sharded(mesh)),
                       out_shardings=parallel.batch_sharded(mesh))
   batches = (parallel.to_global(b, mesh) for b in input_pipeline.eval_batches(
       config.input, builder, split=split, cache=False).as_numpy_iterator())
   return teachers_lib.cached_logits(
-      os.path.join(workdir, config.teacher_logits_cache), meta,
+      epath.Path(workdir) / epath.Path(config.teacher_logits_cache), meta,
       lambda: teachers_lib.compute_logits(functools.partial(logits_fn, teacher_params), batches,
                                           num))
 

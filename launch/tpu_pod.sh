@@ -3,13 +3,14 @@
 #
 # Usage: launch/tpu_pod.sh [--dry-run] [--project=ID] TPU_NAME ZONE CONFIG WORKDIR [--config.*]
 #   Copies this checkout to ~/big_distill on every worker (gcloud ... tpu-vm scp --worker=all),
-#   installs it there (pip install -e . and jax[tpu]), then runs the same
+#   installs it there (pip install -e ., jax[tpu], google-cloud-storage), then runs the same
 #   `python3 -m big_distill.main --config=CONFIG --workdir=WORKDIR ...` on all workers at once
 #   (gcloud ... tpu-vm ssh --worker=all); JAX finds the other workers by itself.
 #   CONFIG: relative to the checkout's root, e.g. configs/imagenet_funmatch.py:epochs=300.
-#   WORKDIR: one directory all workers share, e.g. a Cloud Storage bucket mounted with gcsfuse, or
-#     NFS, at the same path on every worker (a worker-local path leaves each worker its own,
-#     partial checkpoints). Data: --config.input.data_dir=gs://BUCKET/tfds (TFDS reads gs://).
+#   WORKDIR: one directory all workers share: a Cloud Storage URI, gs://BUCKET/run (written
+#     directly, no mount; the TPU VM's service account needs write access), or NFS at the same path
+#     on every worker (a worker-local path leaves each worker its own, partial checkpoints).
+#     Data: --config.input.data_dir=gs://BUCKET/tfds (TFDS reads gs:// too).
 #   --project=ID: the Google Cloud project (default: gcloud's configured one).
 #   --dry-run (or DRY_RUN=1): print the commands instead of running them.
 #   Creates no TPU; make one first, e.g. gcloud compute tpus tpu-vm create TPU_NAME --zone=ZONE
@@ -49,6 +50,6 @@ run tar -czf "$archive" --exclude=./.git --exclude=./.venv --exclude='*.egg-info
 run gcloud compute tpus tpu-vm scp "$archive" "$tpu:big_distill.tar.gz" --worker=all \
   --zone="$zone" ${project[@]+"${project[@]}"}
 on_all_workers "rm -rf ~/big_distill && mkdir ~/big_distill && tar -xzf ~/big_distill.tar.gz \
--C ~/big_distill && python3 -m pip install -q -e ~/big_distill 'jax[tpu]'"
+-C ~/big_distill && python3 -m pip install -q -e ~/big_distill 'jax[tpu]' google-cloud-storage"
 on_all_workers "cd ~/big_distill && $(quote python3 -m big_distill.main --config="$config" \
   --workdir="$workdir" "$@")"

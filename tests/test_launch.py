@@ -60,7 +60,7 @@ def test_local_dry_run():
 
 def test_tpu_pod_dry_run_copies_installs_and_runs_on_all_workers(tmp_path):
   proc = _run('tpu_pod.sh', '--dry-run', '--project=proj', 'my-tpu', 'us-central2-b', CONFIG,
-              '/mnt/bucket/run', *OVERRIDES, TMPDIR=str(tmp_path))
+              'gs://bucket/run', *OVERRIDES, TMPDIR=str(tmp_path))
   assert proc.returncode == 0, proc.stderr
   tar, scp, install, train = _commands(proc.stdout)
   archive = str(tmp_path / 'big_distill-my-tpu.tar.gz')
@@ -70,10 +70,11 @@ def test_tpu_pod_dry_run_copies_installs_and_runs_on_all_workers(tmp_path):
   assert install[:-1] == train[:-1] == [*GCLOUD, 'ssh', 'my-tpu', *workers]
   assert install[-1].startswith('--command=') and train[-1].startswith('--command=')
   assert shlex.split(install[-1].split(' && ')[-1]) == [
-      'python3', '-m', 'pip', 'install', '-q', '-e', '~/big_distill', 'jax[tpu]']
+      'python3', '-m', 'pip', 'install', '-q', '-e', '~/big_distill', 'jax[tpu]',
+      'google-cloud-storage']
   cd, run = train[-1].removeprefix('--command=').split(' && ')
   assert cd == 'cd ~/big_distill'
-  assert shlex.split(run) == ['python3', *TRAIN, '--workdir=/mnt/bucket/run', *OVERRIDES]
+  assert shlex.split(run) == ['python3', *TRAIN, '--workdir=gs://bucket/run', *OVERRIDES]
   assert not os.path.exists(archive)  # A dry run creates nothing.
 
   subprocess.run(tar, check=True)  # The printed archive command packs the checkout.

@@ -8,8 +8,8 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from big_distill import checkpoint
 from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, metric, read_metrics
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
@@ -48,17 +48,6 @@ def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
   return texts
 
 
-def _read_params(workdir: str, step: int):
-  """Saved parameters on this process's first device, whatever device layout wrote them."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'params')
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        checkpointer.metadata(path).item_metadata)
-    return jax.tree_util.tree_map(np.asarray, checkpointer.restore(path, target))
-
-
 def test_two_processes_match_one_process(tmp_path):
   """Process 0 gets the coordinator flags, process 1 the environment variables."""
   multi, single = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
@@ -81,7 +70,7 @@ def test_two_processes_match_one_process(tmp_path):
                              list(metric(read_metrics(single), 'train/loss').values()), rtol=1e-6)
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-      _read_params(multi, 4), _read_params(single, 4))
+      checkpoint.read_params(multi, 4)[0], checkpoint.read_params(single, 4)[0])
 
 
 def test_partial_multiprocess_flags_are_bad_input(tmp_path):

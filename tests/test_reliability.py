@@ -168,6 +168,8 @@ def bad_inputs(tmp_path_factory, teacher_run):
        "could not convert string to float: 'x'"),
       ('batch vs devices', distill, ['--config.input.batch_size=30'], 4,
        'input.batch_size=30 is not divisible by the 4 devices'),
+      ('mesh vs devices', distill, ['--config.mesh.fsdp=3'], 4,
+       'config.mesh data=-1, fsdp=3 does not fit the 4 devices'),
       ('dataset', distill, ['--config.input.dataset=no_such_dataset'], 1,
        "Unknown TFDS dataset 'no_such_dataset'"),
       ('split', distill, ['--config.input.eval_split=validation'], 1,

@@ -1,0 +1,119 @@
+"""Parameters split over the mesh axis `fsdp`: sharding rules, equality with replicated training,
+restore with the configured shardings, and checkpoints read on another device layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from big_distill import checkpoint, configlib, parallel, steps, train
+from conftest import FUNMATCH_CONFIG, TINY_STUDENT, metric, read_metrics, run_main
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.parametrize('shape, size, spec', [
+    ((3, 3, 16, 32), 2, P(None, None, None, 'fsdp')),  # Conv kernel: output channels.
+    ((3, 3, 32, 32), 4, P(None, None, None, 'fsdp')),  # Equal sizes: the last.
+    ((512, 10), 2, P('fsdp')),  # The largest dimension, though 10 divides too.
+    ((6, 4), 4, P(None, 'fsdp')),  # The largest divisible one.
+    ((10,), 4, P()),  # Nothing divisible: replicated.
+    ((), 2, P()),  # Scalars (the step, Adam's count).
+    ((512, 10), 1, P()),  # No fsdp axis.
+])
+def test_fsdp_spec_splits_the_largest_divisible_dimension(shape, size, spec):
+  assert parallel.fsdp_spec(shape, size) == spec
+
+
+def test_mesh_shape_fills_in_the_rest_and_rejects_misfits():
+  assert parallel.mesh_shape(-1, 1, 4) == (4, 1)
+  assert parallel.mesh_shape(-1, 2, 4) == (2, 2)
+  assert parallel.mesh_shape(2, -1, 8) == (2, 4)
+  for data, fsdp in ((3, 1), (-1, 3), (-1, -1), (0, 4), (2, 1)):
+    with pytest.raises(ValueError, match='does not fit the 4 devices'):
+      parallel.mesh_shape(data, fsdp, 4)
+
+
+def test_a_run_may_continue_on_another_mesh(tmp_path):
+  config, workdir = configlib.base_config(), str(tmp_path)
+  train.write_config(config, workdir)
+  config.mesh.update(data=2, fsdp=2, teacher_fsdp=False)
+  train.check_workdir(config, workdir)
+  config.lr = 0.5
+  with pytest.raises(ValueError, match=r'another config \(differs in: lr\)'):
+    train.check_workdir(config, workdir)
+
+
+def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run):
+  """4 devices as data 2 x fsdp 2 (student and teacher split) train like data 4 (replicated).
+
+  SGD as in test_e2e.test_four_devices_match_one_device. The checkpoints, written by 4 devices
+  in two layouts, are read back in this 1-device process.
+  """
+  config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}'
+  sgd = ('--config.optimizer.name=sgd', '--config.total_steps=6', '--config.log_every_steps=1')
+  workdirs = {}
+  for name, mesh in (('replicated', ()), ('fsdp', ('--config.mesh.fsdp=2',))):
+    workdirs[name] = str(tmp_path / name)
+    run_main(config, workdirs[name], *TINY_STUDENT, *sgd, *mesh, devices=4)
+  losses = {k: metric(read_metrics(w), 'train/loss') for k, w in workdirs.items()}
+  assert sorted(losses['fsdp']) == sorted(losses['replicated']) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([losses['fsdp'][s] for s in range(1, 7)],
+                             [losses['replicated'][s] for s in range(1, 7)], rtol=2e-6)
+  for name, split in (('fsdp', True), ('replicated', False)):  # As saved: every array split.
+    metadata = ocp.StandardCheckpointer().metadata(
+        os.path.join(workdirs[name], 'checkpoints', '6', 'params')).item_metadata
+    assert {'fsdp' in m.sharding.partition_spec
+            for m in jax.tree_util.tree_leaves(metadata)} == {split}, name
+  (fsdp, step), (replicated, _) = (checkpoint.read_params(w) for w in workdirs.values())
+  assert step == 6
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                         fsdp, replicated)
+
+
+def restored_specs(directory: str) -> None:
+  """Saves a small state split over data 2 x fsdp 2, restores it with `restore_latest` and prints
+  {path: [spec of the restored array, expected spec, local shard shape]} as JSON."""
+  mesh = parallel.make_mesh(data=2, fsdp=2)
+  params = {'conv': np.arange(3 * 3 * 4 * 8, dtype=np.float32).reshape(3, 3, 4, 8),
+            'bias': np.ones(8, np.float32), 'odd': np.ones(5, np.float32)}
+  state = steps.new_state(params, optax.sgd(0.1, momentum=0.9))
+  shardings = parallel.param_shardings(state, mesh, fsdp=True)
+  manager = checkpoint.make_manager(directory, keep=1)
+  checkpoint.save(manager, 1, jax.device_put(state, shardings))
+  checkpoint.wait(manager)
+  abstract = parallel.with_shardings(jax.eval_shape(lambda: state), shardings)
+  restored = checkpoint.restore_latest(manager, abstract, directory)
+  manager.close()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.params, state.params)
+  print(json.dumps({
+      jax.tree_util.keystr(path): [str(x.sharding.spec), str(s.spec),
+                                   list(x.addressable_shards[0].data.shape)]
+      for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(restored),
+                              jax.tree_util.tree_leaves(shardings))}))
+
+
+def test_restore_puts_the_state_back_split_over_fsdp(tmp_path):
+  code = (f'import sys; sys.path.insert(0, {TESTS!r}); import test_fsdp; '
+          f'test_fsdp.restored_specs({str(tmp_path)!r})')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  specs = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key, (got, expected, _) in specs.items():
+    assert got == expected, key
+  # Momentum mirrors the params: split the same way; the step stays whole.
+  for prefix in ('.params', '.opt_state[0].trace'):
+    assert specs[f"{prefix}['conv']"] == [str(P(None, None, None, 'fsdp'))] * 2 + [[3, 3, 4, 4]]
+    assert specs[f"{prefix}['bias']"] == [str(P('fsdp'))] * 2 + [[4]]
+    assert specs[f"{prefix}['odd']"] == [str(P())] * 2 + [[5]]
+  assert specs['.step'][:2] == [str(P())] * 2
