@@ -51,7 +51,8 @@ def combine(logits: jax.Array, temperature: float) -> jax.Array:
 
 def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, channels: int,
                   default_resolution: int) -> tuple[Teachers, tuple[Any, ...]]:
-  """Builds each teacher from its config dict and loads its parameters (host arrays)."""
+  """Builds each teacher from its config dict and loads its parameters (host arrays), frozen:
+  weight standardisation is applied to them once here, not in every step."""
   if not specs:
     raise ValueError("config.mode='distill' needs at least one entry in config.teachers.")
   models, resolutions, params = [], [], []
@@ -62,7 +63,8 @@ def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, chan
     abstract = jax.eval_shape(
         lambda m=model, r=res: m.init(jax.random.PRNGKey(0),
                                       jnp.zeros((1, r, r, channels)))['params'])
-    params.append(_load(path, model, abstract, f'config.teachers[{i}]'))
+    model, frozen = model.frozen(_load(path, model, abstract, f'config.teachers[{i}]'))
+    params.append(frozen)
     models.append(model)
     resolutions.append(resolution)
   return Teachers(tuple(models), tuple(resolutions)), tuple(params)

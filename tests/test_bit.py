@@ -197,3 +197,31 @@ def test_skip_head_gives_zero_head_and_same_body(model, npz_path):
     arrays = {k: f[k] for k in f.files if '/head/' not in k}
   headless = bit.bit_npz_dict_to_params(arrays, model, skip_head=True)
   assert headless['head']['kernel'].shape == (1024, CLASSES)
+
+
+def test_frozen_model_gives_the_same_logits(model, npz_path):
+  """Kernels standardised once (frozen teachers) give the logits of standardising every call."""
+  params = bit.load_bit_npz(npz_path, model)
+  frozen_model, frozen_params = model.frozen(params)
+  assert frozen_model.prestandardized and not model.prestandardized
+  kernel = frozen_params['block1']['unit01']['conv1']['kernel']
+  np.testing.assert_allclose(kernel.mean((0, 1, 2)), 0, atol=1e-6)
+  np.testing.assert_allclose(kernel.std((0, 1, 2)), 1, rtol=1e-4)
+  np.testing.assert_array_equal(frozen_params['head']['kernel'], params['head']['kernel'])
+  images = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(frozen_model.apply({'params': frozen_params}, images),
+                             model.apply({'params': params}, images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('size, stride, padding', [
+    (1, 1, (1, 1)), (2, 1, (1, 1)), (2, 2, (1, 1)), (3, 2, (1, 1)), (1, 2, (3, 3)), (4, 2, (3, 3))])
+def test_conv2d_on_maps_smaller_than_the_kernel_matches_xla(size, stride, padding):
+  """The im2col path (output smaller than the kernel) equals XLA's convolution."""
+  rng = np.random.default_rng(4)
+  k = 2 * padding[0] + 1
+  x = rng.normal(size=(2, size, size + 1, 5)).astype(np.float32)
+  kernel = rng.normal(size=(k, k, 5, 6)).astype(np.float32)
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(bit.conv2d(x, kernel, stride, padding), expected,
+                             rtol=1e-5, atol=1e-5)
