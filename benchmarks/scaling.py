@@ -32,9 +32,9 @@ import tensorflow_datasets as tfds
 from ml_collections import config_flags
 
 from big_distill import parallel, steps
+from big_distill import teachers as teachers_lib
 from big_distill.models import from_config
 from big_distill.optim import make_optimizer
-from big_distill.teachers import Teachers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,22 +54,16 @@ def build(config: ml_collections.ConfigDict, resolution: int):
   """(student, teachers, image shape, train-step keyword arguments) of `config`."""
   info = tfds.builder(config.input.dataset, data_dir=config.input.data_dir).info
   num_classes = info.features['label'].num_classes
-  student = from_config(config.student, num_classes)
-  teachers = Teachers(tuple(from_config(t, num_classes) for t in config.teachers),
-                      tuple(t.get('resolution') for t in config.teachers))
-  tx, schedule = make_optimizer(config, 1000)
+  student = from_config(config.student, num_classes, config.dtype)
+  teachers = teachers_lib.build(config.teachers, num_classes, config.teacher_dtype)
+  tx, schedule = make_optimizer(config, config.schedule.warmup_steps + 1000)
   image_shape = (resolution, resolution, info.features['image'].shape[-1])
   return student, teachers, image_shape, dict(tx=tx, schedule=schedule)
 
 
-def init_teachers(teachers: Teachers, image_shape: tuple[int, ...]) -> tuple:
+def init_teachers(teachers: teachers_lib.Teachers, image_shape: tuple[int, ...]) -> tuple:
   """The teachers' randomly initialised parameters (speed does not depend on the weights)."""
-  params = []
-  for model, resolution in zip(teachers.models, teachers.resolutions):
-    side = resolution or image_shape[0]
-    params.append(model.init(jax.random.PRNGKey(0),
-                             jnp.zeros((1, side, side, image_shape[2])))['params'])
-  return tuple(params)
+  return teachers_lib.init_params(teachers, image_shape, jax.random.PRNGKey(0))
 
 
 def time_steps(config: ml_collections.ConfigDict, resolution: int) -> None:
@@ -80,8 +74,9 @@ def time_steps(config: ml_collections.ConfigDict, resolution: int) -> None:
   rng = jax.random.PRNGKey(0)
   state = jax.jit(functools.partial(steps.init_state, student, kw['tx'], image_shape=image_shape),
                   out_shardings=replicated)(rng)
-  teacher_params = jax.jit(functools.partial(init_teachers, teachers, image_shape),
-                           out_shardings=replicated)()
+  teachers, teacher_params = teachers_lib.freeze(  # As in training: standardised once.
+      teachers, jax.device_get(init_teachers(teachers, image_shape)))
+  teacher_params = jax.device_put(teacher_params, replicated)
   step = jax.jit(
       functools.partial(steps.distill_step, student=student, teachers=teachers, **kw,
                         variant=config.variant, temperature=config.temperature,

@@ -1,84 +1,252 @@
-r"""Throughput of the parts of a distillation step, measured in one process. One JSON line.
+r"""Throughput of the distillation step and of its parts, in one process. JSON lines on stdout.
 
-  python benchmarks/step_throughput.py --config=configs/fashion_mnist_funmatch.py
+  python benchmarks/step_throughput.py [--config=configs/fashion_mnist_funmatch.py]
 
-Reports images/s of: the teachers' forward pass, the student's supervised train step, the
-distillation step (mixup + teachers + student + KL + update) and the input pipeline. Teachers are
-randomly initialised (speed does not depend on the weights), so no checkpoint is needed.
+  # The paper's reference case: student R26 x0.5, teacher R50 x0.5, 32x32x3, global batch 64.
+  python benchmarks/step_throughput.py --channels=3 --num_classes=10 --input=false \
+      --config.student.depth=26 --config.student.width=0.5 --config.teachers[0].depth=50 \
+      --config.teachers[0].width=0.5 --config.input.resolution=32 --config.input.batch_size=64
+
+  # A 128 px config's input pipeline on a synthetic JPEG stand-in of its dataset.
+  python benchmarks/step_throughput.py --config=configs/food_funmatch.py --standin=2048
+
+Models, resolution, batch, dtypes (`--config.dtype`, `--config.teacher_dtype`) and the optimizer
+come from the config and its `--config.*` overrides; the steps run on random images
+(`--channels`, `--num_classes` default to the config's dataset) with random teacher weights,
+frozen as in training. Each step is compiled once (`compile_s`), then every component is timed
+`--steps` calls at a time, `--rounds` times in turn (the median is reported), so that the ratios
+compare parts measured under the same load. Lines:
+
+- `matmul`: FLOP/s of a large float32 matmul in this process: the machine's practical limit.
+- `component` (one per part): `teacher_forward`, `student_step` (supervised train step),
+  `distill_step` (views, mixup, teachers, student, KL, update), `distill_step_cached_logits`
+  (fixed teacher with precomputed logits: no teacher pass), `input_pipeline` (the config's TFDS
+  pipeline to global device batches), with `img_per_sec` and, for compiled steps, XLA's FLOPs
+  per image and the achieved FLOP/s.
+- `summary`: `step_efficiency` (distill step time / (teacher forward + student step time); <= 1
+  means nothing is wasted), `cached_logits_over_student_step`, `input_over_step` (pipeline
+  images/s / distill step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
+  `distill_compile_s`, `peak_rss_mb`.
 """
 
 import functools
 import json
+import os
+import resource
+import statistics
+import tempfile
 import time
+from typing import Any, Callable
 
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 from ml_collections import config_flags
 
 from big_distill import parallel, steps
-from big_distill.data import input_pipeline
+from big_distill import teachers as teachers_lib
+from big_distill.data import input_pipeline, synthetic
 from big_distill.models import from_config
 from big_distill.optim import make_optimizer
-from big_distill.teachers import Teachers
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A big_distill config file.')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed calls per measurement (after a warm-up).')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py'),
+    'A big_distill config file.')
+_CHANNELS = flags.DEFINE_integer('channels', None, 'Image channels (default: the dataset\'s).')
+_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: the dataset\'s).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Calls per timing.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timings per component, taken in turn; the median.')
+_INPUT = flags.DEFINE_bool('input', True, 'Also time the config\'s input pipeline.')
+_STANDIN = flags.DEFINE_integer(
+    'standin', 0, 'If > 0: time the input pipeline on a synthetic stand-in of the config\'s '
+    'dataset with this many train images (JPEG where the real dataset is), in a temporary dir.')
+_STANDIN_SIZE = flags.DEFINE_list('standin_size', ['384', '512'],
+                                  'Height, width of the stand-in\'s images.')
+_MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference float32 matmul.')
+_PROFILE = flags.DEFINE_string('profile_dir', None,
+                               'Write a jax.profiler trace of one round of distillation steps.')
 
 
-def images_per_second(fn, batch_size: int, n: int) -> float:
-  """Calls `fn` once to compile, then times `n` calls (blocking on the result)."""
-  jax.block_until_ready(fn())
+def emit(record: dict[str, Any]) -> None:
+  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}),
+        flush=True)
+
+
+class Timer:
+  """Calls `fn` (which returns what to block on) `steps` times per timing, in rounds."""
+
+  def __init__(self):
+    self.times: dict[str, list[float]] = {}
+
+  def time(self, name: str, fn: Callable[[], Any], steps: int) -> None:
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = fn()
+    jax.block_until_ready(out)
+    self.times.setdefault(name, []).append((time.perf_counter() - start) / steps)
+
+  def seconds(self, name: str) -> float:
+    return statistics.median(self.times[name])
+
+
+def compile_step(fn: Callable, *args, donate: bool) -> tuple[Callable, float, float]:
+  """(compiled fn, compile seconds, FLOPs per call) of `jax.jit(fn)` for `args`."""
+  jitted = jax.jit(fn, donate_argnums=0 if donate else ())
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, seconds, float(cost.get('flops', 0.0))
+
+
+def matmul_flops_per_second(n: int, timer: Timer) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ a)
+  jax.block_until_ready(matmul(a))
+  for _ in range(_ROUNDS.value):
+    timer.time('matmul', lambda: matmul(a), 5)
+  return 2 * n**3 / timer.seconds('matmul')
+
+
+def input_images_per_second(config: ml_collections.ConfigDict, mesh) -> float:
+  """Global images/s of the config's training pipeline, as the loop consumes it."""
+  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
+  view = 'same' if config.mode != 'distill' else steps.TEACHER_VIEWS[config.variant]
+  batches = input_pipeline.train_batches(config.input, builder, seed=0, teacher_view=view)
+  for _ in range(3):  # Fills the shuffle buffer (and the cache, if any, keeps filling).
+    jax.block_until_ready(parallel.to_global(next(batches), mesh))
+  n = max(20, _STEPS.value * _ROUNDS.value)
   start = time.perf_counter()
   for _ in range(n):
-    out = fn()
-  jax.block_until_ready(out)
-  return n * batch_size / (time.perf_counter() - start)
+    batch = parallel.to_global(next(batches), mesh)
+  jax.block_until_ready(batch)
+  return n * config.input.batch_size / (time.perf_counter() - start)
+
+
+def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
+  """Points `config.input` at a synthetic stand-in of its dataset written into `directory`."""
+  train = config.input.train_split.split('[')[0]
+  evaluation = config.input.eval_split.split('[')[0]
+  synthetic.make_standin(config.input.dataset, directory,
+                         num_examples={train: _STANDIN.value, evaluation: 8},
+                         image_size=tuple(int(s) for s in _STANDIN_SIZE.value))
+  config.input.data_dir = directory
+  config.input.train_split, config.input.eval_split = train, evaluation
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  mesh = parallel.make_mesh()
-  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
-  num_classes = input_pipeline.num_classes(builder)
-  batches = input_pipeline.train_batches(config.input, builder, seed=0)
-  batch = parallel.to_global(next(batches), mesh)
-  bs = config.input.batch_size
-  rng = jax.random.PRNGKey(0)
-  tx, schedule = make_optimizer(config, 1000)
-  student = from_config(config.student, num_classes)
-  state = steps.init_state(student, tx, rng, batch['image'].shape[1:])
-  models = tuple(from_config(t, num_classes) for t in config.teachers)
-  teachers = Teachers(models, tuple(t.get('resolution') for t in config.teachers))
-  teacher_params = tuple(
-      m.init(rng, jnp.zeros((1, r or config.input.resolution, r or config.input.resolution,
-                             batch['image'].shape[-1])))['params']
-      for m, r in zip(models, teachers.resolutions))
+  with tempfile.TemporaryDirectory() as directory:
+    if _STANDIN.value:
+      make_standin(_CONFIG.value, directory)
+    benchmark(_CONFIG.value)
 
-  teacher_fwd = jax.jit(functools.partial(teachers.log_probs, temperature=config.temperature))
-  student_step = jax.jit(functools.partial(steps.supervised_step, model=student, tx=tx,
-                                           schedule=schedule))
-  distill_step = jax.jit(functools.partial(
-      steps.distill_step, student=student, teachers=teachers, tx=tx, schedule=schedule,
-      variant=config.variant, temperature=config.temperature, mixup_alpha=config.mixup_alpha))
-  n = _STEPS.value
-  result = {
-      'config': config_flags.get_config_filename(flags.FLAGS['config']),
-      'devices': jax.device_count(), 'batch_size': bs,
-      'teacher_forward_img_s': images_per_second(
-          lambda: teacher_fwd(teacher_params, batch['image']), bs, n),
-      'student_step_img_s': images_per_second(
-          lambda: student_step(state, batch, rng)[1], bs, n),
-      'distill_step_img_s': images_per_second(
-          lambda: distill_step(state, teacher_params, batch, rng)[1], bs, n),
-      'input_img_s': images_per_second(lambda: next(batches)['label'], bs // jax.process_count(),
-                                       max(n, 50)),
+
+def benchmark(config: ml_collections.ConfigDict) -> None:
+  mesh = parallel.make_mesh()
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  if not (_CHANNELS.value and _CLASSES.value):
+    builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
+  channels = _CHANNELS.value or input_pipeline.channels(builder)
+  num_classes = _CLASSES.value or input_pipeline.num_classes(builder)
+  bs, res = config.input.batch_size, config.input.resolution
+  image_shape = (res, res, channels)
+  rng = jax.random.PRNGKey(0)
+
+  student = from_config(config.student, num_classes, config.dtype)
+  tx, schedule = make_optimizer(config, config.schedule.warmup_steps + 1000)
+  teachers = teachers_lib.build(config.teachers, num_classes, config.teacher_dtype)
+  teachers, teacher_params = teachers_lib.freeze(
+      teachers, jax.device_get(teachers_lib.init_params(teachers, image_shape, rng)))
+  teacher_params = jax.device_put(teacher_params, replicated)
+  new_state = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
+                      out_shardings=replicated)
+  data = np.random.default_rng(0)
+  batch = jax.device_put({
+      'image': data.uniform(-1, 1, (bs, *image_shape)).astype(np.float32),
+      'label': data.integers(0, num_classes, bs).astype(np.int32)}, batch_sharding)
+  cached = jax.device_put({
+      'image': batch['image'],
+      'teacher_logits': data.normal(size=(bs, len(teachers.models), num_classes)).astype(
+          np.float32)}, batch_sharding)
+  distill = functools.partial(steps.distill_step, student=student, teachers=teachers, tx=tx,
+                              schedule=schedule, temperature=config.temperature,
+                              mixup_alpha=config.mixup_alpha)
+  states = {name: new_state(rng) for name in ('student_step', 'distill_step',
+                                              'distill_step_cached_logits')}
+  components = {  # name: (function, its arguments after the state; None: no state).
+      'teacher_forward': (functools.partial(teachers.log_probs, temperature=config.temperature),
+                          (teacher_params, batch['image'])),
+      'student_step': (functools.partial(steps.supervised_step, model=student, tx=tx,
+                                         schedule=schedule), (batch, rng)),
+      'distill_step': (functools.partial(distill, variant=config.variant),
+                       (teacher_params, batch, rng)),
+      'distill_step_cached_logits': (functools.partial(distill, variant='fixed'),
+                                     (teacher_params, cached, rng)),
   }
-  # Distill step time over (teacher forward + student step) time: <= 1 means nothing is wasted.
-  result['step_efficiency'] = (1 / result['distill_step_img_s']) / (
-      1 / result['teacher_forward_img_s'] + 1 / result['student_step_img_s'])
-  print(json.dumps(result))
+  compiled, records = {}, {}
+  for name, (fn, args) in components.items():
+    stateful = name in states
+    full_args = (states[name], *args) if stateful else args
+    compiled[name], compile_s, flops = compile_step(fn, *full_args, donate=stateful)
+    records[name] = dict(compile_s=compile_s, gflop_per_image=flops / bs / 1e9)
+    if stateful:
+      states[name], _ = compiled[name](states[name], *args)  # Warm-up.
+
+  def call(name):
+    fn, args = compiled[name], components[name][1]
+    if name not in states:
+      return fn(*args)
+    states[name], metrics = fn(states[name], *args)
+    return metrics
+
+  timer = Timer()
+  matmul = matmul_flops_per_second(_MATMUL.value, timer)
+  emit({'measure': 'matmul', 'size': _MATMUL.value, 'gflop_per_sec': matmul / 1e9})
+  for _ in range(_ROUNDS.value):
+    for name in components:
+      timer.time(name, functools.partial(call, name), _STEPS.value)
+  if _PROFILE.value:
+    with jax.profiler.trace(_PROFILE.value):
+      timer.time('profiled', functools.partial(call, 'distill_step'), _STEPS.value)
+
+  setting = dict(student=f'{config.student.model} {config.student.depth}x{config.student.width}',
+                 teachers=[f'{t.model} {t.depth}x{t.width}' for t in config.teachers],
+                 image_shape=list(image_shape), batch_size=bs, variant=config.variant,
+                 dtype=config.dtype, teacher_dtype=config.teacher_dtype,
+                 devices=jax.device_count(), backend=jax.default_backend())
+  img_s = {}
+  for name, record in records.items():
+    seconds = timer.seconds(name)
+    img_s[name] = bs / seconds
+    emit({'measure': 'component', 'name': name, 'img_per_sec': img_s[name],
+          'step_ms': 1e3 * seconds, **record,
+          'gflop_per_sec': record['gflop_per_image'] * img_s[name], **setting})
+
+  summary = {
+      'measure': 'summary',
+      'step_efficiency': img_s['teacher_forward'] * img_s['student_step'] / img_s[
+          'distill_step'] / (img_s['teacher_forward'] + img_s['student_step']),
+      'cached_logits_over_student_step': img_s['student_step'] / img_s[
+          'distill_step_cached_logits'],
+      'distill_img_per_sec': img_s['distill_step'],
+      'distill_gflop_per_sec': records['distill_step']['gflop_per_image'] * img_s['distill_step'],
+      'matmul_gflop_per_sec': matmul / 1e9,
+      'distill_compile_s': records['distill_step']['compile_s'],
+  }
+  summary['distill_fraction_of_matmul'] = summary['distill_gflop_per_sec'] / (matmul / 1e9)
+  if _INPUT.value or _STANDIN.value:
+    img_s['input_pipeline'] = input_images_per_second(config, mesh)
+    emit({'measure': 'component', 'name': 'input_pipeline', 'img_per_sec':
+          img_s['input_pipeline'], 'dataset': config.input.dataset,
+          'standin': bool(_STANDIN.value), 'cache': config.input.cache, **setting})
+    summary['input_over_step'] = img_s['input_pipeline'] / img_s['distill_step']
+  summary['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  emit({**summary, **setting})
 
 
 if __name__ == '__main__':

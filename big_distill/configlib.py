@@ -92,6 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
   # over `fsdp` along its largest divisible dimension, for models too big to replicate.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, student_fsdp=True, teacher_fsdp=True))
 
+  # Compute dtypes ('float32', 'bfloat16', 'float16') of the student and of the teachers;
+  # parameters, logits, the loss and the optimizer stay float32.
+  c.dtype = 'float32'
+  c.teacher_dtype = 'float32'
+  # A jax.profiler trace of `num_steps` steps from `first_step` into the workdir (TensorBoard's
+  # profile tab, or Perfetto); 0 steps: none.
+  c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))
+
   c.log_every_steps = 50
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000

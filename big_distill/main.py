@@ -33,6 +33,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Multi-process: number of processes (default: $JAX_NUM_PROCESSES).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process: this process, 0 .. N-1 (default: $JAX_PROCESS_ID).')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                                            '~/.cache/big_distill/jax'),
+    'JAX\'s persistent compilation cache (local or gs://), so that a restarted run skips '
+    'compiling; empty: off.')
 
 
 def distributed_args() -> tuple[str, int, int] | None:
@@ -119,6 +124,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
+    if _COMPILATION_CACHE.value:
+      jax.config.update('jax_compilation_cache_dir',
+                        os.path.expanduser(_COMPILATION_CACHE.value))
     init_distributed()
     logging.info('JAX process %d of %d, %d local / %d global devices.', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

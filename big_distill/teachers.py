@@ -3,6 +3,7 @@
 teacher (computed once, stored with a fingerprint of the teachers and data they came from)."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -49,25 +50,44 @@ def combine(logits: jax.Array, temperature: float) -> jax.Array:
   return jax.nn.logsumexp(logps, axis=1) - jnp.log(logits.shape[1])
 
 
-def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int, channels: int,
-                  default_resolution: int) -> tuple[Teachers, tuple[Any, ...]]:
-  """Builds each teacher from its config dict and loads its parameters (host arrays), frozen:
-  weight standardisation is applied to them once here, not in every step."""
+def build(specs: list[ml_collections.ConfigDict], num_classes: int,
+          dtype: str = 'float32') -> Teachers:
+  """The (unloaded) teachers of `config.teachers`, computing in `dtype`."""
   if not specs:
     raise ValueError("config.mode='distill' needs at least one entry in config.teachers.")
-  models, resolutions, params = [], [], []
-  for i, spec in enumerate(specs):
-    path, resolution = spec.get('checkpoint'), spec.get('resolution')
-    model = from_config(spec, num_classes)
-    res = resolution or default_resolution
-    abstract = jax.eval_shape(
-        lambda m=model, r=res: m.init(jax.random.PRNGKey(0),
-                                      jnp.zeros((1, r, r, channels)))['params'])
-    model, frozen = model.frozen(_load(path, model, abstract, f'config.teachers[{i}]'))
-    params.append(frozen)
-    models.append(model)
-    resolutions.append(resolution)
-  return Teachers(tuple(models), tuple(resolutions)), tuple(params)
+  return Teachers(tuple(from_config(spec, num_classes, dtype) for spec in specs),
+                  tuple(spec.get('resolution') for spec in specs))
+
+
+def init_params(teachers: Teachers, image_shape: tuple[int, int, int],
+                rng: jax.Array) -> tuple[Any, ...]:
+  """Randomly initialised parameters of each teacher at its own resolution (benchmarks use them;
+  their shapes are those a teacher checkpoint must have)."""
+  out = []
+  for model, resolution in zip(teachers.models, teachers.resolutions):
+    side = resolution or image_shape[0]
+    out.append(model.init(rng, jnp.zeros((1, side, side, image_shape[2])))['params'])
+  return tuple(out)
+
+
+def freeze(teachers: Teachers, params: tuple[Any, ...]) -> tuple[Teachers, tuple[Any, ...]]:
+  """The teachers for fixed `params`: conv kernels standardised once (`ResNetV2.frozen`), not
+  in every step."""
+  frozen = [model.frozen(p) for model, p in zip(teachers.models, params)]
+  return (dataclasses.replace(teachers, models=tuple(m for m, _ in frozen)),
+          tuple(p for _, p in frozen))
+
+
+def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int,
+                  image_shape: tuple[int, int, int],
+                  dtype: str = 'float32') -> tuple[Teachers, tuple[Any, ...]]:
+  """Builds each teacher from its config dict and loads its parameters (host arrays), frozen."""
+  teachers = build(specs, num_classes, dtype)
+  abstract = jax.eval_shape(functools.partial(init_params, teachers, image_shape),
+                            jax.random.PRNGKey(0))
+  params = tuple(_load(spec.get('checkpoint'), model, shapes, f'config.teachers[{i}]')
+                 for i, (spec, model, shapes) in enumerate(zip(specs, teachers.models, abstract)))
+  return freeze(teachers, params)
 
 
 def _load(path: str | None, model: nn.Module, abstract: Any, name: str) -> Any:

@@ -1,6 +1,7 @@
 """The training loop: data, models, state, restore, step, eval, checkpoint. Read top to bottom."""
 
 import functools
+import itertools
 import json
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from clu import periodic_actions
 from big_distill import checkpoint, metrics, parallel, steps
 from big_distill import teachers as teachers_lib
 from big_distill.data import input_pipeline
-from big_distill.models import from_config
+from big_distill.models import compute_dtype, from_config
 from big_distill.optim import make_optimizer
 
 
@@ -45,12 +46,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 < config.input.extra_data.fraction < 1:
       raise ValueError(f'config.input.extra_data.fraction={config.input.extra_data.fraction}; '
                        'use a share of the batch between 0 and 1.')
+  compute_dtype(config.dtype, 'config.dtype')
+  compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
   parallel.check_batch_size(config.input.batch_size)
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
+
+
+# Keys that change how a run executes, not what it computes: a workdir may continue with others.
+RUNTIME_KEYS = ('mesh.', 'profile.')
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -65,7 +72,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       stored = _flatten(json.load(f))
     new = _flatten(_config_json(config))
     changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k) and
-                     k != 'allow_config_change' and not k.startswith('mesh.'))
+                     k != 'allow_config_change' and not k.startswith(RUNTIME_KEYS))
     if changed:
       raise ValueError(f'{workdir} holds a run of another config (differs in: '
                        f'{", ".join(changed[:8])}{", ..." if len(changed) > 8 else ""}); use a new '
@@ -118,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = total_steps(config, num_train)
 
   # Models, optimizer and the (student's) training state.
-  student = from_config(config.student, num_classes)
+  student = from_config(config.student, num_classes, config.dtype)
   tx, schedule = make_optimizer(config, num_steps)
   rng = jax.random.PRNGKey(config.seed)
   init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
@@ -128,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_params, teacher_sharding, teacher_view = (), (), 'same'
   if config.mode == 'distill':
     teacher_view = 'index' if config.teacher_logits_cache else steps.TEACHER_VIEWS[config.variant]
-    teachers, teacher_params = teachers_lib.load_teachers(config.teachers, num_classes, channels,
-                                             config.input.resolution)
+    teachers, teacher_params = teachers_lib.load_teachers(config.teachers, num_classes,
+                                                          image_shape, config.teacher_dtype)
     teacher_sharding = parallel.param_shardings(teacher_params, mesh, config.mesh.teacher_fsdp)
     teacher_params = jax.device_put(teacher_params, teacher_sharding)
     train_step = functools.partial(
@@ -185,9 +192,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return stream
 
   batches = parallel.prefetch_to_mesh(batches_from(start_step), mesh, config.input.prefetch)
+  if start_step < num_steps:  # Compiled ahead of time, to report the compile time.
+    batch = next(batches)
+    t_compile = time.perf_counter()
+    train_step = train_step.lower(state, teacher_params, batch, rng).compile()
+    compile_seconds = time.perf_counter() - t_compile
+    logging.info('Compiled the train step in %.1f s.', compile_seconds)
+    writer.write_scalars(start_step + 1, {'train/compile_seconds': compile_seconds})
+    batches = itertools.chain([batch], batches)
   eval_ds = input_pipeline.eval_batches(config.input, builder)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=30)
+  hooks = [progress]
+  if config.profile.num_steps:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, num_profile_steps=config.profile.num_steps, profile_duration_ms=None,
+        first_profile=config.profile.first_step, every_secs=None))
   preemption = checkpoint.Preemption()
   logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
                num_steps, config.input.batch_size, jax.device_count())
@@ -197,7 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, teacher_params, next(batches), rng)
       pending.append(step_metrics)
-      progress(step)
+      for hook in hooks:
+        hook(step)
       preempted = preemption.reached(manager, step)
       log_now = step % config.log_every_steps == 0 or step == num_steps
       save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted

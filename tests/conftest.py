@@ -19,10 +19,11 @@ TINY_STUDENT = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.2
 
 
 def run_main(config: str, workdir: str, *overrides: str, devices: int = 1,
-             check: bool = True) -> subprocess.CompletedProcess:
-  """Runs `python -m big_distill.main` in a fresh process with `devices` CPU devices."""
+             check: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
+  """Runs `python -m big_distill.main` in a fresh process with `devices` CPU devices (and the
+  environment variables `env_vars`)."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **env_vars)
   cmd = [sys.executable, '-m', 'big_distill.main', f'--config={config}',
          f'--workdir={workdir}', *overrides]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from big_distill import models
 from big_distill.models import bit
 
 DEPTH, WIDTH, CLASSES = 26, 0.5, 10  # 2 units per stage, channels 32..1024: all divisible by 32.
@@ -214,9 +215,11 @@ def test_frozen_model_gives_the_same_logits(model, npz_path):
 
 
 @pytest.mark.parametrize('size, stride, padding', [
-    (1, 1, (1, 1)), (2, 1, (1, 1)), (2, 2, (1, 1)), (3, 2, (1, 1)), (1, 2, (3, 3)), (4, 2, (3, 3))])
-def test_conv2d_on_maps_smaller_than_the_kernel_matches_xla(size, stride, padding):
-  """The im2col path (output smaller than the kernel) equals XLA's convolution."""
+    (1, 1, (1, 1)), (2, 1, (1, 1)), (2, 2, (1, 1)), (3, 2, (1, 1)), (1, 2, (3, 3)), (4, 2, (3, 3)),
+    (5, 1, (0, 0)), (5, 2, (0, 0)), (8, 1, (1, 1))])
+def test_conv2d_matches_xla(size, stride, padding):
+  """Every path (1x1 dot, im2col where the output is smaller than the kernel, XLA's
+  convolution) equals XLA's convolution."""
   rng = np.random.default_rng(4)
   k = 2 * padding[0] + 1
   x = rng.normal(size=(2, size, size + 1, 5)).astype(np.float32)
@@ -225,3 +228,23 @@ def test_conv2d_on_maps_smaller_than_the_kernel_matches_xla(size, stride, paddin
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(bit.conv2d(x, kernel, stride, padding), expected,
                              rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits(model, npz_path):
+  params = bit.load_bit_npz(npz_path, model)
+  low = models.from_config(dict(model='bit', depth=DEPTH, width=WIDTH), CLASSES, 'bfloat16')
+  images = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  abstract = jax.eval_shape(low.init, jax.random.PRNGKey(0), images)['params']
+  assert {x.dtype for x in jax.tree_util.tree_leaves(abstract)} == {jnp.dtype(jnp.float32)}
+  jaxpr = str(jax.make_jaxpr(low.apply)({'params': params}, images))
+  assert 'dot_general' in jaxpr and 'conv_general_dilated' in jaxpr
+  for line in jaxpr.splitlines():  # Every convolution and matmul computes in bfloat16.
+    if 'conv_general_dilated[' in line or 'dot_general[' in line:
+      assert line.split('=')[0].strip().endswith('bf16[') or ':bf16[' in line, line
+  logits = low.apply({'params': params}, images)
+  expected = model.apply({'params': params}, images)
+  assert logits.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: a few percent of error after 26 layers, not more.
+  assert np.linalg.norm(logits - expected) < 0.1 * np.linalg.norm(expected)
+  with pytest.raises(ValueError, match=r"config.dtype='bf16'; use one of float32, bfloat16"):
+    models.from_config(dict(model='bit'), CLASSES, 'bf16')

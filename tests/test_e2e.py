@@ -96,3 +96,28 @@ def test_four_devices_match_one_device(tmp_path, teacher_run):
     assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([losses[1][s] for s in range(1, 7)],
                                [losses[0][s] for s in range(1, 7)], rtol=2e-4, err_msg=name)
+
+
+def test_compile_time_is_logged_and_the_compilation_cache_is_reused(tmp_path):
+  """The first step's compile time lands in metrics.jsonl; a second run of the same program
+  (a new workdir, the same --compilation_cache_dir) loads the compiled step from the cache."""
+  cache, runs = str(tmp_path / 'xla_cache'), []
+  for name in ('first', 'second'):
+    workdir = str(tmp_path / name)
+    runs.append(run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER,
+                         '--config.total_steps=3', f'--compilation_cache_dir={cache}',
+                         JAX_LOG_COMPILES='1'))
+    compile_seconds = metric(read_metrics(workdir), 'train/compile_seconds')
+    assert list(compile_seconds) == [1] and compile_seconds[1] > 0
+  assert any(f.endswith('-cache') for f in os.listdir(cache))
+  assert 'Persistent compilation cache hit' not in runs[0].stderr
+  assert "Persistent compilation cache hit for 'jit_wrapped'" in runs[1].stderr
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+  workdir = str(tmp_path / 'profiled')
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER, '--config.total_steps=6',
+           '--config.profile.first_step=2', '--config.profile.num_steps=2')
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, 'plugins', 'profile'))
+            for f in files if f.endswith('.xplane.pb')]
+  assert len(traces) == 1

@@ -175,6 +175,8 @@ def bad_inputs(tmp_path_factory, teacher_run):
       ('split', distill, ['--config.input.eval_split=validation'], 1,
        "Unknown split 'validation' of fashion_mnist"),
       ('model', distill, ['--config.student.model=vit'], 1, "Unknown model 'vit'"),
+      ('dtype', distill, ['--config.teacher_dtype=half'], 1,
+       "config.teacher_dtype='half'; use one of float32, bfloat16, float16."),
       ('teacher missing', distill, [f'--config.teachers[0].checkpoint={d}/gone.npz'], 1,
        f"config.teachers[0].checkpoint '{d}/gone.npz' does not exist"),
       ('teacher unreadable', distill, [f'--config.teachers[0].checkpoint={d}/garbage.npz'], 1,

@@ -130,16 +130,26 @@ def process_slices(builder: tfds.core.DatasetBuilder, split: str, slices: int, *
 
 def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
             cfg: ml_collections.ConfigDict, *, seed: int, skip: int, views) -> tf.data.Dataset:
-  """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in."""
-  ds = builder.as_dataset(split=subsplit, shuffle_files=False).enumerate(start=offset)
+  """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in.
+
+  Images stay encoded (JPEG, PNG) through the cache and the shuffle buffer and are decoded in
+  the parallel map: the buffer holds at most `shuffle_buffer` files, and no more than the slice
+  has (a larger buffer would only hold repeats of it).
+  """
+  size = builder.info.splits[subsplit].num_examples
+  ds = builder.as_dataset(split=subsplit, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()}).enumerate(start=offset)
   if cfg.cache:
     ds = ds.cache()
-  ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().shuffle(min(cfg.shuffle_buffer, size), seed=seed,
+                           reshuffle_each_iteration=True)
   ds = ds.enumerate().skip(skip)
   base_seed = tf.constant([0, seed], tf.int64)
+  decode = builder.info.features['image'].decode_example
 
   def preprocess(position, indexed):
     index, example = indexed
+    example = {**example, 'image': decode(example['image'])}
     return views(example, index, tf.random.experimental.stateless_fold_in(base_seed, position))
 
   return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

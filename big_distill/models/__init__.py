@@ -3,6 +3,7 @@
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from big_distill.models import bit
 
@@ -23,7 +24,19 @@ def get_model(model: str, **kwargs: Any) -> nn.Module:
 LOADING_KEYS = ('init', 'checkpoint', 'resolution')
 
 
-def from_config(spec: Mapping[str, Any], num_classes: int) -> nn.Module:
-  """The model of a config entry such as `dict(model='bit', depth=50, width=1, init=PATH)`."""
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def compute_dtype(name: str, key: str = 'config.dtype') -> jnp.dtype:
+  """The compute dtype named by a config value (`key` names it in the error)."""
+  if name not in DTYPES:
+    raise ValueError(f'{key}={name!r}; use one of {", ".join(DTYPES)}.')
+  return jnp.dtype(name)
+
+
+def from_config(spec: Mapping[str, Any], num_classes: int,
+                dtype: str = 'float32') -> nn.Module:
+  """The model of a config entry such as `dict(model='bit', depth=50, width=1, init=PATH)`,
+  computing in `dtype` (parameters and logits stay float32)."""
   return get_model(**{k: v for k, v in spec.items() if k not in LOADING_KEYS},
-                   num_classes=num_classes)
+                   num_classes=num_classes, dtype=compute_dtype(dtype))

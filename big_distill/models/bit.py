@@ -54,13 +54,16 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
            padding: tuple[int, int]) -> jnp.ndarray:
   """NHWC x HWIO convolution with zero `padding` (before, after) on both spatial axes.
 
-  Where the output is smaller than the kernel (late stages at low resolution) it is one dot over
-  the kernel taps that see the input (im2col; the other taps only see padding): the same result,
-  and 10-100x faster than XLA:CPU's convolution, which falls back to a slow path there.
+  A 1x1 convolution is a dot over channels (about 10% faster train steps on XLA:CPU). Where the
+  output is smaller than the kernel (late stages at low resolution) it is one dot over the kernel
+  taps that see the input (im2col; the other taps only see padding): the same result, and
+  10-100x faster than XLA:CPU's convolution, which falls back to a slow path there.
   """
   k = kernel.shape[0]
+  if k == 1 and padding == (0, 0):
+    return x[:, ::stride, ::stride] @ kernel[0, 0]
   out = [(n + sum(padding) - k) // stride + 1 for n in x.shape[1:3]]
-  if k == 1 or min(out) >= k:
+  if min(out) >= k:
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   taps = [[d for d in range(k) if any(0 <= i * stride + d - padding[0] < n for i in range(o))]

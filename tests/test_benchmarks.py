@@ -1,0 +1,64 @@
+"""The benchmarks run and their summaries agree with their own measurements (tiny settings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ('--config.student.depth=14', '--config.student.width=0.125',
+        '--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
+        '--config.input.resolution=28', '--config.input.batch_size=16',
+        '--config.input.shuffle_buffer=1000')
+
+
+def _run(script: str, *args: str, devices: int = 1) -> list[dict]:
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
+                        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+
+
+def test_step_throughput_reports_every_part_and_consistent_ratios():
+  lines = _run('step_throughput.py', '--steps=2', '--rounds=1', *TINY)
+  matmul, = [l for l in lines if l['measure'] == 'matmul']
+  summary, = [l for l in lines if l['measure'] == 'summary']
+  img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
+  assert sorted(img_s) == ['distill_step', 'distill_step_cached_logits', 'input_pipeline',
+                           'student_step', 'teacher_forward']
+  assert all(v > 0 for v in img_s.values())
+  seconds = {k: 1 / v for k, v in img_s.items()}
+  assert summary['step_efficiency'] == pytest.approx(
+      seconds['distill_step'] / (seconds['teacher_forward'] + seconds['student_step']), rel=1e-3)
+  assert summary['cached_logits_over_student_step'] == pytest.approx(
+      seconds['distill_step_cached_logits'] / seconds['student_step'], rel=1e-3)
+  assert summary['input_over_step'] == pytest.approx(
+      img_s['input_pipeline'] / img_s['distill_step'], rel=1e-3)
+  steps = {l['name']: l for l in lines if l.get('gflop_per_image')}
+  # The distillation step computes a teacher forward pass and a student train step.
+  assert steps['distill_step']['gflop_per_image'] == pytest.approx(
+      steps['teacher_forward']['gflop_per_image'] + steps['student_step']['gflop_per_image'],
+      rel=0.1)
+  assert summary['distill_fraction_of_matmul'] == pytest.approx(
+      summary['distill_gflop_per_sec'] / matmul['gflop_per_sec'], rel=1e-3)
+  assert summary['distill_compile_s'] > 0 and summary['peak_rss_mb'] > 100
+  assert summary['image_shape'] == [28, 28, 1] and summary['batch_size'] == 16
+
+
+def test_scaling_summary_is_relative_to_one_device():
+  lines = _run('scaling.py', '--devices=1,2', '--steps=2', '--per_device_batch=8',
+               '--batch_size=16', '--measure=scaling', *TINY)
+  rows = [l for l in lines if l['measure'] == 'scaling']
+  summary, = [l for l in lines if l['measure'] == 'scaling_summary']
+  assert {(r['devices'], r['mode'], r['global_batch']) for r in rows} == {
+      (1, 'fixed_global_batch', 16), (2, 'fixed_global_batch', 16),
+      (1, 'fixed_per_device_batch', 8), (2, 'fixed_per_device_batch', 16)}
+  for mode in ('fixed_global_batch', 'fixed_per_device_batch'):
+    img_s = {r['devices']: r['img_per_sec'] for r in rows if r['mode'] == mode}
+    assert summary[mode]['2']['speedup'] == pytest.approx(img_s[2] / img_s[1], abs=0.01)
+    assert summary[mode]['2']['efficiency'] == pytest.approx(img_s[2] / img_s[1] / 2, abs=0.01)
