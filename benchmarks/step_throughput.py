@@ -29,11 +29,13 @@ compare parts measured under the same load. Lines:
   `distill_compile_s`, `peak_rss_mb`.
 """
 
+import contextlib
 import functools
 import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -131,9 +133,10 @@ def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
   """Points `config.input` at a synthetic stand-in of its dataset written into `directory`."""
   train = config.input.train_split.split('[')[0]
   evaluation = config.input.eval_split.split('[')[0]
-  synthetic.make_standin(config.input.dataset, directory,
-                         num_examples={train: _STANDIN.value, evaluation: 8},
-                         image_size=tuple(int(s) for s in _STANDIN_SIZE.value))
+  with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress; stdout is JSON lines.
+    synthetic.make_standin(config.input.dataset, directory,
+                           num_examples={train: _STANDIN.value, evaluation: 8},
+                           image_size=tuple(int(s) for s in _STANDIN_SIZE.value))
   config.input.data_dir = directory
   config.input.train_split, config.input.eval_split = train, evaluation
 

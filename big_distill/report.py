@@ -150,7 +150,7 @@ def results_markdown(runs: list[Run]) -> str:
   """`results.md`: per dataset, a variant x schedule-length table, the teacher, the runs."""
   lines = ['# Results', '',
            'Cells: final student accuracy (top-1 agreement with the teacher) on the eval split; '
-           'the mean where several runs share a cell (their count in brackets).']
+           'the mean where several runs share a cell (their count in square brackets).']
   for dataset, group in _by_dataset(runs).items():
     lengths = list(dict.fromkeys(r.length for r in sorted(group, key=_sort_key)))
     lines += ['', f'## {dataset}', '', '| variant | ' + ' | '.join(lengths) + ' |',

@@ -21,11 +21,11 @@ def _run(script: str, *args: str, devices: int = 1) -> list[dict]:
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
                         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+  return [json.loads(line) for line in proc.stdout.splitlines()]  # Nothing but JSON lines.
 
 
 def test_step_throughput_reports_every_part_and_consistent_ratios():
-  lines = _run('step_throughput.py', '--steps=2', '--rounds=1', *TINY)
+  lines = _run('step_throughput.py', '--steps=2', '--rounds=1', '--standin=64', *TINY)
   matmul, = [l for l in lines if l['measure'] == 'matmul']
   summary, = [l for l in lines if l['measure'] == 'summary']
   img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
@@ -48,6 +48,8 @@ def test_step_throughput_reports_every_part_and_consistent_ratios():
       summary['distill_gflop_per_sec'] / matmul['gflop_per_sec'], rel=1e-3)
   assert summary['distill_compile_s'] > 0 and summary['peak_rss_mb'] > 100
   assert summary['image_shape'] == [28, 28, 1] and summary['batch_size'] == 16
+  input_line, = [l for l in lines if l.get('name') == 'input_pipeline']
+  assert input_line['standin'] and input_line['dataset'] == 'fashion_mnist'
 
 
 def test_scaling_summary_is_relative_to_one_device():
