@@ -5,7 +5,7 @@ r"""Trains the demo teacher on Fashion-MNIST: BiT ResNet-v2 (R14, width 1/4) on 
 
 Arguments (`--config=configs/fashion_mnist_teacher.py:epochs=4,runlocal=True`):
   epochs: training length.  runlocal: a few steps on a slice of the data, for a quick try.
-Expected: about 91% test accuracy in about 7 minutes on 2 CPU cores.
+Expected: about 91% test accuracy in about 8 minutes on 2 CPU cores.
 """
 
 from big_distill import configlib
