@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import FUNMATCH_CONFIG, ROOT, TINY_STUDENT
 
 TINY = ('--config.student.depth=14', '--config.student.width=0.125',
         '--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
@@ -64,3 +65,27 @@ def test_scaling_summary_is_relative_to_one_device():
     img_s = {r['devices']: r['img_per_sec'] for r in rows if r['mode'] == mode}
     assert summary[mode]['2']['speedup'] == pytest.approx(img_s[2] / img_s[1], abs=0.01)
     assert summary[mode]['2']['efficiency'] == pytest.approx(img_s[2] / img_s[1] / 2, abs=0.01)
+
+
+def test_shampoo_vs_adam_summary_follows_its_runs(teacher_run):
+  lines = _run('shampoo_vs_adam.py', '--epochs=0.5', '--shampoo_fractions=0.5',
+               '--adam_lrs=0.001,0.01', '--shampoo_lrs=0.01',
+               f'--config={FUNMATCH_CONFIG}:teacher={teacher_run},runlocal=True', *TINY_STUDENT)
+  *runs, summary = lines
+  adam = [r for r in runs if r['optimizer'] == 'adam']
+  shampoo, = [r for r in runs if r['optimizer'] == 'shampoo']
+  best = max(adam, key=lambda r: r['final_accuracy'])
+  assert [r['steps'] for r in adam] == [16, 16] and shampoo['steps'] == 8  # 1,024 images / 32.
+  assert summary['target_accuracy'] == best['final_accuracy']
+  assert (summary['adam_steps'], summary['adam_best_lr']) == (16, best['lr'])
+  assert summary['shampoo']['0.5'] == {
+      'epochs': 0.25, 'steps': 8, 'best_lr': 0.01, 'final_accuracy': shampoo['final_accuracy'],
+      'train_seconds': shampoo['train_seconds'],
+      'reaches_target': shampoo['final_accuracy'] >= best['final_accuracy']}
+  for r in runs:
+    assert r['train_seconds'] == pytest.approx(r['steps'] * r['sec_per_step'])
+  assert summary['shampoo_step_overhead'] == pytest.approx(
+      shampoo['sec_per_step'] / float(np.median([r['sec_per_step'] for r in adam])))
+  reached = summary['shampoo']['0.5']['reaches_target']
+  assert summary['shampoo_wall_fraction_of_adam'] == (
+      pytest.approx(shampoo['train_seconds'] / best['train_seconds']) if reached else None)
