@@ -9,8 +9,9 @@ Beyer et al. (2022) ran Shampoo for 1200 ImageNet epochs against Adam's 4800: ea
 its own complete schedule (warm-up, then decay to the end). Likewise here: Adam runs `--epochs`
 epochs, Shampoo runs each fraction of that in `--shampoo_fractions` (warm-up scaled alike), each
 with every learning rate of its grid. The target is the best final student accuracy of Adam; the
-summary gives, per Shampoo length, its best final accuracy and training time, and the smallest
-Shampoo length that reaches the target with its wall time as a fraction of Adam's (goal: <= 0.5).
+summary gives Adam's steps and time and, per Shampoo length, its best final accuracy, steps and
+training time, and the smallest Shampoo length that reaches the target with its wall time as a
+fraction of Adam's (goal: <= 0.5).
 Training time is steps x seconds per step (the median of the logged intervals, which exclude
 compilation and evaluation). One line per run, then the summary.
 """

@@ -10,10 +10,7 @@ import pytest
 
 from conftest import FUNMATCH_CONFIG, ROOT, TINY_STUDENT
 
-TINY = ('--config.student.depth=14', '--config.student.width=0.125',
-        '--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
-        '--config.input.resolution=28', '--config.input.batch_size=16',
-        '--config.input.shuffle_buffer=1000')
+TINY = (*TINY_STUDENT, '--config.input.batch_size=16', '--config.input.shuffle_buffer=1000')
 
 
 def _run(script: str, *args: str, devices: int = 1) -> list[dict]:
