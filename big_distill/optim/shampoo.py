@@ -29,7 +29,8 @@ Inverse roots are computed in float32 with matrix products only, no LAPACK: the
 largest eigenvalue ``lambda_max`` of the symmetrised statistic comes from power
 iteration (on a repeatedly squared copy, then a Rayleigh quotient), the
 statistic is damped *relatively* to ``S + epsilon * lambda_max * I``, and its
-inverse ``p``-th root comes from the coupled Newton iteration (Guo & Higham
+inverse ``p``-th root (of the statistic divided by ``lambda_max``, so that
+gradients of any scale work alike, then multiplied by ``lambda_max^{-1/p}``) comes from the coupled Newton iteration (Guo & Higham
 2006, as in Anil et al.'s distributed Shampoo), stopped at convergence or when
 the residual grows (then the previous iterate is kept); an all-zero statistic
 gets the identity as its root. (``jnp.linalg.eigh`` is avoided because on
@@ -206,10 +207,13 @@ def _inverse_pth_root(stat: jax.Array, p: int, epsilon: float, max_iters: int = 
     eye = jnp.broadcast_to(jnp.eye(s.shape[-1], dtype=jnp.float32), s.shape)
     lam = _max_eigenvalue(s)
     nonzero = (lam > 0)[..., None, None]
-    damped = jnp.where(nonzero, s + epsilon * lam[..., None, None] * eye, eye)
+    # (S + eps lam I)^{-1/p} = lam^{-1/p} (S / lam + eps I)^{-1/p}: the iteration sees eigenvalues
+    # in [eps, 1] whatever the gradients' scale (tiny ones would underflow its norms).
+    scale = jnp.where(nonzero, lam[..., None, None], 1.0)
+    damped = jnp.where(nonzero, s / scale + epsilon * eye, eye)
     flat = damped.reshape(-1, *s.shape[-2:])
     root = jax.vmap(lambda a: _newton_inverse_root(a, p, max_iters, tol))(flat)
-    return jnp.where(nonzero, root.reshape(s.shape), eye)
+    return jnp.where(nonzero, root.reshape(s.shape) * scale ** (-1.0 / p), eye)
 
 
 def scale_by_shampoo(
