@@ -29,20 +29,19 @@ Inverse roots are computed in float32 with matrix products only, no LAPACK: the
 largest eigenvalue ``lambda_max`` of the symmetrised statistic comes from power
 iteration (on a repeatedly squared copy, then a Rayleigh quotient), the
 statistic is damped *relatively* to ``S + epsilon * lambda_max * I``, and its
-inverse ``p``-th root (of the statistic divided by ``lambda_max``, so that
-gradients of any scale work alike, then multiplied by ``lambda_max^{-1/p}``) comes from the coupled Newton iteration (Guo & Higham
-2006, as in Anil et al.'s distributed Shampoo), stopped at convergence or when
-the residual grows (then the previous iterate is kept); an all-zero statistic
-gets the identity as its root. (``jnp.linalg.eigh`` is avoided because on
-XLA:CPU its batched LAPACK kernel schedules work on the intra-op thread pool and
-blocks a pool worker until it is done; several of them running concurrently in
-a train step occupy every worker and deadlock.) With ``statistics_dtype``
-other than float32 the relative damping is raised to at least that dtype's
-machine epsilon (bfloat16: 2^-7), because smaller eigenvalues are rounding
-noise there.
-Roots are recomputed at 0-based step counts
-``start_preconditioning_step + j * preconditioning_compute_steps`` (j >= 0);
-in between the last roots stored in the state are reused.
+inverse ``p``-th root comes from the coupled Newton iteration (Guo & Higham
+2006, as in Anil et al.'s distributed Shampoo) on the damped statistic divided
+by ``lambda_max`` (then multiplied by ``lambda_max^{-1/p}``, so gradients of any
+scale work alike), stopped at convergence or when the residual grows (then the
+previous iterate is kept); an all-zero statistic gets the identity as its root.
+(``jnp.linalg.eigh`` is avoided because on XLA:CPU its batched LAPACK kernel
+schedules work on the intra-op thread pool and blocks a pool worker until it is
+done; several of them running concurrently in a train step occupy every worker
+and deadlock.) With ``statistics_dtype`` other than float32 the relative damping
+is raised to at least that dtype's machine epsilon (bfloat16: 2^-7), because
+smaller eigenvalues are rounding noise there. Roots are recomputed at 0-based
+step counts ``start_preconditioning_step + j * preconditioning_compute_steps``
+(j >= 0); in between the last roots stored in the state are reused.
 
 Grafting is per parameter: the Shampoo direction of the whole parameter is
 rescaled to the Frobenius norm of the grafted optimizer's direction
