@@ -28,6 +28,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from big_distill import train
+import comparison
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher',
@@ -69,28 +70,6 @@ def run(optimizer: dict, lr: float, fraction: float, seed: int, workdir: str) ->
           'train_seconds': steps * sec_per_step}
 
 
-def settings(results: list[dict]) -> list[dict]:
-  """Runs grouped by (optimizer, fraction, lr): mean accuracy and time, spread over seeds."""
-  groups = {}
-  for r in results:
-    groups.setdefault((r['optimizer'], r['fraction'], r['lr']), []).append(r)
-  out = []
-  for (name, fraction, lr), runs in groups.items():
-    acc = np.array([r['final_accuracy'] for r in runs])
-    out.append({'optimizer': name, 'fraction': fraction, 'lr': lr, 'epochs': runs[0]['epochs'],
-                'steps': runs[0]['steps'], 'seeds': len(runs), 'accuracy': float(acc.mean()),
-                'accuracy_std': float(acc.std(ddof=1)) if len(runs) > 1 else None,
-                'train_seconds': float(np.mean([r['train_seconds'] for r in runs]))})
-  return out
-
-
-def margin_stderr(a: dict, b: dict) -> float | None:
-  """Standard error of the difference of two settings' mean accuracies (None for one seed)."""
-  if a['accuracy_std'] is None or b['accuracy_std'] is None:
-    return None
-  return float(np.sqrt(a['accuracy_std']**2 / a['seeds'] + b['accuracy_std']**2 / b['seeds']))
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -106,32 +85,7 @@ def main(argv):
         print(json.dumps(result), flush=True)
         results.append({**result, 'fraction': fraction})
 
-  grouped = settings(results)
-
-  def best(candidates):
-    return max(candidates, key=lambda s: s['accuracy'])
-
-  adam = best(s for s in grouped if s['optimizer'] == 'adam')
-  summary = {'measure': 'summary', 'seeds': len(_SEEDS.value),
-             'target_accuracy': adam['accuracy'], 'target_accuracy_std': adam['accuracy_std'],
-             'adam_epochs': adam['epochs'], 'adam_steps': adam['steps'],
-             'adam_best_lr': adam['lr'], 'adam_train_seconds': adam['train_seconds'],
-             'shampoo': {}}
-  for fraction in sorted({s['fraction'] for s in grouped if s['optimizer'] == 'shampoo'}):
-    top = best(s for s in grouped if s['optimizer'] == 'shampoo' and s['fraction'] == fraction)
-    margin = top['accuracy'] - adam['accuracy']
-    summary['shampoo'][str(fraction)] = {
-        'epochs': top['epochs'], 'steps': top['steps'], 'best_lr': top['lr'],
-        'accuracy': top['accuracy'], 'accuracy_std': top['accuracy_std'], 'margin': margin,
-        'margin_stderr': margin_stderr(top, adam), 'train_seconds': top['train_seconds'],
-        'reaches_target': margin >= 0}
-  reaching = [v for v in summary['shampoo'].values() if v['reaches_target']]
-  fastest = min(reaching, key=lambda v: v['train_seconds']) if reaching else None
-  summary['shampoo_wall_fraction_of_adam'] = (
-      fastest['train_seconds'] / adam['train_seconds'] if fastest else None)
-  summary['shampoo_step_overhead'] = float(
-      np.median([r['sec_per_step'] for r in results if r['optimizer'] == 'shampoo']) /
-      np.median([r['sec_per_step'] for r in results if r['optimizer'] == 'adam']))
+  summary = comparison.summarize(results, len(_SEEDS.value))
   print(json.dumps(summary))
 
 
