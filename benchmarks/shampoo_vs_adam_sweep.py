@@ -136,8 +136,8 @@ class Sweep:
     base_config.optimizer, base_config.lr = optimizer, 1.0
     base_config.schedule = dict(name='constant', warmup_steps=0)
     self.base, _ = make_optimizer(base_config, 1)
-    self.args = (config, optimizer, data, teachers, teacher_params)
-    self.config, self.data, self.hps, self.teacher_params = config, data, hps, teacher_params
+    self.config, self.optimizer, self.data, self.hps = config, optimizer, data, hps
+    self.teachers, self.teacher_params = teachers, teacher_params
     self.student = from_config(config.student, 10, config.dtype)
     self.step_fn = functools.partial(
         steps.distill_step, student=self.student, teachers=teachers, variant=config.variant,
@@ -227,7 +227,8 @@ class Sweep:
 
   def seconds_per_step(self, num_steps: int) -> float:
     """One setting alone (the first): seconds per step after compilation."""
-    alone = Sweep(*self.args, [dict(self.hps[0], total=10**9)])
+    alone = Sweep(self.config, self.optimizer, self.data, self.teachers, self.teacher_params,
+                  [dict(self.hps[0], total=10**9)])
     alone.steps_per_epoch = num_steps
     args = (self.data, self.teacher_params)
     states = jax.block_until_ready(alone.epoch(alone.init(), jnp.int32(0), *args)[0])

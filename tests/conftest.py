@@ -1,5 +1,6 @@
 """Shared fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,14 @@ TINY_TEACHER = ('--config.student.depth=14', '--config.student.width=0.25',
 TINY_STUDENT = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
                 '--config.student.depth=14', '--config.student.width=0.125',
                 '--config.input.resolution=28')
+
+
+def get_config(name: str, arg: str | None = None):
+  """`get_config(arg)` of `configs/<name>`."""
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, 'configs', name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def run_main(config: str, workdir: str, *overrides: str, devices: int = 1,

@@ -1,7 +1,6 @@
 """The paper's configs: values checked against the paper, arguments, and a `runlocal=True` run of
 each on a synthetic stand-in of its dataset with a tiny BiT teacher."""
 
-import importlib.util
 import json
 import os
 
@@ -13,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from big_distill.data import synthetic
 from big_distill.models import bit
-from conftest import ROOT, read_metrics, run_main
+from conftest import ROOT, get_config, read_metrics, run_main
 
 # Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
 # train split, eval split, {schedule: (epochs, lr, weight decay, temperature)}.
@@ -33,13 +32,6 @@ SMALL = {
 }
 CLASSES = {'imagenet_funmatch.py': ('imagenet2012', 1000, 'validation'),
            **{name: (v[0], v[1], v[3]) for name, v in SMALL.items()}}
-
-
-def get_config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, 'configs', name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _check_recipe(config, teacher: str):

@@ -2,7 +2,6 @@
 
 import functools
 import gzip
-import importlib.util
 import os
 import sys
 
@@ -15,7 +14,7 @@ from big_distill import steps
 from big_distill import teachers as teachers_lib
 from big_distill.models import from_config
 from big_distill.optim import make_optimizer, make_schedule
-from conftest import FUNMATCH_CONFIG, ROOT
+from conftest import ROOT, get_config
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import shampoo_vs_adam_sweep as sweep_lib  # pylint: disable=g-import-not-at-top
@@ -24,10 +23,7 @@ FMNIST_IDX = '/usr/share/datasets/fashion-mnist'
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location('funmatch_config', FUNMATCH_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('teacher=unused')
+  config = get_config('fashion_mnist_funmatch.py', 'teacher=unused')
   config.input.resolution = 28
   config.input.batch_size = 8
   config.teachers[0].update(depth=14, width=0.25)
