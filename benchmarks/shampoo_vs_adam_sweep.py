@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
-from big_distill import steps
+from big_distill import configlib, steps
 from big_distill import teachers as teachers_lib
 from big_distill.models import from_config
 from big_distill.optim import make_optimizer
@@ -264,7 +264,9 @@ def main(argv):
     hps = []
     for fraction in map(float, fractions):
       epochs = _EPOCHS.value * fraction
-      total = max(1, int(epochs * len(train_labels) / config.input.batch_size))
+      run_config = config.copy_and_resolve_references()
+      run_config.total_steps, run_config.total_epochs = None, epochs
+      total = configlib.total_steps(run_config, len(train_labels))
       warmup = int(config.schedule.warmup_steps * fraction)
       hps += [dict(fraction=fraction, epochs=epochs, lr=float(lr), seed=seed, total=total,
                    warmup=warmup) for lr in lrs for seed in seeds]

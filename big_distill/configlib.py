@@ -108,6 +108,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`config.total_steps`, or `config.total_epochs` converted with the global batch size."""
+  if config.total_steps:
+    return int(config.total_steps)
+  if config.total_epochs:
+    return max(1, int(config.total_epochs * num_train_examples / config.input.batch_size))
+  raise ValueError('Set config.total_steps or config.total_epochs.')
+
+
 def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = False) -> None:
   """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute.
 

@@ -14,20 +14,11 @@ import ml_collections
 import numpy as np
 from clu import periodic_actions
 
-from big_distill import checkpoint, metrics, parallel, steps
+from big_distill import checkpoint, configlib, metrics, parallel, steps
 from big_distill import teachers as teachers_lib
 from big_distill.data import input_pipeline
 from big_distill.models import compute_dtype, from_config
 from big_distill.optim import make_optimizer
-
-
-def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-  """`config.total_steps`, or `config.total_epochs` converted with the global batch size."""
-  if config.total_steps:
-    return int(config.total_steps)
-  if config.total_epochs:
-    return max(1, int(config.total_epochs * num_train_examples / config.input.batch_size))
-  raise ValueError('Set config.total_steps or config.total_epochs.')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -122,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if extra_builder:
     input_pipeline.num_examples(extra_builder, extra.split)
   image_shape = (config.input.resolution, config.input.resolution, channels)
-  num_steps = total_steps(config, num_train)
+  num_steps = configlib.total_steps(config, num_train)
 
   # Models, optimizer and the (student's) training state.
   student = from_config(config.student, num_classes, config.dtype)
