@@ -73,8 +73,10 @@ _PROFILE = flags.DEFINE_string('profile_dir', None,
 
 
 def emit(record: dict[str, Any]) -> None:
-  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}),
-        flush=True)
+  """Prints `record` as one JSON line, floats to 6 significant digits (ratios of small figures
+  stay exact to 1e-5 relative; decimal places would not)."""
+  print(json.dumps({k: float(f'{v:.6g}') if isinstance(v, float) else v
+                    for k, v in record.items()}), flush=True)
 
 
 class Timer:
