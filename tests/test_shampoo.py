@@ -1,5 +1,6 @@
 """Tests for big_distill.optim.shampoo."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -252,6 +253,25 @@ def test_inverse_root_matches_eigh(p):
     got = np.asarray(sh._inverse_pth_root(jnp.asarray(stats, jnp.float32), p, 1e-4))
     for s_, r in zip(stats, got):
         assert _rel(r, _np_inv_root(s_, p, 1e-4)) < 1e-4
+
+
+def test_roots_are_computed_in_one_batched_iteration_per_matrix_side():
+    params = {"a": jnp.ones((12, 6)), "b": jnp.ones((3, 3, 2, 6)), "c": jnp.ones((6, 20)),
+              "d": jnp.ones((5,))}
+    tx = sh.scale_by_shampoo(block_size=8)
+    state = tx.init(params)
+    # Six factor arrays (a, b, c left and right) but two sides, 8 and 6: two Newton loops.
+    assert len(re.findall(r"\bwhile\[", str(jax.make_jaxpr(tx.update)(params, state)))) == 2
+    rng = np.random.default_rng(6)
+    stats = []
+    for n, k in ((2, 8), (2, 6), (3, 8), (3, 6), (1, 5)):
+        g = rng.normal(size=(n, k, 3 * k))
+        stats.append(jnp.asarray(g @ np.swapaxes(g, 1, 2), jnp.float32))
+    got = sh._inverse_roots(stats, 4, 1e-4, jnp.bfloat16)
+    for s_, r in zip(stats, got):
+        assert r.shape == s_.shape and r.dtype == jnp.bfloat16
+        want = np.stack([_np_inv_root(m, 4, 1e-4) for m in np.asarray(s_, np.float64)])
+        assert _rel(np.asarray(r, np.float32), want) < 1e-2  # bfloat16 rounding
 
 
 def test_inverse_root_is_scale_covariant_for_tiny_and_huge_statistics():

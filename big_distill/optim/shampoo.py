@@ -34,6 +34,9 @@ inverse ``p``-th root comes from the coupled Newton iteration (Guo & Higham
 by ``lambda_max`` (then multiplied by ``lambda_max^{-1/p}``, so gradients of any
 scale work alike), stopped at convergence or when the residual grows (then the
 previous iterate is kept); an all-zero statistic gets the identity as its root.
+The statistics of all parameters that share a matrix side are stacked and
+iterated together, one loop per side rather than per factor (fewer, larger
+batched ops: a faster compile, and fewer sequential loop trips on accelerators).
 (``jnp.linalg.eigh`` is avoided because on XLA:CPU its batched LAPACK kernel
 schedules work on the intra-op thread pool and blocks a pool worker until it is
 done; several of them running concurrently in a train step occupy every worker
@@ -215,6 +218,22 @@ def _inverse_pth_root(stat: jax.Array, p: int, epsilon: float, max_iters: int = 
     return jnp.where(nonzero, root.reshape(s.shape) * scale ** (-1.0 / p), eye)
 
 
+def _inverse_roots(stats: list[jax.Array], p: int, epsilon: float, dtype: Any) -> list[jax.Array]:
+    """:func:`_inverse_pth_root` of every stacked statistic in ``stats``, one batched call per
+    matrix side (a model has a handful of sides but dozens of factors; on accelerators each
+    call's iteration loop costs about the same whatever its batch)."""
+    by_side: dict[int, list[int]] = {}
+    for i, s in enumerate(stats):
+        by_side.setdefault(s.shape[-1], []).append(i)
+    roots: list[Any] = [None] * len(stats)
+    for idx in by_side.values():
+        batch = _inverse_pth_root(jnp.concatenate([stats[i] for i in idx]), p, epsilon)
+        parts = jnp.split(batch, np.cumsum([stats[i].shape[0] for i in idx])[:-1])
+        for i, part in zip(idx, parts):
+            roots[i] = part.astype(dtype)
+    return roots
+
+
 def scale_by_shampoo(
     block_size: int = 128,
     beta2: float = 0.999,
@@ -315,8 +334,11 @@ def scale_by_shampoo(
         # Inverse roots, refreshed every `preconditioning_compute_steps` from the start step.
         since_start = count - start_preconditioning_step
         refresh = (since_start >= 0) & (since_start % preconditioning_compute_steps == 0)
-        root = lambda a: _inverse_pth_root(a, p, damping).astype(stat_dtype)
-        roots = jax.lax.cond(refresh, lambda s: jax.tree.map(root, s), lambda s: state.roots, stats)
+        roots = jax.lax.cond(
+            refresh,
+            lambda s: jax.tree.unflatten(jax.tree.structure(s), _inverse_roots(
+                jax.tree.leaves(s), p, damping, stat_dtype)),
+            lambda s: state.roots, stats)
 
         # Grafted direction.
         if use_nu:
