@@ -81,6 +81,13 @@ class _QuietLibraries(std_logging.Filter):
 EXIT_CODES = {ValueError: 2, FloatingPointError: 3, OSError: 74}  # 75: preempted.
 
 
+def say(line: str) -> None:
+  """Writes `line` to stderr on a line of its own, in one system call: background threads
+  (orbax's writers) may print tracebacks piece by piece while a failed run exits, and their
+  unfinished line would otherwise prefix it."""
+  os.write(sys.stderr.fileno(), f'\n{line}\n'.encode())
+
+
 def _one_line(error: BaseException) -> str:
   return ' '.join(str(error).split())
 
@@ -132,10 +139,10 @@ def main(argv):
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except checkpoint.Preempted as e:
-    print(f'big_distill: {e}', file=sys.stderr)
+    say(f'big_distill: {e}')
     sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
   except tuple(EXIT_CODES) as e:
-    print(f'big_distill: error: {_one_line(e)}', file=sys.stderr)
+    say(f'big_distill: error: {_one_line(e)}')
     sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(e, kind)))
 
 

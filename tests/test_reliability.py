@@ -233,3 +233,15 @@ def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
   assert {k: v for k, v in _snapshot(os.path.join(workdir, 'checkpoints')).items()
           if k.startswith('5')} == {k: v for k, v in before.items() if k.startswith('5')}
   _assert_bit_identical(_params(workdir, 5), kept)
+
+
+def test_error_line_is_not_split_by_a_partial_line_of_another_thread():
+  """Regression (CI): orbax's writer threads print tracebacks while a failed run exits; an
+  unfinished line of theirs could prefix the `big_distill: error:` line."""
+  script = ('import sys; from big_distill import main; '
+            'sys.stderr.write("Traceback piece without newline "); '
+            'main.say("big_distill: error: disk full")')
+  proc = subprocess.run([sys.executable, '-c', script], env=_env(), capture_output=True,
+                        text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'big_distill: error: disk full' in proc.stderr.splitlines()
