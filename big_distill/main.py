@@ -122,7 +122,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                  f'{" ".join(hint) or "The config file and configlib.base_config() list the keys."}')
     elif 'Pass --helpshort' in message:
       message = message.split('Pass --helpshort')[0].strip()
-  print(f'big_distill: error: {message}', file=sys.stderr)
+  say(f'big_distill: error: {message}')
   sys.exit(2)
 
 

@@ -218,20 +218,21 @@ def _inverse_pth_root(stat: jax.Array, p: int, epsilon: float, max_iters: int = 
     return jnp.where(nonzero, root.reshape(s.shape) * scale ** (-1.0 / p), eye)
 
 
-def _inverse_roots(stats: list[jax.Array], p: int, epsilon: float, dtype: Any) -> list[jax.Array]:
-    """:func:`_inverse_pth_root` of every stacked statistic in ``stats``, one batched call per
-    matrix side (a model has a handful of sides but dozens of factors; on accelerators each
-    call's iteration loop costs about the same whatever its batch)."""
+def _inverse_roots(stats: Any, p: int, epsilon: float, dtype: Any) -> Any:
+    """:func:`_inverse_pth_root` of every stacked statistic in the pytree ``stats``, one batched
+    call per matrix side (a model has a handful of sides but dozens of factors; on accelerators
+    each call's iteration loop costs about the same whatever its batch)."""
+    leaves, treedef = jax.tree.flatten(stats)
     by_side: dict[int, list[int]] = {}
-    for i, s in enumerate(stats):
+    for i, s in enumerate(leaves):
         by_side.setdefault(s.shape[-1], []).append(i)
-    roots: list[Any] = [None] * len(stats)
+    roots: list[Any] = [None] * len(leaves)
     for idx in by_side.values():
-        batch = _inverse_pth_root(jnp.concatenate([stats[i] for i in idx]), p, epsilon)
-        parts = jnp.split(batch, np.cumsum([stats[i].shape[0] for i in idx])[:-1])
+        batch = _inverse_pth_root(jnp.concatenate([leaves[i] for i in idx]), p, epsilon)
+        parts = jnp.split(batch, np.cumsum([leaves[i].shape[0] for i in idx])[:-1])
         for i, part in zip(idx, parts):
             roots[i] = part.astype(dtype)
-    return roots
+    return treedef.unflatten(roots)
 
 
 def scale_by_shampoo(
@@ -334,11 +335,8 @@ def scale_by_shampoo(
         # Inverse roots, refreshed every `preconditioning_compute_steps` from the start step.
         since_start = count - start_preconditioning_step
         refresh = (since_start >= 0) & (since_start % preconditioning_compute_steps == 0)
-        roots = jax.lax.cond(
-            refresh,
-            lambda s: jax.tree.unflatten(jax.tree.structure(s), _inverse_roots(
-                jax.tree.leaves(s), p, damping, stat_dtype)),
-            lambda s: state.roots, stats)
+        roots = jax.lax.cond(refresh, lambda s: _inverse_roots(s, p, damping, stat_dtype),
+                             lambda s: state.roots, stats)
 
         # Grafted direction.
         if use_nu:
