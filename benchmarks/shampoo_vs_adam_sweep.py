@@ -150,6 +150,7 @@ class Sweep:
     self.rngs = jnp.stack([jax.random.PRNGKey(h['seed']) for h in hps])
     abstract = jax.eval_shape(self._init, self.rngs[0], {k: v[0] for k, v in self.hp.items()})
     self.axes = _state_axes(abstract)
+    self.init = jax.jit(self._init_all)  # Compiled: op by op, init took half a minute on a CPU.
     self.epoch = jax.jit(self._epoch, donate_argnums=0)
     self.evaluate = jax.jit(self._evaluate)
 
@@ -157,7 +158,8 @@ class Sweep:
     shape = (self.config.input.resolution,) * 2 + (self.data['train_images'].shape[-1],)
     return steps.init_state(self.student, _tx(self.base, hp), rng, shape)
 
-  def init(self) -> steps.TrainState:
+  def _init_all(self) -> steps.TrainState:
+    """Every setting's initial state."""
     states = jax.vmap(self._init)(self.rngs, self.hp)
     return jax.tree_util.tree_map(lambda a, x: x if a == 0 else x[0], self.axes, states,
                                   is_leaf=lambda a: a is None)
