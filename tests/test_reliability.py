@@ -1,5 +1,6 @@
 """Reliability: exact resume after SIGKILL/SIGTERM, damaged checkpoints, bad input, divergence."""
 
+import concurrent.futures
 import glob
 import os
 import random
@@ -192,9 +193,15 @@ def bad_inputs(tmp_path_factory, teacher_run):
 
 def test_bad_input_one_line_error_and_workdir_unchanged(bad_inputs, uninterrupted):
   before = _snapshot(uninterrupted)
+
+  def attempt(case):  # Two at a time: most of a failing run is its single-threaded start-up.
+    _, config, overrides, devices, _ = case
+    return run_main(config, uninterrupted, *LONG, *overrides, devices=devices, check=False)
+
   failures = []
-  for case, config, overrides, devices, expected in bad_inputs:
-    proc = run_main(config, uninterrupted, *LONG, *overrides, devices=devices, check=False)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    procs = list(pool.map(attempt, bad_inputs))
+  for (case, _, _, _, expected), proc in zip(bad_inputs, procs):
     errors = [l for l in proc.stderr.splitlines() if 'error:' in l.lower()]
     if (proc.returncode != BAD_INPUT or len(errors) != 1 or
         not errors[0].startswith('big_distill: error: ') or expected not in errors[0]):
