@@ -1,6 +1,8 @@
 """The TFDS input pipeline on the real (offline-prepared) Fashion-MNIST."""
 
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -21,8 +23,17 @@ def _input_config(**overrides) -> ml_collections.ConfigDict:
 
 @pytest.mark.skipif(not offline.local_files_available('fashion_mnist'),
                     reason="Debian's dataset-fashion-mnist is not installed")
-def test_offline_preparation_is_the_standard_tfds_dataset(tmp_path):
-  builder = input_pipeline.get_builder('fashion_mnist', str(tmp_path))  # Prepares it.
+def test_offline_preparation_is_the_standard_tfds_dataset_prepared_once(tmp_path):
+  """Two processes that start together on an empty data dir both get the dataset (without a lock
+  the second to finish fails renaming its copy onto the first's)."""
+  code = ('import sys; from big_distill.data import input_pipeline as ip; '
+          'print(ip.num_examples(ip.get_builder("fashion_mnist", sys.argv[1]), "test"))')
+  procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and out.splitlines()[-1] == '10000', err[-2000:]
+  builder = input_pipeline.get_builder('fashion_mnist', str(tmp_path))
   assert input_pipeline.num_examples(builder, 'train[:1024]') == 1024
   reference = tfds.builder('fashion_mnist', data_dir=str(tmp_path))  # TFDS's own builder.
   assert reference.is_prepared()

@@ -12,6 +12,9 @@ image (no extra key), its own augmentation or the un-augmented image (`teacher_i
 but the example's position in the split (`index`), to look up precomputed logits.
 """
 
+import contextlib
+import fcntl
+import os
 from typing import Iterator
 
 import jax
@@ -27,18 +30,38 @@ TEACHER_VIEWS = ('same', 'augmented', 'unaugmented', 'index')
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder of `name`; prepares it (offline where possible) on first use."""
+  """The prepared TFDS builder of `name`; prepares it (offline where possible) on first use, once
+  even when several processes of a host start together (TFDS's own preparation would fail in all
+  but the first to finish)."""
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f'Unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
-  if not builder.is_prepared():
-    if offline.local_files_available(name):
-      offline.prepare_fashion_mnist(data_dir)
-      builder = tfds.builder(name, data_dir=data_dir)  # Reads the prepared dataset's info.
-    else:
-      builder.download_and_prepare()
+  if builder.is_prepared():
+    return builder
+  lock = os.path.join(builder.data_dir_root, f'.{name.replace("/", "_")}.prepare.lock')
+  with _host_lock(lock):
+    builder = tfds.builder(name, data_dir=data_dir)  # Another process may have prepared it.
+    if not builder.is_prepared():
+      if offline.local_files_available(name):
+        offline.prepare_fashion_mnist(data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)  # Reads the prepared dataset's info.
+      else:
+        builder.download_and_prepare()
   return builder
+
+
+@contextlib.contextmanager
+def _host_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive lock on the local file `path`; no lock for a remote path (gs://...),
+  where datasets are prepared before a run."""
+  if '://' in path:
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file is closed.
+    yield
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
