@@ -11,9 +11,11 @@ device, so a grid costs a fraction of its runs one by one (on an H100: 6.5 minut
 take about 12 one at a time). The images live on the device (Fashion-MNIST's idx files,
 `--data`; no TensorFlow needed) and are augmented there as the input pipeline does (`crop_flip`,
 resize, flip), mixed up by the step, each seed with its own data order, augmentation, mixup and
-initialisation. A setting's learning rate follows `make_schedule`'s linear warm-up and cosine
-decay over its own length (warm-up scaled by its fraction) and is zero after it, so shorter
-settings stop changing while the longest runs on; each is evaluated when its schedule ends.
+initialisation. Settings of one seed see the same images, so the teachers run once per seed and
+the step gets their logits (as it gets a fixed teacher's cached ones). A setting's learning rate
+follows `make_schedule`'s linear warm-up and cosine decay over its own length (warm-up scaled by
+its fraction) and is zero after it, so shorter settings stop changing while the longest runs on;
+each is evaluated when its schedule ends.
 Training time is steps x seconds per step of one run alone (timed after compilation over
 `--timing_steps` steps at the config's batch size). Summary as in `shampoo_vs_adam.py`
 (`comparison.summarize`); Adam's shorter `--adam_fractions` are context, not the target.
@@ -147,7 +149,10 @@ class Sweep:
     self.batch = config.input.batch_size
     self.steps_per_epoch = len(data['train_labels']) // self.batch
     self.hp = {k: jnp.array([float(h[k]) for h in hps]) for k in ('lr', 'warmup', 'total')}
-    self.rngs = jnp.stack([jax.random.PRNGKey(h['seed']) for h in hps])
+    seeds = sorted({h['seed'] for h in hps})
+    self.seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    self.of_seed = jnp.array([seeds.index(h['seed']) for h in hps])  # setting -> its seed's row
+    self.rngs = self.seed_rngs[self.of_seed]
     abstract = jax.eval_shape(self._init, self.rngs[0], {k: v[0] for k, v in self.hp.items()})
     self.axes = _state_axes(abstract)
     self.init = jax.jit(self._init_all)  # Compiled: op by op, init took half a minute on a CPU.
@@ -165,13 +170,13 @@ class Sweep:
                                   is_leaf=lambda a: a is None)
 
   def _order(self, epoch: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """Every setting's key and permutation of the `n` training images for `epoch` (by seed)."""
-    keys = jax.vmap(lambda r: jax.random.fold_in(r, epoch))(self.rngs)
+    """Every seed's key and permutation of the `n` training images for `epoch`."""
+    keys = jax.vmap(lambda r: jax.random.fold_in(r, epoch))(self.seed_rngs)
     return keys, jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, 1), n))(keys)
 
   def _images(self, keys: jax.Array, perms: jax.Array, i: jax.Array,
               data: dict[str, jax.Array]) -> jax.Array:
-    """The augmented batches [setting, batch, side, side, channels] of step `i` of an epoch."""
+    """Every seed's augmented batch [seed, batch, side, side, channels] of step `i` of an epoch."""
     idx = jax.lax.dynamic_slice_in_dim(perms, i * self.batch, self.batch, axis=1)
     aug_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 2), i))(keys)
     return jax.vmap(lambda ix, k: augment(data['train_images'][ix], k, self.config.input))(
@@ -179,16 +184,25 @@ class Sweep:
 
   def _epoch(self, states: steps.TrainState, epoch: jax.Array, data: dict[str, jax.Array],
              teacher_params: Any) -> tuple[steps.TrainState, jax.Array]:
-    """`steps_per_epoch` steps of every setting."""
+    """`steps_per_epoch` steps of every setting. Settings of one seed see the same (mixed)
+    images, so the teachers run once per seed and the step gets their logits."""
     keys, perms = self._order(epoch, len(data['train_labels']))
 
-    def one(state, hp, rng, images):
-      return self.step_fn(state, teacher_params, {'image': images}, rng,
+    def teacher_logits(rng, images, step):  # As `steps.distill_step` derives its views.
+      views, _ = steps.distill_inputs({'image': images}, jax.random.fold_in(rng, step),
+                                      self.config.variant, self.config.mixup_alpha)
+      return self.teachers.logits(teacher_params, views)
+
+    def one(state, hp, rng, batch):
+      return self.step_fn(state, teacher_params, batch, rng,
                           tx=_tx(self.base, hp), schedule=lambda s: warmup_cosine(s, **hp))
 
     def body(states, i):
+      images = self._images(keys, perms, i, data)
+      logits = jax.vmap(teacher_logits, in_axes=(0, 0, None))(self.seed_rngs, images, states.step)
+      batch = {'image': images[self.of_seed], 'teacher_logits': logits[self.of_seed]}
       states, metrics = jax.vmap(one, in_axes=(self.axes, 0, 0, 0), out_axes=(self.axes, 0))(
-          states, self.hp, self.rngs, self._images(keys, perms, i, data))
+          states, self.hp, self.rngs, batch)
       return states, metrics['loss']
 
     states, loss = jax.lax.scan(body, states, jnp.arange(self.steps_per_epoch))
