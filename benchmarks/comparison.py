@@ -23,6 +23,14 @@ def settings(results: list[dict]) -> list[dict]:
   return out
 
 
+def bracketed(grouped: list[dict], top: dict) -> bool:
+  """Whether the grid of `top`'s optimizer and length has learning rates above and below its own:
+  if not, the grid's best may not be the optimizer's best."""
+  lrs = [s['lr'] for s in grouped
+         if (s['optimizer'], s['fraction']) == (top['optimizer'], top['fraction'])]
+  return min(lrs) < top['lr'] < max(lrs)
+
+
 def margin_stderr(a: dict, b: dict) -> float | None:
   """Standard error of the difference of two settings' mean accuracies (None for one seed)."""
   if a['accuracy_std'] is None or b['accuracy_std'] is None:
@@ -32,7 +40,8 @@ def margin_stderr(a: dict, b: dict) -> float | None:
 
 def summarize(results: list[dict], seeds: int) -> dict:
   """The target (Adam's best full-length setting) and, per Shampoo length, its best setting's
-  margin over the target; the shortest Shampoo length reaching it as a fraction of Adam's time."""
+  margin over the target; the shortest Shampoo length reaching it as a fraction of Adam's time.
+  Each best learning rate says whether its grid brackets it (a grid value on either side)."""
   grouped = settings(results)
 
   def best(candidates):
@@ -42,13 +51,15 @@ def summarize(results: list[dict], seeds: int) -> dict:
   summary = {'measure': 'summary', 'seeds': seeds,
              'target_accuracy': adam['accuracy'], 'target_accuracy_std': adam['accuracy_std'],
              'adam_epochs': adam['epochs'], 'adam_steps': adam['steps'],
-             'adam_best_lr': adam['lr'], 'adam_train_seconds': adam['train_seconds'],
+             'adam_best_lr': adam['lr'], 'adam_best_lr_bracketed': bracketed(grouped, adam),
+             'adam_train_seconds': adam['train_seconds'],
              'shampoo': {}}
   for fraction in sorted({s['fraction'] for s in grouped if s['optimizer'] == 'shampoo'}):
     top = best(s for s in grouped if s['optimizer'] == 'shampoo' and s['fraction'] == fraction)
     margin = top['accuracy'] - adam['accuracy']
     summary['shampoo'][str(fraction)] = {
         'epochs': top['epochs'], 'steps': top['steps'], 'best_lr': top['lr'],
+        'best_lr_bracketed': bracketed(grouped, top),
         'accuracy': top['accuracy'], 'accuracy_std': top['accuracy_std'], 'margin': margin,
         'margin_stderr': margin_stderr(top, adam), 'train_seconds': top['train_seconds'],
         'reaches_target': margin >= 0}

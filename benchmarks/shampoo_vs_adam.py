@@ -14,7 +14,7 @@ over the seeds; the target is that of Adam's best learning rate. The summary giv
 time and, per Shampoo length, its best setting's accuracy, spread over seeds (sample standard
 deviation), margin over the target with the margin's standard error, steps and training time, and
 the smallest Shampoo length that reaches the target with its wall time as a fraction of Adam's
-(goal: <= 0.5).
+(goal: <= 0.5); each best learning rate says whether its grid brackets it.
 Training time is steps x seconds per step (the median of the logged intervals, which exclude
 compilation and evaluation). One line per run, then the summary.
 """

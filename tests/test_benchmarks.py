@@ -93,17 +93,22 @@ def test_comparison_summary_against_a_hand_computation():
           run('adam', 0.5, 0.01, 0, 0.99, 1.0), run('adam', 0.5, 0.01, 1, 0.99, 1.0),
           run('shampoo', 0.5, 0.03, 0, 0.915, 2.0), run('shampoo', 0.5, 0.03, 1, 0.925, 2.0),
           run('shampoo', 0.25, 0.03, 0, 0.80, 2.0), run('shampoo', 0.25, 0.03, 1, 0.82, 2.0),
-          run('shampoo', 0.25, 0.1, 0, 0.85, 2.0), run('shampoo', 0.25, 0.1, 1, 0.87, 2.0)]
+          run('shampoo', 0.25, 0.1, 0, 0.85, 2.0), run('shampoo', 0.25, 0.1, 1, 0.87, 2.0),
+          run('adam', 1.0, 0.003, 0, 0.88, 1.0), run('adam', 1.0, 0.003, 1, 0.88, 1.0)]
   summary = comparison.summarize(runs, 2)
   # The target is Adam's best full-length setting (lr 0.01: mean 0.91), not its half length.
   assert summary['target_accuracy'] == pytest.approx(0.91)
   assert summary['target_accuracy_std'] == pytest.approx(np.sqrt(2) * 0.01)
   assert (summary['adam_steps'], summary['adam_best_lr']) == (100, 0.01)
+  # Adam's 0.01 lies between 0.003 and 0.1; the half-length Adam grid (0.01 alone) is no target.
+  assert summary['adam_best_lr_bracketed']
   assert summary['adam_train_seconds'] == pytest.approx(110.0)
   half, quarter = summary['shampoo']['0.5'], summary['shampoo']['0.25']
   assert half['margin'] == pytest.approx(0.01) and half['reaches_target']
   assert half['margin_stderr'] == pytest.approx(np.sqrt(0.00005 / 2 + 0.0002 / 2))  # var/seeds
   assert (quarter['best_lr'], quarter['reaches_target']) == (0.1, False)
+  # Neither Shampoo grid has a learning rate above its best (0.03 alone; 0.1 the top of 0.03, 0.1).
+  assert not half['best_lr_bracketed'] and not quarter['best_lr_bracketed']
   assert quarter['margin'] == pytest.approx(-0.05)
   assert summary['shampoo_wall_fraction_of_adam'] == pytest.approx(100.0 / 110.0)
   assert summary['shampoo_step_overhead'] == pytest.approx(2.0)
