@@ -44,10 +44,10 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, a checkpoint was written; ru
 
 
 class Preempted(Exception):
-  """Raised after the checkpoint of the step at which a preemption was noticed."""
+  """Raised once the run is saved up to the step at which a preemption was noticed."""
 
   def __init__(self, step: int):
-    super().__init__(f'Preempted at step {step}; its checkpoint is saved. Run the same command '
+    super().__init__(f'Preempted at step {step}; the run is saved up to it. Run the same command '
                      'again to resume.')
     self.step = step
 
@@ -66,6 +66,11 @@ class Preemption:
     del signum, frame
     logging.warning('SIGTERM: saving a checkpoint after this step, then exiting.')
     self._requested = True
+
+  @property
+  def requested(self) -> bool:
+    """Whether this process has had a SIGTERM (one process only)."""
+    return self._requested
 
   def reached(self, manager: ocp.CheckpointManager, step: int) -> bool:
     return self._requested or manager.reached_preemption(step)

@@ -106,6 +106,8 @@ def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],
   for spec, p in zip(specs, params):
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(p):
+      if not getattr(leaf, 'is_fully_addressable', True):  # Split over processes (fsdp).
+        leaf = multihost_utils.process_allgather(leaf, tiled=True)
       digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
     teachers.append({**{k: v for k, v in spec.items() if k != 'checkpoint'},
                      'params_sha256': digest.hexdigest()})

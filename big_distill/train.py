@@ -37,6 +37,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 < config.input.extra_data.fraction < 1:
       raise ValueError(f'config.input.extra_data.fraction={config.input.extra_data.fraction}; '
                        'use a share of the batch between 0 and 1.')
+  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key}={config[key]}; use a positive integer.')
+  if config.mode == 'distill' and config.temperature <= 0:
+    raise ValueError(f'config.temperature={config.temperature}; use a positive temperature.')
+  if config.mode == 'distill' and config.variant == 'funmatch' and config.mixup_alpha <= 0:
+    raise ValueError(f'config.mixup_alpha={config.mixup_alpha}; function matching mixes with '
+                     'ratios ~ Beta(alpha, alpha), alpha > 0.')
   compute_dtype(config.dtype, 'config.dtype')
   compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
   parallel.check_batch_size(config.input.batch_size)
@@ -47,8 +55,10 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-# Keys that change how a run executes, not what it computes: a workdir may continue with others.
-RUNTIME_KEYS = ('mesh.', 'profile.')
+# Keys that change how a run executes or what it logs, not what it computes: a workdir may
+# continue with other values.
+RUNTIME_KEYS = ('mesh.', 'profile.', 'log_every_steps', 'eval_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints', 'input.prefetch', 'input.data_dir')
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -96,8 +106,21 @@ def evaluate(eval_step, params: Any, teacher_params: Any, eval_ds, mesh) -> dict
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains per `config` in `workdir` (resuming from its latest checkpoint); returns final eval."""
+  """Trains per `config` in `workdir` (resuming from its latest checkpoint); returns final eval.
+
+  A SIGTERM from here on, even during start-up, makes the run save and exit as preempted.
+  """
   validate(config)
+  preemption = checkpoint.Preemption()
+  try:
+    return _train(config, workdir, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           preemption: checkpoint.Preemption) -> dict[str, float]:
+  """The body of `train_and_evaluate`."""
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
@@ -146,27 +169,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       in_shardings=(state_sharding.params, teacher_sharding, batch_sharding),
                       out_shardings=replicated)
 
-  abstract = parallel.with_shardings(abstract, state_sharding)
-  init_params = None
-  if config.student.get('init'):
-    init_params = checkpoint.load_params(config.student['init'], student, abstract.params,
-                                         allow_new_head=True)
-
+  # Workdir: resume from the newest intact checkpoint if there is one, else start from
+  # `student.init` or from scratch.
+  check_workdir(config, workdir)
   table = None
-  if teacher_view == 'index':  # Before the workdir is touched: a stale cache is bad input.
+  if teacher_view == 'index':  # Before anything is written: a stale cache is bad input.
     table = _teacher_logits(config, workdir, builder, teachers, teacher_params,
                             teacher_sharding, mesh)
-
-  # Workdir: resume from the newest intact checkpoint if there is one.
-  check_workdir(config, workdir)
+  abstract = parallel.with_shardings(abstract, state_sharding)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   state = checkpoint.restore_latest(manager, abstract, workdir)
-  if state is None and init_params is not None:
+  if state is None and config.student.get('init'):
+    init_params = checkpoint.load_params(config.student['init'], student, abstract.params,
+                                         allow_new_head=True)
     state = jax.jit(functools.partial(steps.new_state, tx=tx), out_shardings=state_sharding)(
         init_params)
   elif state is None:
     state = init(rng)
   start_step = int(state.step)
+  if preemption.requested:  # During start-up: nothing new to save.
+    raise checkpoint.Preempted(start_step)
   if start_step:
     logging.info('Resuming from the checkpoint of step %d.', start_step)
   write_config(config, workdir)
@@ -199,7 +221,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     hooks.append(periodic_actions.Profile(
         logdir=workdir, num_profile_steps=config.profile.num_steps, profile_duration_ms=None,
         first_profile=config.profile.first_step, every_secs=None))
-  preemption = checkpoint.Preemption()
   logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
                num_steps, config.input.batch_size, jax.device_count())
   eval_results, pending, t_log = {}, [], time.time()
@@ -224,10 +245,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, means)
         pending, t_log = [], now
       if step % config.eval_every_steps == 0 or step == num_steps:
+        t_eval = time.time()
         with progress.timed('eval'):
           eval_results = evaluate(eval_step, state.params, teacher_params, eval_ds, mesh)
         writer.write_scalars(step, eval_results)
-        t_log = time.time()
+        t_log += time.time() - t_eval  # Training throughput leaves out the time of eval.
       if save_now:
         checkpoint.save(manager, step, state)
       if preempted:
@@ -235,7 +257,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise checkpoint.Preempted(step)
     checkpoint.wait(manager)
   finally:
-    preemption.close()
     writer.flush()
     manager.close()
   if not eval_results and start_step >= num_steps:

@@ -84,6 +84,15 @@ def test_student_init_from_npz_and_new_head(tmp_path):
                                 pretrained['block4']['unit01']['conv3']['kernel'])
   assert params['head']['kernel'].shape == (256, 10)
   assert not np.any(params['head']['kernel'])
+  # A resumed run starts from its checkpoint: the init file is no longer needed.
+  path.unlink()
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14',
+           '--config.student.width=0.125', '--config.input.resolution=28',
+           f'--config.student.init={path}', '--config.total_steps=2', '--config.lr=0.0',
+           '--config.schedule.warmup_steps=0', '--config.allow_config_change=True')
+  resumed = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '2',
+                                                            'params'))
+  np.testing.assert_array_equal(resumed['conv_root']['kernel'], pretrained['conv_root']['kernel'])
 
 
 def test_export_student_to_bit_npz(tmp_path, distill_run):

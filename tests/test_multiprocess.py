@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from big_distill import checkpoint
+from big_distill import checkpoint, teachers
 from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, metric, read_metrics
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
@@ -95,3 +95,34 @@ def test_only_a_slurm_step_with_several_tasks_is_detected():
   proc = subprocess.run([sys.executable, '-c', code, json.dumps(cases)], env=env, check=True,
                         capture_output=True, text=True, timeout=120)
   assert proc.stdout.split() == ['False', 'False', 'True']
+
+
+_FINGERPRINT = '''
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from big_distill import teachers
+full = np.arange(12, dtype=np.float32).reshape(4, 3)
+split = jax.make_array_from_callback(  # Rows 0-1 in process 0, rows 2-3 in process 1.
+    full.shape, NamedSharding(Mesh(np.array(jax.devices()), ('fsdp',)), PartitionSpec('fsdp')),
+    lambda index: full[index])
+print(json.dumps(teachers.fingerprint([{'model': 'bit'}], ({'kernel': split},))))
+'''
+
+
+def test_fingerprint_of_a_teacher_split_over_processes(tmp_path):
+  """`variant=fixed` with fsdp across hosts: every process hashes the whole weights."""
+  address = f'127.0.0.1:{_free_port()}'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, '-c', _FINGERPRINT, address, str(i)], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in (0, 1)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  full = np.arange(12, dtype=np.float32).reshape(4, 3)
+  expected = teachers.fingerprint([{'model': 'bit'}], ({'kernel': full},))
+  assert [json.loads(out.splitlines()[-1]) for out, _ in outs] == [expected, expected]

@@ -188,6 +188,13 @@ def bad_inputs(tmp_path_factory, teacher_run):
        f'{five} predicts 5 classes, but the dataset has 10'),
       ('other config', distill, ['--config.lr=0.5'], 1,
        'holds a run of another config (differs in: lr);'),
+      # Refused before the fixed teacher's logits would be computed into the workdir.
+      ('other config, fixed teacher', f'{distill},variant=fixed', [], 1,
+       'holds a run of another config (differs in: teacher_logits_cache, variant);'),
+      ('eval interval', distill, ['--config.eval_every_steps=0'], 1,
+       'config.eval_every_steps=0; use a positive integer.'),
+      ('temperature', distill, ['--config.temperature=-1'], 1,
+       'config.temperature=-1.0; use a positive temperature.'),
   ]
 
 
@@ -218,6 +225,40 @@ def test_unwritable_workdir(tmp_path):
   assert proc.returncode == BAD_INPUT
   assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
   assert blocker.read_text() == 'x'
+
+
+def test_unwritable_workdir_of_a_fixed_teacher_is_bad_input(tmp_path, teacher_run):
+  """Refused before the teacher's logits are computed (they go into the workdir)."""
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  proc = run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},variant=fixed',
+                  str(blocker / 'run'), *TINY_STUDENT, check=False)
+  assert proc.returncode == BAD_INPUT, proc.stderr[-2000:]
+  assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
+
+
+def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
+  """Exit 75 (requeue) before the first step, with nothing written; the handler is restored."""
+  from big_distill import train
+  from big_distill.data import input_pipeline
+  from conftest import get_config
+
+  get_builder = input_pipeline.get_builder
+
+  def terminated_while_loading(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return get_builder(*args, **kwargs)
+
+  monkeypatch.setattr(input_pipeline, 'get_builder', terminated_while_loading)
+  config = get_config('fashion_mnist_teacher.py', 'runlocal=True')
+  config.student.update(depth=14, width=0.25)
+  config.input.resolution = 28
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(checkpoint.Preempted, match='Preempted at step 0; the run is saved up to'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert not os.path.exists(tmp_path / 'run' / 'config.json')
+  assert _steps(str(tmp_path / 'run')) == []
 
 
 def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
