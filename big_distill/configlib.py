@@ -51,13 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.train_split = 'train'
   c.input.eval_split = 'test'
   c.input.batch_size = 128  # Global, over all devices and processes.
-  c.input.eval_batch_size = 1000
+  c.input.eval_batch_size = 1024  # Global; the last batch is padded. Splits over 2^k devices.
   c.input.resolution = 28  # Student input side; teachers may set their own.
   c.input.augment = 'crop_flip'  # 'crop_flip' (pad + random crop), 'inception_crop' or 'none'.
   c.input.crop_padding = 2  # Pixels of padding for 'crop_flip'.
   c.input.flip = True  # Random horizontal flips in training.
   c.input.shuffle_buffer = 50_000
-  c.input.cache = False  # Keep decoded examples in host memory (small datasets).
+  c.input.cache = False  # Cache train examples (still encoded) and eval batches in host memory.
   c.input.prefetch = 2  # Batches put on device ahead of the step.
   c.input.central_crop = 1.0  # Eval: resize the short side to resolution / this, crop the centre.
   # Data order is a function of (seed, step, data_shards): each of `data_shards` slices of the
@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.width = 0.25
   c.student.init = ''  # Optional BiT .npz or run to start from (head replaced if classes differ).
 
-  c.teachers = []  # Distill mode: list of dicts with model, its kwargs, checkpoint, resolution.
+  c.teachers = []  # Distill mode: `teacher_entry` dicts (model, kwargs, checkpoint, resolution).
   c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
   c.mixup_alpha = 1.0  # Mixing ratio ~ Beta(alpha, alpha), one per batch ('funmatch').
 
@@ -108,6 +108,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def teacher_entry(checkpoint: str, *, depth: int, width: float,
+            model: str = 'bit') -> ml_collections.ConfigDict:
+  """A `config.teachers` entry; `resolution` None (the student's) can be set to an int from the
+  command line (`--config.teachers[0].resolution=384`)."""
+  return ml_collections.ConfigDict(dict(
+      model=model, depth=depth, width=width, checkpoint=checkpoint,
+      resolution=ml_collections.FieldReference(None, field_type=int)))
+
+
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
   """`config.total_steps`, or `config.total_epochs` converted with the global batch size."""
   if config.total_steps:
@@ -138,7 +147,7 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
   if tiny_models:
     config.input.resolution = 32
     config.student.update(depth=14, width=0.125)
-    config.teachers = [ml_collections.ConfigDict(dict(t, depth=14, width=0.25, resolution=None))
+    config.teachers = [teacher_entry(t.checkpoint, depth=14, width=0.25, model=t.model)
                        for t in config.teachers]
 
 
@@ -148,7 +157,9 @@ def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, e
                            runlocal_train_split: str | None = None) -> ml_collections.ConfigDict:
   """The paper's 128 px recipe for Flowers, Pets, Food and SUN: R152x2 -> R50x1 by function
   matching, inception crop + flip, batch 512, Adam (bfloat16 first moment), clipping at 1,
-  1500 warm-up steps then cosine; `schedules` gives each length's epochs, lr, wd and T.
+  1500 warm-up steps then cosine; `schedules` gives each length's epochs, lr, wd and T, with wd
+  as in the paper's big_vision code: decay per step wd x the schedule's multiplier, whereas
+  `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
 
   Arguments after the config file's `:`: schedule, variant, teacher, runlocal.
   """
@@ -165,14 +176,13 @@ def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, e
                       batch_size=512, resolution=128, augment='inception_crop', flip=True,
                       central_crop=128 / 160, cache=cache)
   config.student.update(depth=50, width=1.0)
-  config.teachers = [ml_collections.ConfigDict(dict(
-      model='bit', depth=152, width=2, checkpoint=arg.teacher, resolution=None))]
+  config.teachers = [teacher_entry(arg.teacher, depth=152, width=2)]
   config.temperature = hp['temperature']
   config.mixup_alpha = 1.0
   config.total_epochs = float(hp['epochs'])
   config.optimizer = dict(name='adam', mu_dtype='bfloat16')
   config.lr = hp['lr']
-  config.wd = hp['wd']
+  config.wd = hp['wd'] / hp['lr']  # The paper's (big_vision's) wd is not multiplied by lr.
   config.grad_clip_norm = 1.0
   config.schedule = dict(name='cosine', warmup_steps=1500)
   config.log_every_steps = log_every_steps

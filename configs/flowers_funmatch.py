@@ -20,6 +20,8 @@ The paper's best hyper-parameters per schedule length (its Table 4, big_vision's
 | medium | 100,000 | 0.001 | 1e-4 | 1 | 95.54% |
 | long | 1,000,000 | 0.0003 | 1e-5 | 1 | 96.93% |
 
+(wd as in big_vision: not multiplied by lr; the config holds wd / lr, as `config.wd` is.)
+
 Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
 funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
 (the teacher's BiT .npz), `runlocal`: 10 steps on a slice with tiny models (teacher R14 x1/4,

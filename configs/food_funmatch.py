@@ -11,7 +11,7 @@ from scratch, and the teacher see the same 128 px inception crop + flip, mixed u
 moment in bfloat16), batch 512, 1500 warm-up steps then cosine decay, gradient norm clipped at 1.
 Train on `train[:90%]` (68,175 images; `train[90%:]` was the paper's validation), report on
 `validation` (25,250; TFDS's Food-101 has no `test` split, the paper's test set is this one).
-Decoded images are not cached (about 40 GB of host memory).
+The train split is not cached in host memory (`input.cache=False`): it is read from disk each epoch.
 
 The paper's best hyper-parameters per schedule length (its Table 4, big_vision's
 `bigsweep_food_sun.py`) and the student's test accuracy there:
@@ -21,6 +21,8 @@ The paper's best hyper-parameters per schedule length (its Table 4, big_vision's
 | fast | 100 | 0.01 | 1e-3 | 10 | 83.29% |
 | medium | 1,000 | 0.001 | 3e-4 | 10 | 86.64% |
 | long | 3,000 | 0.01 | 1e-4 | 5 | 87.20% |
+
+(wd as in big_vision: not multiplied by lr; the config holds wd / lr, as `config.wd` is.)
 
 Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
 funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`

@@ -20,6 +20,8 @@ The paper's best hyper-parameters per schedule length (its Table 4, big_vision's
 | medium | 3,000 | 0.003 | 3e-4 | 10 | 90.08% |
 | long | 30,000 | 0.003 | 1e-5 | 2 | 91.06% |
 
+(wd as in big_vision: not multiplied by lr; the config holds wd / lr, as `config.wd` is.)
+
 Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
 funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
 (the teacher's BiT .npz), `runlocal`: 10 steps on a slice with tiny models (teacher R14 x1/4,

@@ -11,7 +11,7 @@ from scratch, and the teacher see the same 128 px inception crop + flip, mixed u
 moment in bfloat16), batch 512, 1500 warm-up steps then cosine decay, gradient norm clipped at 1.
 The dataset is TFDS's default `sun397` config, `sun397/tfds` (random 70/10/20% partition, images
 of at most 120,000 pixels), as in the paper: train on `train` (76,128 images), report on `test`.
-Decoded images are not cached (about 27 GB of host memory).
+The train split is not cached in host memory (`input.cache=False`): it is read from disk each epoch.
 
 The paper's best hyper-parameters per schedule length (its Table 4) and the student's test
 accuracy there:
@@ -21,6 +21,8 @@ accuracy there:
 | fast | 100 | 0.01 | 1e-3 | 10 | 68.28% |
 | medium | 1,000 | 0.003 | 1e-4 | 10 | 73.46% |
 | long | 3,000 | 0.01 | 3e-5 | 10 | 74.26% |
+
+(wd as in big_vision: not multiplied by lr; the config holds wd / lr, as `config.wd` is.)
 
 big_vision's `bigsweep_food_sun.py` has lr 0.001 for `medium`; this config follows the paper's
 table, whose run gave the accuracy above.

@@ -2,11 +2,14 @@
 
 import json
 import os
+import sys
 
+from absl import flags
+from ml_collections import config_flags
 import pytest
 
-from big_distill import configlib
-from conftest import TEACHER_CONFIG, TINY_TEACHER, run_main
+from big_distill import configlib, train
+from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
 
 
 def test_parse_arg_types_and_errors():
@@ -49,3 +52,31 @@ def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path):
   assert ('big_distill: error: input.batch_size=100 is not divisible by the 3 devices; '
           'use a multiple of 3.') in proc.stderr
   assert not workdir.exists()
+
+
+def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path):
+  config = configlib.base_config()
+  train.write_config(config, str(tmp_path))
+  logging_only = config.copy_and_resolve_references()
+  logging_only.update(eval_every_steps=7, log_every_steps=3, checkpoint_every_steps=9,
+                      keep_checkpoints=1)
+  logging_only.input.prefetch = 4
+  train.check_workdir(logging_only, str(tmp_path))
+  other = config.copy_and_resolve_references()
+  other.input.batch_size = 64
+  with pytest.raises(ValueError, match=r'holds a run of another config \(differs in: '
+                                       r'input.batch_size\)'):
+    train.check_workdir(other, str(tmp_path))
+
+
+@pytest.mark.parametrize('name', ['fashion_mnist_funmatch.py', 'imagenet_funmatch.py',
+                                  'flowers_funmatch.py'])
+def test_a_teachers_resolution_is_set_from_the_command_line(name, monkeypatch):
+  assert get_config(name).teachers[0].resolution is None  # The student's.
+  argv = ['prog', f'--config={os.path.join(ROOT, "configs", name)}',
+          '--config.teachers[0].resolution=384']
+  monkeypatch.setattr(sys, 'argv', argv)  # config_flags finds its overrides in sys.argv.
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values)
+  flag_values(argv)
+  assert flag_values.config.teachers[0].resolution == 384

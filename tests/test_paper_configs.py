@@ -5,12 +5,14 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from big_distill.data import synthetic
+from big_distill.optim import make_optimizer
 from big_distill.models import bit
 from conftest import ROOT, get_config, read_metrics, run_main
 
@@ -34,6 +36,17 @@ CLASSES = {'imagenet_funmatch.py': ('imagenet2012', 1000, 'validation'),
            **{name: (v[0], v[1], v[3]) for name, v in SMALL.items()}}
 
 
+def _decay_per_step(config) -> float:
+  """How much one step shrinks a kernel weight of 1 (zero gradient, constant schedule)."""
+  config = config.copy_and_resolve_references()
+  config.schedule = dict(name='constant', warmup_steps=0)
+  tx, _ = make_optimizer(config, 10)
+  params = {'kernel': jnp.ones((3, 3, 4, 4)), 'bias': jnp.ones(4)}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  assert not np.any(updates['bias'])
+  return -float(np.mean(updates['kernel']))
+
+
 def _check_recipe(config, teacher: str):
   """What all the paper's runs share: models, function matching, Adam, clipping, mixup."""
   assert config.mode == 'distill' and config.variant == 'funmatch'
@@ -45,6 +58,8 @@ def _check_recipe(config, teacher: str):
   assert config.optimizer.to_dict() == {'name': 'adam', 'mu_dtype': 'bfloat16'}
   assert config.grad_clip_norm == 1.0 and config.schedule.name == 'cosine'
   assert config.total_steps is None
+  # Both batches split over the launchers' device counts (2 x 8 GPUs, TPU slices up to 64 chips).
+  assert config.input.batch_size % 64 == 0 and config.input.eval_batch_size % 64 == 0
 
 
 @pytest.mark.parametrize('name,schedule', [(n, s) for n in SMALL for s in SMALL[n][4]])
@@ -55,8 +70,10 @@ def test_small_dataset_configs_match_the_paper(name, schedule):
   _check_recipe(config, 't.npz')
   assert (config.input.dataset, config.input.train_split, config.input.eval_split) == (
       dataset, train_split, eval_split)
-  assert (config.total_epochs, config.lr, config.wd, config.temperature) == (
-      epochs, lr, wd, temperature)
+  assert (config.total_epochs, config.lr, config.temperature) == (epochs, lr, temperature)
+  # big_vision applies the paper's wd after the learning rate: each step decays by wd (times the
+  # schedule's multiplier, here 1), not by lr x wd.
+  assert _decay_per_step(config) == pytest.approx(wd, rel=1e-5)
   assert config.input.batch_size == 512 and config.input.resolution == 128
   assert config.input.central_crop == pytest.approx(128 / 160)  # resize_small(160), crop 128.
   assert config.schedule.warmup_steps == 1500
@@ -69,7 +86,8 @@ def test_imagenet_config_matches_the_paper():
       'imagenet2012', 'train[:98%]', 'validation')
   assert config.input.batch_size == 4096 and config.input.resolution == 224
   assert config.input.central_crop == 0.875  # resize_small(256), crop 224.
-  assert (config.lr, config.wd, config.temperature) == (0.03, 3e-4, 1.0)
+  assert (config.lr, config.temperature) == (0.03, 1.0)
+  assert _decay_per_step(config) == pytest.approx(3e-4, rel=1e-5)
   assert config.schedule.warmup_steps == 5000 and config.total_epochs == 1200
   assert get_config('imagenet_funmatch.py', 'epochs=9600').total_epochs == 9600
 
