@@ -78,9 +78,11 @@ class Run:
     return next((r[key] for r in reversed(self.records) if key in r), None)
 
   def curve(self, key: str, in_epochs: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(x, values) of `key` over the run, x in epochs or steps."""
-    steps = np.array([r['step'] for r in self.records if key in r], dtype=float)
-    values = np.array([r[key] for r in self.records if key in r], dtype=float)
+    """(x, values) of `key` over the run, x in epochs or steps; of a step logged again after a
+    resume, the last record."""
+    by_step = {r['step']: r[key] for r in self.records if key in r}
+    steps = np.array(sorted(by_step), dtype=float)
+    values = np.array([by_step[s] for s in sorted(by_step)], dtype=float)
     return (steps / self.steps_per_epoch if in_epochs else steps), values
 
 

@@ -126,3 +126,13 @@ def test_command_line_on_a_supervised_run_and_a_run_without_epochs(tmp_path):
 def test_labels_must_match_workdirs(tmp_path):
   with pytest.raises(ValueError, match='2 labels for 1 workdirs'):
     report.load_runs([_workdir(tmp_path / 'a', epochs=1)], ['x', 'y'])
+
+
+def test_curve_of_a_resumed_run_takes_each_steps_last_record():
+  """A run killed after logging step 20 and resumed from step 10 logs step 20 again."""
+  records = [{'step': s, 'eval/student_accuracy': a}
+             for s, a in ((10, 0.5), (20, 0.6), (20, 0.61), (30, 0.7))]
+  run = report.Run('w', 'w', {}, records, steps_per_epoch=10.0)
+  steps, values = run.curve('eval/student_accuracy', in_epochs=False)
+  assert steps.tolist() == [10, 20, 30] and values.tolist() == [0.5, 0.61, 0.7]
+  assert run.curve('eval/student_accuracy', in_epochs=True)[0].tolist() == [1, 2, 3]
