@@ -156,6 +156,19 @@ def test_save_load_round_trip_is_exact(model, npz_path, tmp_path):
   assert params['head']['kernel'].shape == (1024, CLASSES)
 
 
+def test_numbered_conv_names_load_as_the_plain_ones(model, npz_path, tmp_path):
+  """Some BiT files call their convolutions `standardized_conv2d_N`."""
+  with np.load(npz_path) as f:
+    arrays = {k: f[k] for k in f.files}
+  numbered = {k.replace('/standardized_conv2d/', f'/standardized_conv2d_{i}/'): v
+              for i, (k, v) in enumerate(arrays.items())}
+  assert sum('standardized_conv2d_' in k for k in numbered) > 10
+  out = tmp_path / 'numbered.npz'
+  np.savez(out, **numbered)
+  jax.tree.map(np.testing.assert_array_equal, bit.load_bit_npz(str(out), model),
+               bit.load_bit_npz(npz_path, model))
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(num_classes=7), 'resnet/head/conv2d/kernel: file has (1, 1, 1024, 10), '
                           'model expects (1, 1, 1024, 7)'),

@@ -331,7 +331,9 @@ def load_bit_npz(path: str, model: ResNetV2, *, skip_head: bool = False,
   takes it from the file's root kernel (the model itself accepts any channel count).
   """
   with epath.Path(path).open('rb') as file, np.load(file, allow_pickle=False) as f:
-    arrays = {key: f[key] for key in f.files}
+    # Some BiT files number their convolutions (`standardized_conv2d_3`): one name for all.
+    arrays = {re.sub(r'/standardized_conv2d_\d+/', '/standardized_conv2d/', key): f[key]
+              for key in f.files}
   return _from_bit_npz_dict(arrays, model, skip_head, input_channels, f'BiT checkpoint {path}')
 
 
