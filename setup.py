@@ -8,7 +8,10 @@ setup(
     description='Knowledge distillation in JAX/Flax following Beyer et al., CVPR 2022.',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['big_distill', 'big_distill.*']),
+    # configs/ ships as big_distill/configs/ (big_distill.runs.CONFIGS), so that demo and reproduce
+    # find their configs after a non-editable install too.
+    packages=[*find_packages(include=['big_distill', 'big_distill.*']), 'big_distill.configs'],
+    package_dir={'big_distill.configs': 'configs'},
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.5,<0.11',

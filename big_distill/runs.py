@@ -7,7 +7,19 @@ import subprocess
 import sys
 import time
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+def _configs_dir() -> str:
+  """The directory of the config files: `big_distill/configs/` where the package was installed
+  with them (setup.py ships `configs/` as `big_distill.configs`), else `configs/` of the checkout
+  that holds the package (running from a checkout, or an editable install)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(package, 'configs')
+  if os.path.isfile(os.path.join(installed, 'fashion_mnist_teacher.py')):
+    return installed
+  return os.path.join(os.path.dirname(package), 'configs')
+
+
+CONFIGS = _configs_dir()
 
 
 def last_metrics(workdir: str) -> dict[str, float]:

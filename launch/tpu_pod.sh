@@ -6,11 +6,15 @@
 #   installs it there (pip install -e ., jax[tpu], google-cloud-storage), then runs the same
 #   `python3 -m big_distill.main --config=CONFIG --workdir=WORKDIR ...` on all workers at once
 #   (gcloud ... tpu-vm ssh --worker=all); JAX finds the other workers by itself.
-#   CONFIG: relative to the checkout's root, e.g. configs/imagenet_funmatch.py:epochs=300.
+#   Paths are read on the workers, which run in their copy of the checkout (~/big_distill):
+#   CONFIG: a file of this checkout, relative to its root wherever you call this from, e.g.
+#     configs/imagenet_funmatch.py:epochs=300 (checked here: usage error if it is not there).
 #   WORKDIR: one directory all workers share: a Cloud Storage URI, gs://BUCKET/run (written
-#     directly, no mount; the TPU VM's service account needs write access), or NFS at the same path
-#     on every worker (a worker-local path leaves each worker its own, partial checkpoints).
-#     Data: --config.input.data_dir=gs://BUCKET/tfds (TFDS reads gs:// too).
+#     directly, no mount; the TPU VM's service account needs write access), or NFS at the same
+#     absolute path on every worker (a worker-local path leaves each worker its own, partial
+#     checkpoints). A relative WORKDIR is a usage error: it would land in ~/big_distill, which the
+#     next launch replaces. Teacher checkpoints and data likewise: gs:// or absolute paths on the
+#     workers, e.g. --config.input.data_dir=gs://BUCKET/tfds (TFDS reads gs:// too).
 #   --project=ID: the Google Cloud project (default: gcloud's configured one).
 #   --dry-run (or DRY_RUN=1): print the commands instead of running them.
 #   Creates no TPU; make one first, e.g. gcloud compute tpus tpu-vm create TPU_NAME --zone=ZONE
@@ -22,19 +26,20 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-dry_run="${DRY_RUN:-0}"
-project=()
-while [[ $# -gt 0 && "$1" == --* && "$1" != --config.* ]]; do
-  case "$1" in
-    --help) usage; exit 0 ;;
-    --dry-run) dry_run=1; shift ;;
-    --project=?*) project=("$1"); shift ;;
-    *) echo "tpu_pod.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
-  esac
-done
-if [[ $# -lt 4 ]]; then usage >&2; exit 2; fi
+parse_args tpu_pod.sh 4 '--project=?*' "$@"
+project=(${options[@]+"${options[@]}"})
+set -- "${args[@]}"
 tpu="$1"; zone="$2"; config="$3"; workdir="$4"; shift 4
-root="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ ! -f "$checkout/${config%%:*}" ]]; then
+  echo "tpu_pod.sh: CONFIG must be a file of this checkout, relative to its root" \
+    "(e.g. configs/imagenet_funmatch.py); not found: $checkout/${config%%:*}" >&2
+  exit 2
+fi
+if [[ "$workdir" != /* && "$workdir" != *://* ]]; then
+  echo "tpu_pod.sh: WORKDIR must be shared by all workers: gs://BUCKET/DIR or an absolute" \
+    "path (NFS); a relative one would land in each worker's ~/big_distill: $workdir" >&2
+  exit 2
+fi
 archive="${TMPDIR:-/tmp}/big_distill-$tpu.tar.gz"
 
 run() {  # Prints the command; runs it unless this is a dry run.
@@ -46,7 +51,7 @@ on_all_workers() {  # gcloud ssh to every worker, running the command line $1 th
 }
 
 run tar -czf "$archive" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' \
-  --exclude=__pycache__ -C "$root" .
+  --exclude=__pycache__ -C "$checkout" .
 run gcloud compute tpus tpu-vm scp "$archive" "$tpu:big_distill.tar.gz" --worker=all \
   --zone="$zone" ${project[@]+"${project[@]}"}
 on_all_workers "rm -rf ~/big_distill && mkdir ~/big_distill && tar -xzf ~/big_distill.tar.gz \
