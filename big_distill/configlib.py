@@ -151,40 +151,49 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
                        for t in config.teachers]
 
 
+def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, wd: float,
+                   temperature: float, warmup_steps: int) -> ml_collections.ConfigDict:
+  """What all the paper's configs share: R152x2 (`arg.teacher`) -> R50x1 by `arg.variant`
+  (function matching by default), the same inception crop + flip for both, mixup ratios
+  ~ Beta(1, 1), Adam (bfloat16 first moment), clipping at 1, warm-up then cosine decay.
+
+  `wd` is the paper's, as its big_vision code applies it: each step decays by wd x the schedule's
+  multiplier. `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
+  """
+  config = base_config()
+  config.mode = 'distill'
+  config.variant = arg.variant
+  if arg.variant == 'fixed':  # The teacher's logits on un-augmented images, computed once.
+    config.teacher_logits_cache = 'teacher_logits.npy'
+  config.input.update(augment='inception_crop', flip=True)
+  config.student.update(depth=50, width=1.0)
+  config.teachers = [teacher_entry(arg.teacher, depth=152, width=2)]
+  config.temperature = temperature
+  config.mixup_alpha = 1.0
+  config.total_epochs = float(epochs)
+  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
+  config.lr = lr
+  config.wd = wd / lr
+  config.grad_clip_norm = 1.0
+  config.schedule = dict(name='cosine', warmup_steps=warmup_steps)
+  return config
+
+
 def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, eval_split: str,
                            schedules: dict[str, dict], teacher: str, cache: bool,
                            log_every_steps: int = 100,
                            runlocal_train_split: str | None = None) -> ml_collections.ConfigDict:
-  """The paper's 128 px recipe for Flowers, Pets, Food and SUN: R152x2 -> R50x1 by function
-  matching, inception crop + flip, batch 512, Adam (bfloat16 first moment), clipping at 1,
-  1500 warm-up steps then cosine; `schedules` gives each length's epochs, lr, wd and T, with wd
-  as in the paper's big_vision code: decay per step wd x the schedule's multiplier, whereas
-  `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
+  """The paper's 128 px recipe for Flowers, Pets, Food and SUN (`paper_funmatch`, batch 512,
+  1500 warm-up steps); `schedules` gives each length's epochs, lr, wd and T.
 
   Arguments after the config file's `:`: schedule, variant, teacher, runlocal.
   """
   arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher, runlocal=False)
   if arg.schedule not in schedules:
     raise ValueError(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
-  hp = schedules[arg.schedule]
-  config = base_config()
-  config.mode = 'distill'
-  config.variant = arg.variant
-  if arg.variant == 'fixed':  # The teacher's logits on un-augmented images, computed once.
-    config.teacher_logits_cache = 'teacher_logits.npy'
+  config = paper_funmatch(arg, warmup_steps=1500, **schedules[arg.schedule])
   config.input.update(dataset=dataset, train_split=train_split, eval_split=eval_split,
-                      batch_size=512, resolution=128, augment='inception_crop', flip=True,
-                      central_crop=128 / 160, cache=cache)
-  config.student.update(depth=50, width=1.0)
-  config.teachers = [teacher_entry(arg.teacher, depth=152, width=2)]
-  config.temperature = hp['temperature']
-  config.mixup_alpha = 1.0
-  config.total_epochs = float(hp['epochs'])
-  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
-  config.lr = hp['lr']
-  config.wd = hp['wd'] / hp['lr']  # The paper's (big_vision's) wd is not multiplied by lr.
-  config.grad_clip_norm = 1.0
-  config.schedule = dict(name='cosine', warmup_steps=1500)
+                      batch_size=512, resolution=128, central_crop=128 / 160, cache=cache)
   config.log_every_steps = log_every_steps
   config.eval_every_steps = 2500
   config.checkpoint_every_steps = 2500

@@ -38,30 +38,10 @@ from big_distill import configlib
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, epochs=1200.0, variant='funmatch',
                             teacher='R152x2_T_224.npz', runlocal=False)
-  config = configlib.base_config()
-  config.mode = 'distill'
-  config.variant = arg.variant
-  if arg.variant == 'fixed':  # The teacher's logits on un-augmented images, computed once.
-    config.teacher_logits_cache = 'teacher_logits.npy'
-  config.input.dataset = 'imagenet2012'
-  config.input.train_split = 'train[:98%]'
-  config.input.eval_split = 'validation'
-  config.input.batch_size = 4096
-  config.input.eval_batch_size = 1024
-  config.input.resolution = 224
-  config.input.augment = 'inception_crop'
-  config.input.flip = True
-  config.input.central_crop = 0.875
-  config.student.update(depth=50, width=1.0)
-  config.teachers = [configlib.teacher_entry(arg.teacher, depth=152, width=2)]
-  config.temperature = 1.0
-  config.mixup_alpha = 1.0
-  config.total_epochs = arg.epochs
-  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
-  config.lr = 0.03
-  config.wd = 3e-4 / config.lr  # The paper's (big_vision's) wd is not multiplied by lr.
-  config.grad_clip_norm = 1.0
-  config.schedule = dict(name='cosine', warmup_steps=5000)
+  config = configlib.paper_funmatch(arg, epochs=arg.epochs, lr=0.03, wd=3e-4, temperature=1.0,
+                                    warmup_steps=5000)
+  config.input.update(dataset='imagenet2012', train_split='train[:98%]', eval_split='validation',
+                      batch_size=4096, eval_batch_size=1024, resolution=224, central_crop=0.875)
   config.log_every_steps = 50
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000
