@@ -47,6 +47,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      'ratios ~ Beta(alpha, alpha), alpha > 0.')
   compute_dtype(config.dtype, 'config.dtype')
   compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
+  input_pipeline.check_input(config.input)
   parallel.check_batch_size(config.input.batch_size)
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
 

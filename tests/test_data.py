@@ -16,8 +16,8 @@ from big_distill.data import input_pipeline, offline
 
 def _input_config(**overrides) -> ml_collections.ConfigDict:
   cfg = configlib.base_config().input
-  cfg.update(dict(train_split='train[:256]', eval_split='test[:100]', batch_size=32,
-                  eval_batch_size=48, shuffle_buffer=256, cache=True, **overrides))
+  cfg.update({**dict(train_split='train[:256]', eval_split='test[:100]', batch_size=32,
+                     eval_batch_size=48, shuffle_buffer=256, cache=True), **overrides})
   return cfg
 
 
@@ -85,8 +85,8 @@ def test_augmentations_crop_and_flip():
   inception = input_pipeline.augment(image, tf.constant([3, 0], tf.int64),
                                      _input_config(augment='inception_crop', resolution=32))
   assert inception.shape == (32, 32, 1)
-  with pytest.raises(ValueError, match="Unknown input.augment 'bad'"):
-    input_pipeline.augment(image, tf.constant([0, 0], tf.int64), _input_config(augment='bad'))
+  with pytest.raises(ValueError, match="Unknown input.augment 'bad'; use one of crop_flip, "):
+    input_pipeline.check_input(_input_config(augment='bad'))
 
 
 def test_eval_batches_cover_the_split_once_with_padding(fmnist_builder):
@@ -106,3 +106,73 @@ def test_unknown_dataset_and_split(fmnist_builder):
     input_pipeline.get_builder('no_such_dataset')
   with pytest.raises(ValueError, match="Unknown split 'validation' of fashion_mnist"):
     input_pipeline.num_examples(fmnist_builder, 'validation')
+
+
+def _count_reads(builder: tfds.core.DatasetBuilder, monkeypatch) -> list[int]:
+  """Makes `builder.as_dataset` count the records it hands out; returns the (one-item) count."""
+  reads = [0]
+  as_dataset = builder.as_dataset
+
+  def bump(label):
+    reads[0] += 1
+    return label
+
+  def counted(*args, **kwargs) -> tf.data.Dataset:
+    return as_dataset(*args, **kwargs).map(lambda ex: {
+        **ex, 'label': tf.ensure_shape(tf.py_function(bump, [ex['label']], tf.int64), [])})
+
+  monkeypatch.setattr(builder, 'as_dataset', counted)
+  return reads
+
+
+def test_resumed_stream_equals_the_continued_one_epochs_in(fmnist_builder):
+  """Two slices of 32 training and 20 extra examples, 9 + 3 rows each per step: steps 22 and 25
+  start 6 and 7 epochs in, mid-epoch (and 3 epochs into the extra data)."""
+  cfg = _input_config(train_split='train[:64]', batch_size=24, shuffle_buffer=64, data_shards=2)
+  cfg.extra_data.update(dataset='fashion_mnist', split='test[:40]', fraction=0.25)
+
+  def stream(start_step: int):
+    return input_pipeline.train_batches(cfg, fmnist_builder, seed=4, start_step=start_step,
+                                        teacher_view='index', extra_builder=fmnist_builder)
+
+  continued = stream(0)
+  batches = [next(continued) for _ in range(28)]
+  for start in (22, 25):
+    resumed = stream(start)
+    for expected in batches[start:]:
+      got = next(resumed)
+      for key in ('image', 'label', 'index'):
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_every_epoch_is_a_permutation_of_the_slice(fmnist_builder):
+  """Slices of 32 fill 8 rows each: every 4 steps each slice has shown each example once."""
+  cfg = _input_config(train_split='train[:64]', batch_size=16, shuffle_buffer=64, data_shards=2)
+  stream = input_pipeline.train_batches(cfg, fmnist_builder, seed=0, teacher_view='index')
+  index = np.stack([next(stream)['index'] for _ in range(16)])  # (step, row)
+  epochs = index.reshape(4, 4, 2, 8).transpose(2, 0, 1, 3).reshape(2, 4, 32)  # (slice, epoch, i)
+  for v, slice_epochs in enumerate(epochs):
+    for order in slice_epochs:
+      np.testing.assert_array_equal(np.sort(order), np.arange(32 * v, 32 * (v + 1)))
+    assert len({order.tobytes() for order in slice_epochs}) == 4  # Reshuffled every epoch.
+
+
+def test_resuming_late_reads_at_most_about_one_epoch(fmnist_builder, monkeypatch):
+  """Resuming 1000 epochs (64,000 examples) into a 64-example split, mid-epoch, reads the part
+  of the epoch before the step, the shuffle buffer and what the prefetch takes: not the 1000."""
+  cfg = _input_config(train_split='train[:64]', batch_size=16, shuffle_buffer=16, cache=False)
+  reads = _count_reads(fmnist_builder, monkeypatch)
+  resumed = input_pipeline.train_batches(cfg, fmnist_builder, seed=0, start_step=4000 + 2,
+                                         teacher_view='index')
+  first = next(resumed)['index']
+  assert reads[0] <= 2 * 64, reads[0]
+  assert len(set(first)) == 16 and np.all((first >= 0) & (first < 64))
+
+
+def test_cache_reads_the_source_once_for_all_epochs(fmnist_builder, monkeypatch):
+  cfg = _input_config(train_split='train[:64]', batch_size=16, shuffle_buffer=64, cache=True)
+  reads = _count_reads(fmnist_builder, monkeypatch)
+  stream = input_pipeline.train_batches(cfg, fmnist_builder, seed=0, start_step=3)
+  for _ in range(20):  # 5 epochs.
+    next(stream)
+  assert reads[0] == 64

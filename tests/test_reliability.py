@@ -191,6 +191,10 @@ def bad_inputs(tmp_path_factory, teacher_run):
       # Refused before the fixed teacher's logits would be computed into the workdir.
       ('other config, fixed teacher', f'{distill},variant=fixed', [], 1,
        'holds a run of another config (differs in: teacher_logits_cache, variant);'),
+      ('augmentation', distill, ['--config.input.augment=inception'], 1,
+       "Unknown input.augment 'inception'; use one of crop_flip, inception_crop, none."),
+      ('data shards', distill, ['--config.input.data_shards=3'], 1,
+       'input.batch_size=32 is not divisible by input.data_shards=3.'),
       ('eval interval', distill, ['--config.eval_every_steps=0'], 1,
        'config.eval_every_steps=0; use a positive integer.'),
       ('temperature', distill, ['--config.temperature=-1'], 1,

@@ -27,6 +27,20 @@ from big_distill.data import offline
 
 Batch = dict[str, np.ndarray]
 TEACHER_VIEWS = ('same', 'augmented', 'unaugmented', 'index')
+AUGMENTATIONS = ('crop_flip', 'inception_crop', 'none')
+
+
+def check_input(cfg: ml_collections.ConfigDict) -> None:
+  """Checks of `config.input` that need no data: the augmentation, the batch's data slices."""
+  if cfg.augment not in AUGMENTATIONS:
+    raise ValueError(f'Unknown input.augment {cfg.augment!r}; use one of '
+                     f'{", ".join(AUGMENTATIONS)}.')
+  slices, procs = cfg.data_shards or jax.process_count(), jax.process_count()
+  if slices % procs:
+    raise ValueError(f'input.data_shards={slices} is not a multiple of the {procs} processes.')
+  if cfg.batch_size % slices:
+    raise ValueError(f'input.batch_size={cfg.batch_size} is not divisible by '
+                     f'input.data_shards={slices}.')
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -110,7 +124,8 @@ def eval_image(image: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
-  """Random crop (padded, or inception-style) and flip of one uint8 HWC image -> float32."""
+  """Random crop (padded, or inception-style; `cfg.augment`, see `check_input`) and flip of one
+  uint8 HWC image -> float32."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = _to_float(image)
   if cfg.augment == 'crop_flip':
@@ -124,9 +139,6 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
         area_range=(0.05, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
         use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, size)
-  elif cfg.augment != 'none':
-    raise ValueError(f"Unknown input.augment {cfg.augment!r}; use 'crop_flip', "
-                     "'inception_crop' or 'none'.")
   if tuple(image.shape[:2]) != (cfg.resolution, cfg.resolution):
     image = _resize(image, (cfg.resolution, cfg.resolution))
   if cfg.flip:
@@ -136,14 +148,13 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
 
 def process_slices(builder: tfds.core.DatasetBuilder, split: str, slices: int, *,
                    drop_remainder: bool) -> list[tuple[int, object, int]]:
-  """This process's share of `slices` contiguous slices of `split`: (slice, subsplit, offset).
+  """This process's share of `slices` contiguous slices of `split`: (slice, subsplit, offset);
+  `slices` is a multiple of the process count (`check_input`).
 
   Slice `v` belongs to process `v * process_count // slices`; `offset` is the position of the
   slice's first example in `split`, so `offset + position` identifies an example on any layout.
   """
   procs = jax.process_count()
-  if slices % procs:
-    raise ValueError(f'input.data_shards={slices} is not a multiple of the {procs} processes.')
   subsplits = tfds.even_splits(split, n=slices, drop_remainder=drop_remainder)
   sizes = [builder.info.splits[s].num_examples for s in subsplits]
   offsets = np.cumsum([0] + sizes[:-1])
@@ -155,18 +166,28 @@ def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
             cfg: ml_collections.ConfigDict, *, seed: int, skip: int, views) -> tf.data.Dataset:
   """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in.
 
-  Images stay encoded (JPEG, PNG) through the cache and the shuffle buffer and are decoded in
-  the parallel map: the buffer holds at most `shuffle_buffer` files, and no more than the slice
-  has (a larger buffer would only hold repeats of it).
+  Epoch `e` is the slice shuffled with a seed drawn from `(seed, e)`: a stream `skip` examples in
+  starts at epoch `skip // size` and reads at most one epoch to skip the rest, however late the
+  step. `example_seed` comes from the example's position in the endless stream, so the stream is
+  a function of (seed, skip) alone. Images stay encoded (JPEG, PNG) through the cache (filled by
+  the first epoch, read by the others) and the shuffle buffer and are decoded in the parallel map:
+  the buffer holds at most `shuffle_buffer` files, and no more than the slice has.
   """
   size = builder.info.splits[subsplit].num_examples
   ds = builder.as_dataset(split=subsplit, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()}).enumerate(start=offset)
   if cfg.cache:
     ds = ds.cache()
-  ds = ds.repeat().shuffle(min(cfg.shuffle_buffer, size), seed=seed,
-                           reshuffle_each_iteration=True)
-  ds = ds.enumerate().skip(skip)
+  buffer = min(cfg.shuffle_buffer, size)
+
+  def epoch(e: tf.Tensor) -> tf.data.Dataset:
+    epoch_seed = tf.random.stateless_uniform([], [seed, e], minval=None, maxval=None,
+                                             dtype=tf.int64)
+    return ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+  first_epoch, into_epoch = divmod(skip, size)
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+  ds = ds.enumerate(start=first_epoch * size).skip(into_epoch)
   base_seed = tf.constant([0, seed], tf.int64)
   decode = builder.info.features['image'].decode_example
 
@@ -195,10 +216,8 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
   """
   if teacher_view not in TEACHER_VIEWS:
     raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {TEACHER_VIEWS}.')
+  check_input(cfg)
   slices = cfg.data_shards or jax.process_count()
-  if cfg.batch_size % slices:
-    raise ValueError(f'input.batch_size={cfg.batch_size} is not divisible by '
-                     f'input.data_shards={slices}.')
   rows = cfg.batch_size // slices
   extra_rows = round(rows * cfg.extra_data.fraction) if extra_builder else 0
   num_channels = channels(builder)
