@@ -81,6 +81,19 @@ class _QuietLibraries(std_logging.Filter):
 EXIT_CODES = {ValueError: 2, FloatingPointError: 3, OSError: 74}  # 75: preempted.
 
 
+def exit_code(error: Exception) -> int | None:
+  """The exit code of an expected failure, None for a bug. A ValueError is bad input only if
+  big_distill raised it (its checks say what to fix); one from inside a library is a bug."""
+  if isinstance(error, ValueError):
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    if tb is None or not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package):
+      return None
+  return next((code for kind, code in EXIT_CODES.items() if isinstance(error, kind)), None)
+
+
 def say(line: str) -> None:
   """Writes `line` to stderr on a line of its own, in one system call: background threads
   (orbax's writers) may print tracebacks piece by piece while a failed run exits, and their
@@ -142,8 +155,11 @@ def main(argv):
     say(f'big_distill: {e}')
     sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
   except tuple(EXIT_CODES) as e:
+    code = exit_code(e)
+    if code is None:
+      raise  # Its traceback, exit 1.
     say(f'big_distill: error: {_one_line(e)}')
-    sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(e, kind)))
+    sys.exit(code)
 
 
 if __name__ == '__main__':

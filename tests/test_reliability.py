@@ -297,3 +297,22 @@ def test_error_line_is_not_split_by_a_partial_line_of_another_thread():
                         text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'big_distill: error: disk full' in proc.stderr.splitlines()
+
+
+def test_only_big_distills_own_value_errors_are_bad_input():
+  """A ValueError from inside a library is a bug (its traceback, exit 1), not bad input (exit 2).
+  (In a subprocess, as main.py defines flags.)"""
+  code = ('import numpy as np\n'
+          'from big_distill import main, parallel\n'
+          'def code(fn):\n'
+          '  try:\n'
+          '    fn()\n'
+          '  except Exception as e:\n'
+          '    return main.exit_code(e)\n'
+          'def diverged():\n'
+          '  raise FloatingPointError("loss")\n'
+          'print(code(lambda: parallel.mesh_shape(3, 1, 4)), code(lambda: np.zeros(3).reshape(2)),\n'
+          '      code(lambda: open("/no/such/file")), code(diverged), code(lambda: {}["key"]))')
+  proc = subprocess.run([sys.executable, '-c', code], env=_env(), check=True, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.stdout.split() == ['2', 'None', '74', '3', 'None']
