@@ -37,7 +37,7 @@ def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
   """The contents of each process's log; fails (killing the rest) if one fails or hangs."""
   try:
     for p in procs:
-      p.wait(timeout=300)
+      p.wait(timeout=600)  # Three runs at once on a shared 2-core machine: 72 s alone.
   finally:
     for p in procs:
       if p.poll() is None:
