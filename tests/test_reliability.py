@@ -221,24 +221,17 @@ def test_bad_input_one_line_error_and_workdir_unchanged(bad_inputs, uninterrupte
   assert _snapshot(uninterrupted) == before
 
 
-def test_unwritable_workdir(tmp_path):
+def test_unwritable_workdir(tmp_path, teacher_run):
+  """Bad input; with a fixed teacher, refused before its logits are computed into the workdir."""
   blocker = tmp_path / 'a_file'
   blocker.write_text('x')
-  proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', str(blocker / 'run'), *TINY_TEACHER,
-                  check=False)
-  assert proc.returncode == BAD_INPUT
-  assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
+  for config, overrides in (
+      (f'{TEACHER_CONFIG}:runlocal=True', TINY_TEACHER),
+      (f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},variant=fixed', TINY_STUDENT)):
+    proc = run_main(config, str(blocker / 'run'), *overrides, check=False)
+    assert proc.returncode == BAD_INPUT, proc.stderr[-2000:]
+    assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
   assert blocker.read_text() == 'x'
-
-
-def test_unwritable_workdir_of_a_fixed_teacher_is_bad_input(tmp_path, teacher_run):
-  """Refused before the teacher's logits are computed (they go into the workdir)."""
-  blocker = tmp_path / 'a_file'
-  blocker.write_text('x')
-  proc = run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},variant=fixed',
-                  str(blocker / 'run'), *TINY_STUDENT, check=False)
-  assert proc.returncode == BAD_INPUT, proc.stderr[-2000:]
-  assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
 
 
 def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
