@@ -1,7 +1,7 @@
 r"""Adam vs Shampoo on a distillation, as the paper compares them: shorter Shampoo schedules
 against Adam's full one. JSON lines.
 
-  python benchmarks/shampoo_vs_adam.py \
+  python -m benchmarks.shampoo_vs_adam \
       --config=configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher \
       --epochs=8 --shampoo_fractions=0.25,0.5
 
@@ -23,12 +23,12 @@ import json
 import os
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 from ml_collections import config_flags
 
-from big_distill import train
-import comparison
+from benchmarks import comparison
+from big_distill import cli, train, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher',
@@ -56,12 +56,9 @@ def run(optimizer: dict, lr: float, fraction: float, seed: int, workdir: str) ->
   config.schedule.warmup_steps = int(config.schedule.warmup_steps * fraction)
   config.checkpoint_every_steps = 10**9
   train.train_and_evaluate(config, workdir)
-  img_s, final = [], {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for record in map(json.loads, f):
-      final.update(record)
-      if 'train/img_per_sec' in record:
-        img_s.append(record['train/img_per_sec'])
+  records = workdir_lib.read_metrics(workdir)
+  img_s = [r['train/img_per_sec'] for r in records if 'train/img_per_sec' in r]
+  final = workdir_lib.last_metrics(workdir)
   steps = final['step']
   sec_per_step = config.input.batch_size / float(np.median(img_s))
   return {'optimizer': optimizer['name'], 'lr': lr, 'seed': seed, 'epochs': config.total_epochs,
@@ -90,4 +87,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, config=_CONFIG)

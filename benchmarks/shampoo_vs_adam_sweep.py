@@ -1,36 +1,32 @@
 r"""Adam vs Shampoo as in `shampoo_vs_adam.py`, with each optimizer's whole grid (learning rates x
 schedule lengths x seeds) trained at once in one compiled program on an accelerator. JSON lines.
 
-  python benchmarks/shampoo_vs_adam_sweep.py \
+  python -m benchmarks.shampoo_vs_adam_sweep \
       --config=configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher \
       --epochs=16 --shampoo_fractions=0.25,0.5 --seeds=0,1,2
 
 Small students leave a GPU idle one run at a time; here the settings of one optimizer are a
-`jax.vmap`ped axis of the distillation step (`steps.distill_step`, the training loop's own), on one
-device, so a grid costs a fraction of its runs one by one (on an H100: 6.5 minutes for 36 runs that
-take about 12 one at a time). The images live on the device (Fashion-MNIST's idx files,
-`--data`; no TensorFlow needed) and are augmented there as the input pipeline does (`crop_flip`,
-resize, flip), mixed up by the step, each seed with its own data order, augmentation, mixup and
-initialisation. Settings of one seed see the same images, so the teachers run once per seed and
-the step gets their logits (as it gets a fixed teacher's cached ones). A setting's learning rate
-follows `make_schedule`'s linear warm-up and cosine decay over its own length (warm-up scaled by
-its fraction) and is zero after it, so shorter settings stop changing while the longest runs on;
-each is evaluated when its schedule ends.
-Training time is steps x seconds per step of one run alone (timed after compilation over
-`--timing_steps` steps at the config's batch size). Summary as in `shampoo_vs_adam.py`
-(`comparison.summarize`); Adam's shorter `--adam_fractions` are context, not the target.
+`jax.vmap`ped axis of the training loop's own step (`steps.train_step` with the student, teachers
+and keyword arguments that `build.create_run` makes of the config), on one device, so a grid costs
+a fraction of its runs one by one. Each seed's batches come from the training loop's own input
+pipeline (`Run.train_batches`: the batches a run of that seed sees), so the settings of one seed
+see the same images, and the teachers run once per seed: the step gets their logits, as it gets a
+fixed teacher's cached ones. A setting's learning rate is `make_schedule`'s warm-up and decay over
+its own length (warm-up scaled by its fraction) and zero after it, so shorter settings stop
+changing while the longest runs on; each is evaluated on the eval split when its schedule ends.
+Training time is steps x seconds per step of one setting alone (timed after compilation over
+`--timing_steps` steps on one batch). Summary as in `shampoo_vs_adam.py` (`comparison.summarize`);
+Adam's shorter `--adam_fractions` are context, not the target.
 """
 
+import copy
 import functools
-import gzip
 import json
-import math
-import os
 import sys
 import time
 from typing import Any, Iterator
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,17 +34,13 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
-from big_distill import configlib, steps
-from big_distill import teachers as teachers_lib
-from big_distill.models import from_config
-from big_distill.optim import make_optimizer
-import comparison
+from benchmarks import comparison
+from big_distill import build, cli, configlib, errors, steps, variants
+from big_distill.optim import make_optimizer, make_schedule
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher',
     'The distillation config every setting starts from.')
-_DATA = flags.DEFINE_string('data', '/usr/share/datasets/fashion-mnist',
-                            'Directory of the Fashion-MNIST idx files (*-idx?-ubyte.gz).')
 _TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', None,
                                        'Use the first this many training images (default: all).')
 _EPOCHS = flags.DEFINE_float('epochs', 8.0, 'Adam\'s schedule length in epochs.')
@@ -66,60 +58,14 @@ _SHAMPOO = flags.DEFINE_string(
 _TIMING_STEPS = flags.DEFINE_integer('timing_steps', 200, 'Steps of the one-run timing.')
 
 
-def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Images [N, 28, 28, 1] uint8 and labels [N] int32 of Fashion-MNIST's `train` or `test`."""
-  prefix = {'train': 'train', 'test': 't10k'}[split]
-  arrays = []
-  for kind, magic, header in (('images', 2051, 16), ('labels', 2049, 8)):
-    path = os.path.join(directory, f'{prefix}-{kind}-idx{3 if kind == "images" else 1}-ubyte.gz')
-    if not os.path.exists(path):
-      raise ValueError(f'{path} does not exist; --data must hold the Fashion-MNIST idx files.')
-    with gzip.open(path) as f:
-      raw = f.read()
-    if int.from_bytes(raw[:4], 'big') != magic:
-      raise ValueError(f'{path} is not an idx {kind} file.')
-    arrays.append(np.frombuffer(raw, np.uint8, offset=header))
-  images, labels = arrays
-  return images.reshape(len(labels), 28, 28, 1), labels.astype(np.int32)
-
-
-def _to_float(images: jax.Array) -> jax.Array:
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def _resize(images: jax.Array, side: int) -> jax.Array:
-  return jax.image.resize(images, (images.shape[0], side, side, images.shape[3]), 'bilinear')
-
-
-def augment(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-  """`input_pipeline.augment` ('crop_flip') of a uint8 batch on the device: padded random crop,
-  resize to `cfg.resolution`, random horizontal flip; float32 in [-1, 1]."""
-  n, h, w, c = images.shape
-  p = cfg.crop_padding
-  x = jnp.pad(_to_float(images), ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-1.0)
-  crop_key, flip_key = jax.random.split(key)
-  corners = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
-  x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(x, corners)
-  x = _resize(x, cfg.resolution)
-  if cfg.flip:
-    x = jnp.where(jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1)), x[:, :, ::-1], x)
-  return x
-
-
-def warmup_cosine(step: jax.Array, lr: jax.Array, warmup: jax.Array,
-                  total: jax.Array) -> jax.Array:
-  """`make_schedule`'s 'cosine' with traced arguments (one per setting); 0 from `total` on."""
-  step = step.astype(jnp.float32)
-  decay = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-  value = jnp.where(step < warmup, lr * step / jnp.maximum(warmup, 1.0),
-                    0.5 * lr * (1.0 + jnp.cos(jnp.pi * decay)))
-  return jnp.where(step < total, value, 0.0)
-
-
-def _tx(base: optax.GradientTransformation, hp: dict[str, jax.Array]
-        ) -> optax.GradientTransformation:
-  """`base` (its learning rate 1, constant) times the setting's schedule."""
-  return optax.chain(base, optax.scale_by_schedule(functools.partial(warmup_cosine, **hp)))
+def setting_config(config: ml_collections.ConfigDict, optimizer: dict,
+                   hp: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config of one setting run alone: its optimizer, seed, learning rate, warm-up, length."""
+  out = copy.deepcopy(config)
+  out.optimizer = optimizer
+  out.update(seed=hp['seed'], lr=hp['lr'], total_steps=hp['total'], total_epochs=None)
+  out.schedule.warmup_steps = hp['warmup']
+  return out
 
 
 def _state_axes(abstract: Any) -> Any:
@@ -130,166 +76,154 @@ def _state_axes(abstract: Any) -> Any:
 
 
 class Sweep:
-  """One optimizer's settings (learning rate, length in steps, warm-up, seed), trained together."""
+  """One optimizer's settings (learning rate, length in steps, warm-up, seed) of `run`'s config,
+  trained together."""
 
-  def __init__(self, config: ml_collections.ConfigDict, optimizer: dict, data: dict[str, Any],
-               teachers: teachers_lib.Teachers, teacher_params: Any, hps: list[dict]):
-    base_config = config.copy_and_resolve_references()
-    base_config.optimizer, base_config.lr = optimizer, 1.0
-    base_config.schedule = dict(name='constant', warmup_steps=0)
-    self.base, _ = make_optimizer(base_config, 1)
-    self.config, self.optimizer, self.data, self.hps = config, optimizer, data, hps
-    self.teachers, self.teacher_params = teachers, teacher_params
-    self.student = from_config(config.student, 10, config.dtype)
-    self.step_fn = functools.partial(
-        steps.distill_step, student=self.student, teachers=teachers, variant=config.variant,
-        temperature=config.temperature, mixup_alpha=config.mixup_alpha)
-    self.eval_fn = functools.partial(steps.distill_eval_step, student=self.student,
-                                     teachers=teachers)
-    self.batch = config.input.batch_size
-    self.steps_per_epoch = len(data['train_labels']) // self.batch
-    self.hp = {k: jnp.array([float(h[k]) for h in hps]) for k in ('lr', 'warmup', 'total')}
-    seeds = sorted({h['seed'] for h in hps})
-    self.seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    self.of_seed = jnp.array([seeds.index(h['seed']) for h in hps])  # setting -> its seed's row
+  def __init__(self, run: build.Run, optimizer: dict, hps: list[dict]):
+    if not run.distill or run.teacher_view != variants.SAME:
+      same = [v.name for v in variants.VARIANTS.values() if v.teacher_view == variants.SAME]
+      raise errors.BadInput('The sweep runs the variants whose teacher sees the student\'s '
+                            f'image: {", ".join(same)}.')
+    self.run, self.optimizer, self.hps = run, optimizer, hps
+    # Every setting: the optimizer with learning rate 1, times its own schedule.
+    unit = setting_config(run.config, optimizer, dict(hps[0], lr=1.0, warmup=0, total=1))
+    unit.schedule.name = 'constant'
+    self.base, _ = make_optimizer(unit, 1)
+    self.schedules = [make_schedule(setting_config(run.config, optimizer, hp), hp['total'])
+                      for hp in hps]
+    self.totals = jnp.array([hp['total'] for hp in hps])
+    self.seeds = sorted({hp['seed'] for hp in hps})
+    self.seed_rngs = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
+    self.of_seed = jnp.array([self.seeds.index(hp['seed']) for hp in hps])  # Setting -> seed row.
     self.rngs = self.seed_rngs[self.of_seed]
-    abstract = jax.eval_shape(self._init, self.rngs[0], {k: v[0] for k, v in self.hp.items()})
-    self.axes = _state_axes(abstract)
+    self.settings = jnp.arange(len(hps))
+    self.axes = _state_axes(jax.eval_shape(self._init, self.rngs[0], self.settings[0]))
     self.init = jax.jit(self._init_all)  # Compiled: op by op, init took half a minute on a CPU.
-    self.epoch = jax.jit(self._epoch, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
+    self.step = jax.jit(self._step, donate_argnums=0)
+    self.eval_sums = jax.jit(self._eval_sums)
 
-  def _init(self, rng: jax.Array, hp: dict[str, jax.Array]) -> steps.TrainState:
-    shape = (self.config.input.resolution,) * 2 + (self.data['train_images'].shape[-1],)
-    return steps.init_state(self.student, _tx(self.base, hp), rng, shape)
+  def _schedule(self, k: jax.Array, step: jax.Array) -> jax.Array:
+    """Setting `k`'s learning rate at `step`: its `make_schedule`, then 0 from its end on."""
+    value = jax.lax.switch(k, self.schedules, step)
+    return jnp.where(step < self.totals[k], value, 0.0)
+
+  def _tx(self, k: jax.Array) -> optax.GradientTransformation:
+    return optax.chain(self.base, optax.scale_by_schedule(functools.partial(self._schedule, k)))
+
+  def _init(self, rng: jax.Array, k: jax.Array) -> steps.TrainState:
+    return steps.init_state(self.run.student, self._tx(k), rng, self.run.image_shape)
 
   def _init_all(self) -> steps.TrainState:
     """Every setting's initial state."""
-    states = jax.vmap(self._init)(self.rngs, self.hp)
+    states = jax.vmap(self._init)(self.rngs, self.settings)
     return jax.tree_util.tree_map(lambda a, x: x if a == 0 else x[0], self.axes, states,
                                   is_leaf=lambda a: a is None)
 
-  def _order(self, epoch: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """Every seed's key and permutation of the `n` training images for `epoch`."""
-    keys = jax.vmap(lambda r: jax.random.fold_in(r, epoch))(self.seed_rngs)
-    return keys, jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, 1), n))(keys)
+  def _step(self, states: steps.TrainState, images: jax.Array,
+            teacher_params: Any) -> tuple[steps.TrainState, jax.Array]:
+    """One step of every setting; `images` is [seed, batch, ...], each seed's batch."""
+    kw = self.run.step_kwargs
 
-  def _images(self, keys: jax.Array, perms: jax.Array, i: jax.Array,
-              data: dict[str, jax.Array]) -> jax.Array:
-    """Every seed's augmented batch [seed, batch, side, side, channels] of step `i` of an epoch."""
-    idx = jax.lax.dynamic_slice_in_dim(perms, i * self.batch, self.batch, axis=1)
-    aug_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 2), i))(keys)
-    return jax.vmap(lambda ix, k: augment(data['train_images'][ix], k, self.config.input))(
-        idx, aug_keys)
+    def teacher_logits(rng, seed_images):  # The teachers' view, as the step derives it.
+      views, _ = steps.views({'image': seed_images}, jax.random.fold_in(rng, states.step),
+                             kw['variant'], kw['mixup_alpha'])
+      return self.run.teachers.logits(teacher_params, views)
 
-  def _epoch(self, states: steps.TrainState, epoch: jax.Array, data: dict[str, jax.Array],
-             teacher_params: Any) -> tuple[steps.TrainState, jax.Array]:
-    """`steps_per_epoch` steps of every setting. Settings of one seed see the same (mixed)
-    images, so the teachers run once per seed and the step gets their logits."""
-    keys, perms = self._order(epoch, len(data['train_labels']))
+    logits = jax.vmap(teacher_logits)(self.seed_rngs, images)
+    batch = {'image': images[self.of_seed], 'teacher_logits': logits[self.of_seed]}
 
-    def teacher_logits(rng, images, step):  # As `steps.distill_step` derives its views.
-      views, _ = steps.distill_inputs({'image': images}, jax.random.fold_in(rng, step),
-                                      self.config.variant, self.config.mixup_alpha)
-      return self.teachers.logits(teacher_params, views)
+    def one(state, k, rng, setting_batch):
+      step_kw = dict(kw, tx=self._tx(k), schedule=functools.partial(self._schedule, k))
+      return steps.train_step(state, teacher_params, setting_batch, rng, **step_kw)
 
-    def one(state, hp, rng, batch):
-      return self.step_fn(state, teacher_params, batch, rng,
-                          tx=_tx(self.base, hp), schedule=lambda s: warmup_cosine(s, **hp))
+    states, metrics = jax.vmap(one, in_axes=(self.axes, 0, 0, 0), out_axes=(self.axes, 0))(
+        states, self.settings, self.rngs, batch)
+    return states, metrics['loss']
 
-    def body(states, i):
-      images = self._images(keys, perms, i, data)
-      logits = jax.vmap(teacher_logits, in_axes=(0, 0, None))(self.seed_rngs, images, states.step)
-      batch = {'image': images[self.of_seed], 'teacher_logits': logits[self.of_seed]}
-      states, metrics = jax.vmap(one, in_axes=(self.axes, 0, 0, 0), out_axes=(self.axes, 0))(
-          states, self.hp, self.rngs, batch)
-      return states, metrics['loss']
+  def _eval_sums(self, params: Any, batch: dict[str, jax.Array],
+                 teacher_params: Any) -> dict[str, jax.Array]:
+    return jax.vmap(lambda p: steps.eval_step(p, teacher_params, batch,
+                                              student=self.run.student,
+                                              teachers=self.run.teachers))(params)
 
-    states, loss = jax.lax.scan(body, states, jnp.arange(self.steps_per_epoch))
-    return states, loss.mean(0)
+  def evaluate(self, params: Any) -> tuple[np.ndarray, float]:
+    """Every setting's student test accuracy, and the teacher's."""
+    totals = None
+    for batch in self.run.eval_batches().as_numpy_iterator():
+      sums = self.eval_sums(params, batch, self.run.teacher_params)
+      totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return (totals['student_accuracy'] / totals['count'],
+            float(totals['teacher_accuracy'][0] / totals['count'][0]))
 
-  def _evaluate(self, params: Any, data: dict[str, jax.Array],
-                teacher_params: Any) -> tuple[jax.Array, jax.Array]:
-    """Test accuracy of every setting's student, and of the teacher."""
-    images, labels = data['test_images'], data['test_labels']
-    batch = 1000
+  def _batches(self) -> Iterator[jax.Array]:
+    """[seed, batch, ...] images: each seed's training batches, as its run alone reads them."""
+    streams = [self.run.train_batches(seed=s) for s in self.seeds]
+    while True:
+      yield jax.device_put(np.stack([next(s)['image'] for s in streams]))
 
-    def chunk(i):
-      x = _resize(_to_float(jax.lax.dynamic_slice_in_dim(images, i * batch, batch)),
-                  self.config.input.resolution)
-      b = {'image': x, 'label': jax.lax.dynamic_slice_in_dim(labels, i * batch, batch),
-           'mask': jnp.ones((batch,), jnp.int32)}
-      return jax.vmap(lambda p: self.eval_fn(p, teacher_params, b))(params)
-
-    sums = jax.lax.map(chunk, jnp.arange(len(labels) // batch))
-    count = sums['count'].sum(0)
-    return sums['student_accuracy'].sum(0) / count, sums['teacher_accuracy'].sum(0)[0] / count[0]
-
-  def run(self) -> Iterator[tuple[int, float, float]]:
+  def train(self) -> Iterator[tuple[int, float, float]]:
     """Trains every setting to the end of its schedule; yields (setting, student and teacher test
     accuracy) as each one ends."""
     states = self.init()
-    totals = [h['total'] for h in self.hps]
+    totals = [hp['total'] for hp in self.hps]
+    batches = self._batches()
     start = time.perf_counter()
-    for epoch in range(math.ceil(max(totals) / self.steps_per_epoch)):
-      states, loss = self.epoch(states, jnp.int32(epoch), self.data, self.teacher_params)
-      done = (epoch + 1) * self.steps_per_epoch
-      ending = [k for k, t in enumerate(totals) if done - self.steps_per_epoch < t <= done]
-      print(f'epoch {epoch + 1}: {time.perf_counter() - start:.0f} s, mean loss '
-            f'{float(np.mean(loss)):.4f}', file=sys.stderr, flush=True)
+    for step in range(1, max(totals) + 1):
+      states, loss = self.step(states, next(batches), self.run.teacher_params)
+      if step % 100 == 0:
+        print(f'step {step}: {time.perf_counter() - start:.0f} s, mean loss '
+              f'{float(np.mean(loss)):.4f}', file=sys.stderr, flush=True)
+      ending = [k for k, t in enumerate(totals) if t == step]
       if ending:
-        student, teacher = self.evaluate(states.params, self.data, self.teacher_params)
-        yield from ((k, float(student[k]), float(teacher)) for k in ending)
+        student, teacher = self.evaluate(states.params)
+        yield from ((k, float(student[k]), teacher) for k in ending)
 
   def seconds_per_step(self, num_steps: int) -> float:
-    """One setting alone (the first): seconds per step after compilation."""
-    alone = Sweep(self.config, self.optimizer, self.data, self.teachers, self.teacher_params,
-                  [dict(self.hps[0], total=10**9)])
-    alone.steps_per_epoch = num_steps
-    args = (self.data, self.teacher_params)
-    states = jax.block_until_ready(alone.epoch(alone.init(), jnp.int32(0), *args)[0])
+    """The first setting alone: seconds per step after compilation, on one batch."""
+    alone = Sweep(self.run, self.optimizer, [dict(self.hps[0], total=10**9)])
+    images = next(alone._batches())  # pylint: disable=protected-access
+    states, _ = alone.step(alone.init(), images, self.run.teacher_params)
+    jax.block_until_ready(states)
     start = time.perf_counter()
-    jax.block_until_ready(alone.epoch(states, jnp.int32(1), *args))
+    for _ in range(num_steps):
+      states, loss = alone.step(states, images, self.run.teacher_params)
+    jax.block_until_ready(loss)
     return (time.perf_counter() - start) / num_steps
+
+
+def grid(config: ml_collections.ConfigDict, num_train: int, fractions: list[str],
+         lrs: list[str], seeds: list[int]) -> list[dict]:
+  """The settings: each schedule length (a fraction of `--epochs`) x learning rate x seed."""
+  hps = []
+  for fraction in map(float, fractions):
+    epochs = _EPOCHS.value * fraction
+    length = copy.deepcopy(config)
+    length.update(total_steps=None, total_epochs=epochs)
+    total = configlib.total_steps(length, num_train)
+    warmup = int(config.schedule.warmup_steps * fraction)
+    hps += [dict(fraction=fraction, epochs=epochs, lr=float(lr), seed=seed, total=total,
+                 warmup=warmup) for lr in lrs for seed in seeds]
+  return hps
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value.copy_and_resolve_references()
-  if config.variant not in ('consistent', 'funmatch') or config.input.augment != 'crop_flip':
-    raise app.UsageError('The sweep runs the consistent and funmatch variants with '
-                         "input.augment='crop_flip'.")
-  train_images, train_labels = load_idx(_DATA.value, 'train')
-  test_images, test_labels = load_idx(_DATA.value, 'test')
   if _TRAIN_EXAMPLES.value:
-    train_images, train_labels = (train_images[:_TRAIN_EXAMPLES.value],
-                                  train_labels[:_TRAIN_EXAMPLES.value])
-  data = jax.device_put({'train_images': train_images, 'train_labels': train_labels,
-                         'test_images': test_images, 'test_labels': test_labels})
-  shape = (config.input.resolution, config.input.resolution, 1)
-  teachers, teacher_params = teachers_lib.load_teachers(config.teachers, 10, shape,
-                                                        config.teacher_dtype)
-  teacher_params = jax.device_put(teacher_params)
-
+    config.input.train_split = f'{config.input.train_split.split("[")[0]}[:{_TRAIN_EXAMPLES.value}]'
+  run = build.create_run(config)
   seeds = [int(s) for s in _SEEDS.value]
   grids = {'shampoo': (json.loads(_SHAMPOO.value), _FRACTIONS.value, _SHAMPOO_LRS.value),
            'adam': ({'name': 'adam'}, _ADAM_FRACTIONS.value, _ADAM_LRS.value)}
   results = []
   for name, (optimizer, fractions, lrs) in grids.items():
-    hps = []
-    for fraction in map(float, fractions):
-      epochs = _EPOCHS.value * fraction
-      run_config = config.copy_and_resolve_references()
-      run_config.total_steps, run_config.total_epochs = None, epochs
-      total = configlib.total_steps(run_config, len(train_labels))
-      warmup = int(config.schedule.warmup_steps * fraction)
-      hps += [dict(fraction=fraction, epochs=epochs, lr=float(lr), seed=seed, total=total,
-                   warmup=warmup) for lr in lrs for seed in seeds]
-    sweep = Sweep(config, optimizer, data, teachers, teacher_params, hps)
+    hps = grid(config, run.data.num_train, fractions, lrs, seeds)
+    sweep = Sweep(run, optimizer, hps)
     sec_per_step = sweep.seconds_per_step(_TIMING_STEPS.value)
     start = time.perf_counter()
-    for k, accuracy, teacher_accuracy in sweep.run():
+    for k, accuracy, teacher_accuracy in sweep.train():
       hp = hps[k]
       result = {'optimizer': name, 'lr': hp['lr'], 'seed': hp['seed'], 'epochs': hp['epochs'],
                 'fraction': hp['fraction'], 'steps': hp['total'], 'final_accuracy': accuracy,
@@ -304,4 +238,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, config=_CONFIG)

@@ -1,21 +1,21 @@
 r"""Throughput of the distillation step and of its parts, in one process. JSON lines on stdout.
 
-  python benchmarks/step_throughput.py [--config=configs/fashion_mnist_funmatch.py]
+  python -m benchmarks.step_throughput [--config=configs/fashion_mnist_funmatch.py]
 
   # The paper's reference case: student R26 x0.5, teacher R50 x0.5, 32x32x3, global batch 64.
-  python benchmarks/step_throughput.py --channels=3 --num_classes=10 --input=false \
+  python -m benchmarks.step_throughput --channels=3 --num_classes=10 --input=false \
       --config.student.depth=26 --config.student.width=0.5 --config.teachers[0].depth=50 \
       --config.teachers[0].width=0.5 --config.input.resolution=32 --config.input.batch_size=64
 
   # A 128 px config's input pipeline on a synthetic JPEG stand-in of its dataset.
-  python benchmarks/step_throughput.py --config=configs/food_funmatch.py --standin=2048
+  python -m benchmarks.step_throughput --config=configs/food_funmatch.py --standin=2048
 
 Models, resolution, batch, dtypes (`--config.dtype`, `--config.teacher_dtype`) and the optimizer
-come from the config and its `--config.*` overrides; the steps run on random images
-(`--channels`, `--num_classes` default to the config's dataset) with random teacher weights,
-frozen as in training. Each step is compiled once (`compile_s`), then every component is timed
-`--steps` calls at a time, `--rounds` times in turn (the median is reported), so that the ratios
-compare parts measured under the same load. Lines:
+come from the config and its `--config.*` overrides, built as training builds them
+(`build.create_run`); the steps run on random images (`--channels`, `--num_classes` default to the
+config's dataset) with random teacher weights, frozen as in training. Each step is compiled once
+(`compile_s`), then every component is timed `--steps` calls at a time, `--rounds` times in turn
+(the median is reported), so that the ratios compare parts measured under the same load. Lines:
 
 - `matmul`: FLOP/s of a large float32 matmul in this process: the machine's practical limit.
 - `component` (one per part): `teacher_forward`, `student_step` (supervised train step),
@@ -30,6 +30,8 @@ compare parts measured under the same load. Lines:
 """
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import json
 import os
@@ -40,18 +42,15 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from big_distill import parallel, steps
-from big_distill import teachers as teachers_lib
-from big_distill.data import input_pipeline, synthetic
-from big_distill.models import from_config
-from big_distill.optim import make_optimizer
+from big_distill import build, cli, parallel
+from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
@@ -96,9 +95,8 @@ class Timer:
     return statistics.median(self.times[name])
 
 
-def compile_step(fn: Callable, *args, donate: bool) -> tuple[Callable, float, float]:
-  """(compiled fn, compile seconds, FLOPs per call) of `jax.jit(fn)` for `args`."""
-  jitted = jax.jit(fn, donate_argnums=0 if donate else ())
+def compile_step(jitted: Callable, *args) -> tuple[Callable, float, float]:
+  """(compiled fn, compile seconds, FLOPs per call) of the jitted `jitted` for `args`."""
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - start
@@ -116,19 +114,17 @@ def matmul_flops_per_second(n: int, timer: Timer) -> float:
   return 2 * n**3 / timer.seconds('matmul')
 
 
-def input_images_per_second(config: ml_collections.ConfigDict, mesh) -> float:
-  """Global images/s of the config's training pipeline, as the loop consumes it."""
-  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
-  view = 'same' if config.mode != 'distill' else steps.TEACHER_VIEWS[config.variant]
-  batches = input_pipeline.train_batches(config.input, builder, seed=0, teacher_view=view)
+def input_images_per_second(run: build.Run) -> float:
+  """Global images/s of the run's training pipeline, as the loop consumes it."""
+  batches = run.train_batches()
   for _ in range(3):  # Fills the shuffle buffer (and the cache, if any, keeps filling).
-    jax.block_until_ready(parallel.to_global(next(batches), mesh))
+    jax.block_until_ready(parallel.to_global(next(batches), run.mesh))
   n = max(20, _STEPS.value * _ROUNDS.value)
   start = time.perf_counter()
   for _ in range(n):
-    batch = parallel.to_global(next(batches), mesh)
+    batch = parallel.to_global(next(batches), run.mesh)
   jax.block_until_ready(batch)
-  return n * config.input.batch_size / (time.perf_counter() - start)
+  return n * run.config.input.batch_size / (time.perf_counter() - start)
 
 
 def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
@@ -151,53 +147,51 @@ def main(argv):
     benchmark(_CONFIG.value)
 
 
-def benchmark(config: ml_collections.ConfigDict) -> None:
-  mesh = parallel.make_mesh()
-  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  if not (_CHANNELS.value and _CLASSES.value):
-    builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
-  channels = _CHANNELS.value or input_pipeline.channels(builder)
-  num_classes = _CLASSES.value or input_pipeline.num_classes(builder)
-  bs, res = config.input.batch_size, config.input.resolution
-  image_shape = (res, res, channels)
-  rng = jax.random.PRNGKey(0)
+def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
+  out = copy.deepcopy(config)
+  out.update(changes)
+  return out
 
-  student = from_config(config.student, num_classes, config.dtype)
-  tx, schedule = make_optimizer(config, config.schedule.warmup_steps + 1000)
-  teachers = teachers_lib.build(config.teachers, num_classes, config.teacher_dtype)
-  teachers, teacher_params = teachers_lib.freeze(
-      teachers, jax.device_get(teachers_lib.init_params(teachers, image_shape, rng)))
-  teacher_params = jax.device_put(teacher_params, replicated)
-  new_state = jax.jit(functools.partial(steps.init_state, student, tx, image_shape=image_shape),
-                      out_shardings=replicated)
-  data = np.random.default_rng(0)
+
+def benchmark(config: ml_collections.ConfigDict) -> None:
+  config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
+  data = None  # The config's dataset, prepared if missing: the input pipeline reads it.
+  if _CHANNELS.value and _CLASSES.value:
+    data = build.Data(_CLASSES.value, _CHANNELS.value, config.input.batch_size)
+  elif not (_INPUT.value or _STANDIN.value):
+    data = build.dataset_shape(config)
+  # The distillation run, the student's supervised run, and the fixed teacher's with cached
+  # logits (its teachers never run: shapes only).
+  run = build.create_run(config, data=data, teacher_params='random')
+  supervised = build.create_run(variant_of(config, mode='supervised'), data=run.data)
+  cached = build.create_run(variant_of(config, variant='fixed', teacher_logits_cache='unused'),
+                            data=run.data, teacher_params='abstract')
+  bs, image_shape, num_classes = config.input.batch_size, run.image_shape, run.data.num_classes
+  rng = jax.random.PRNGKey(0)
+  batch_sharding = parallel.batch_sharded(run.mesh)
+  noise = np.random.default_rng(0)
   batch = jax.device_put({
-      'image': data.uniform(-1, 1, (bs, *image_shape)).astype(np.float32),
-      'label': data.integers(0, num_classes, bs).astype(np.int32)}, batch_sharding)
-  cached = jax.device_put({
+      'image': noise.uniform(-1, 1, (bs, *image_shape)).astype(np.float32),
+      'label': noise.integers(0, num_classes, bs).astype(np.int32)}, batch_sharding)
+  cached_batch = jax.device_put({
       'image': batch['image'],
-      'teacher_logits': data.normal(size=(bs, len(teachers.models), num_classes)).astype(
+      'teacher_logits': noise.normal(size=(bs, len(run.teachers.models), num_classes)).astype(
           np.float32)}, batch_sharding)
-  distill = functools.partial(steps.distill_step, student=student, teachers=teachers, tx=tx,
-                              schedule=schedule, temperature=config.temperature,
-                              mixup_alpha=config.mixup_alpha)
-  states = {name: new_state(rng) for name in ('student_step', 'distill_step',
-                                              'distill_step_cached_logits')}
-  components = {  # name: (function, its arguments after the state; None: no state).
-      'teacher_forward': (functools.partial(teachers.log_probs, temperature=config.temperature),
-                          (teacher_params, batch['image'])),
-      'student_step': (functools.partial(steps.supervised_step, model=student, tx=tx,
-                                         schedule=schedule), (batch, rng)),
-      'distill_step': (functools.partial(distill, variant=config.variant),
-                       (teacher_params, batch, rng)),
-      'distill_step_cached_logits': (functools.partial(distill, variant='fixed'),
-                                     (teacher_params, cached, rng)),
+  states = {'student_step': supervised.init_state(rng), 'distill_step': run.init_state(rng),
+            'distill_step_cached_logits': cached.init_state(rng)}
+  teacher_forward = jax.jit(functools.partial(run.teachers.log_probs,
+                                              temperature=config.temperature))
+  components = {  # name: (jitted function, its arguments after the state; None: no state).
+      'teacher_forward': (teacher_forward, (run.teacher_params, batch['image'])),
+      'student_step': (supervised.train_step, ((), batch, rng)),
+      'distill_step': (run.train_step, (run.teacher_params, batch, rng)),
+      'distill_step_cached_logits': (cached.train_step, (run.teacher_params, cached_batch, rng)),
   }
   compiled, records = {}, {}
   for name, (fn, args) in components.items():
     stateful = name in states
     full_args = (states[name], *args) if stateful else args
-    compiled[name], compile_s, flops = compile_step(fn, *full_args, donate=stateful)
+    compiled[name], compile_s, flops = compile_step(fn, *full_args)
     records[name] = dict(compile_s=compile_s, gflop_per_image=flops / bs / 1e9)
     if stateful:
       states[name], _ = compiled[name](states[name], *args)  # Warm-up.
@@ -245,7 +239,9 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   }
   summary['distill_fraction_of_matmul'] = summary['distill_gflop_per_sec'] / (matmul / 1e9)
   if _INPUT.value or _STANDIN.value:
-    img_s['input_pipeline'] = input_images_per_second(config, mesh)
+    with_data = run if run.data.builder else dataclasses.replace(run,
+                                                                 data=build.create_data(config))
+    img_s['input_pipeline'] = input_images_per_second(with_data)
     emit({'measure': 'component', 'name': 'input_pipeline', 'img_per_sec':
           img_s['input_pipeline'], 'dataset': config.input.dataset,
           'standin': bool(_STANDIN.value), 'cache': config.input.cache, **setting})
@@ -255,4 +251,4 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, config=_CONFIG)

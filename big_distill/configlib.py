@@ -4,27 +4,32 @@ Config files call `base_config()` and override what their experiment needs, so e
 the same set of keys and a command-line override of a misspelt key fails loudly.
 """
 
+from typing import Any
+
 import ml_collections
+
+from big_distill import errors, variants, workdir
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `k=v,k2=v2` (the part after `:` in `--config=file.py:k=v`) against typed defaults.
 
   Values are converted to the type of their default (bools accept true/false/1/0). A bare `k`
-  means `k=True`. Unknown keys raise ValueError.
+  means `k=True`. Unknown keys are bad input.
   """
   result = ml_collections.ConfigDict(dict(defaults))
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'Unknown config argument {key!r}; known: {", ".join(sorted(defaults))}.')
+      raise errors.BadInput(
+          f'Unknown config argument {key!r}; known: {", ".join(sorted(defaults))}.')
     default = defaults[key]
     if not _:
       value = 'True'
     if isinstance(default, bool):
       if value.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(f'Config argument {key}={value!r} is not a bool.')
+        raise errors.BadInput(f'Config argument {key}={value!r} is not a bool.')
       result[key] = value.lower() in ('true', '1')
     elif default is None:
       result[key] = value
@@ -103,18 +108,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # The newest this many checkpoints stay.
+  # Also keep the checkpoint with the best eval accuracy (None: on in distill mode, off in
+  # supervised mode); `export` takes it by default.
+  c.keep_best = ml_collections.FieldReference(None, field_type=bool)
   c.allow_config_change = False  # Continue a workdir whose run had another config.
   return c
 
 
 def teacher_entry(checkpoint: str, *, depth: int, width: float,
-            model: str = 'bit') -> ml_collections.ConfigDict:
+                  model: str = 'bit') -> ml_collections.ConfigDict:
   """A `config.teachers` entry; `resolution` None (the student's) can be set to an int from the
   command line (`--config.teachers[0].resolution=384`)."""
   return ml_collections.ConfigDict(dict(
       model=model, depth=depth, width=width, checkpoint=checkpoint,
       resolution=ml_collections.FieldReference(None, field_type=int)))
+
+
+def teacher_entries(checkpoints: str, **model: Any) -> list[ml_collections.ConfigDict]:
+  """One `teacher_entry` per checkpoint of `checkpoints` joined by '+' (the config argument
+  `teacher=A.npz+B.npz` makes an ensemble; each entry can then be changed from the command line,
+  e.g. `--config.teachers[1].resolution=384`)."""
+  return [teacher_entry(path, **model) for path in checkpoints.split('+')]
+
+
+def distillation(config: ml_collections.ConfigDict, variant: str) -> None:
+  """Distill mode with `variant`; a variant whose teacher logits can be precomputed gets the
+  default cache in the workdir."""
+  config.mode = 'distill'
+  config.variant = variant
+  if variants.get(variant).cacheable:
+    config.teacher_logits_cache = workdir.TEACHER_LOGITS
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -123,7 +147,7 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
     return int(config.total_steps)
   if config.total_epochs:
     return max(1, int(config.total_epochs * num_train_examples / config.input.batch_size))
-  raise ValueError('Set config.total_steps or config.total_epochs.')
+  raise errors.BadInput('Set config.total_steps or config.total_epochs.')
 
 
 def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = False) -> None:
@@ -161,13 +185,10 @@ def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, 
   multiplier. `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
   """
   config = base_config()
-  config.mode = 'distill'
-  config.variant = arg.variant
-  if arg.variant == 'fixed':  # The teacher's logits on un-augmented images, computed once.
-    config.teacher_logits_cache = 'teacher_logits.npy'
+  distillation(config, arg.variant)
   config.input.update(augment='inception_crop', flip=True)
   config.student.update(depth=50, width=1.0)
-  config.teachers = [teacher_entry(arg.teacher, depth=152, width=2)]
+  config.teachers = teacher_entries(arg.teacher, depth=152, width=2)
   config.temperature = temperature
   config.mixup_alpha = 1.0
   config.total_epochs = float(epochs)
@@ -190,7 +211,7 @@ def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, e
   """
   arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher, runlocal=False)
   if arg.schedule not in schedules:
-    raise ValueError(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
+    raise errors.BadInput(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
   config = paper_funmatch(arg, warmup_steps=1500, **schedules[arg.schedule])
   config.input.update(dataset=dataset, train_split=train_split, eval_split=eval_split,
                       batch_size=512, resolution=128, central_crop=128 / 160, cache=cache)

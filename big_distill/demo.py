@@ -4,18 +4,20 @@ r"""The Fashion-MNIST demo: train the teacher, distil it into a smaller student,
 
 Runs the two documented commands (`configs/fashion_mnist_teacher.py`, then
 `configs/fashion_mnist_funmatch.py` with the teacher's checkpoint) through `big_distill.main`,
-reusing finished stages in the workdir, and reads the results back from `metrics.jsonl`.
+reusing finished stages in the workdir, and reads the results back from their metrics.
 """
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from big_distill.runs import CONFIGS, last_metrics, run_stage
+from big_distill import cli, workdir as workdir_lib
+from big_distill.runs import CONFIGS, run_stage
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/big_distill_demo', 'Where both runs live.')
 _TEACHER_EPOCHS = flags.DEFINE_float('teacher_epochs', None, 'Override the teacher config.')
 _STUDENT_EPOCHS = flags.DEFINE_float('student_epochs', None, 'Override the student config.')
+
 
 def main(argv):
   del argv
@@ -24,9 +26,11 @@ def main(argv):
   teacher_args = f':epochs={_TEACHER_EPOCHS.value}' if _TEACHER_EPOCHS.value else ''
   student_args = f'teacher={teacher_dir}' + (
       f',epochs={_STUDENT_EPOCHS.value}' if _STUDENT_EPOCHS.value else '')
-  t_teacher = run_stage(f'{CONFIGS}/fashion_mnist_teacher.py{teacher_args}', teacher_dir)
-  t_student = run_stage(f'{CONFIGS}/fashion_mnist_funmatch.py:{student_args}', student_dir)
-  teacher, student = last_metrics(teacher_dir), last_metrics(student_dir)
+  t_teacher = run_stage('1/2 teacher', f'{CONFIGS}/fashion_mnist_teacher.py{teacher_args}',
+                        teacher_dir)
+  t_student = run_stage('2/2 student', f'{CONFIGS}/fashion_mnist_funmatch.py:{student_args}',
+                        student_dir)
+  teacher, student = (workdir_lib.last_metrics(d) for d in (teacher_dir, student_dir))
   rows = [
       ('teacher test accuracy', f'{teacher["eval/accuracy"]:.2%}'),
       ('student test accuracy', f'{student["eval/student_accuracy"]:.2%}'),
@@ -40,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -7,6 +7,8 @@ from etils import epath
 import jax
 from clu import metric_writers
 
+from big_distill import workdir as workdir_lib
+
 
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends one JSON object per `write_scalars` call: `{"step": s, key: value, ...}`.
@@ -56,5 +58,5 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(epath.Path(workdir) / 'metrics.jsonl'),
+      JsonlWriter(workdir_lib.path(workdir) / workdir_lib.METRICS),
   ])

@@ -10,8 +10,10 @@ import math
 from typing import Any, Iterator
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from big_distill import errors
 
 AXES = ('data', 'fsdp')
 
@@ -23,8 +25,9 @@ def mesh_shape(data: int, fsdp: int, devices: int) -> tuple[int, int]:
   rest = devices // known if known > 0 and devices % known == 0 else 0
   shape = tuple(rest if s == -1 else s for s in sizes)
   if sizes.count(-1) > 1 or min(shape) < 1 or math.prod(shape) != devices:
-    raise ValueError(f'config.mesh data={data}, fsdp={fsdp} does not fit the {devices} devices; '
-                     f'use sizes whose product is {devices} (one of them may be -1: the rest).')
+    raise errors.BadInput(
+        f'config.mesh data={data}, fsdp={fsdp} does not fit the {devices} devices; use sizes '
+        f'whose product is {devices} (one of them may be -1: the rest).')
   return shape
 
 
@@ -71,8 +74,8 @@ def check_batch_size(batch_size: int, name: str = 'input.batch_size') -> None:
   """Global batches must split evenly over devices and processes."""
   n = jax.device_count()
   if batch_size % n:
-    raise ValueError(f'{name}={batch_size} is not divisible by the {n} devices; '
-                     f'use a multiple of {n}.')
+    raise errors.BadInput(f'{name}={batch_size} is not divisible by the {n} devices; '
+                          f'use a multiple of {n}.')
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -18,14 +18,14 @@ without either, lengths and x axes are in steps.
 """
 
 import dataclasses
-import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
+
+from big_distill import cli, errors, variants, workdir as workdir_lib
 
 STUDENT_KEYS = ('eval/student_accuracy', 'eval/accuracy')
 AGREEMENT = 'eval/agreement_top1'
@@ -89,13 +89,10 @@ class Run:
 def load_runs(workdirs: list[str], labels: list[str] | None = None) -> list[Run]:
   """Reads the runs in `workdirs`; `labels` default to the workdirs' base names."""
   if labels is not None and len(labels) != len(workdirs):
-    raise ValueError(f'{len(labels)} labels for {len(workdirs)} workdirs.')
+    raise errors.BadInput(f'{len(labels)} labels for {len(workdirs)} workdirs.')
   runs = []
   for i, workdir in enumerate(workdirs):
-    with open(os.path.join(workdir, 'config.json')) as f:
-      config = json.load(f)
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+    config, records = workdir_lib.read_config(workdir), workdir_lib.read_metrics(workdir)
     label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
     runs.append(Run(workdir, label, config, records, _steps_per_epoch(config, records)))
   return runs
@@ -143,7 +140,7 @@ def _by_dataset(runs: list[Run]) -> dict[str, list[Run]]:
 
 def _variants(runs: list[Run]) -> list[str]:
   """The runs' variants in the paper's order, then any others, then 'supervised'."""
-  order = ('fixed', 'independent', 'consistent', 'funmatch')
+  order = variants.NAMES
   return sorted({r.variant for r in runs}, key=lambda v: (
       v == 'supervised', order.index(v) if v in order else len(order), v))
 
@@ -246,7 +243,8 @@ def plot_agreement(runs: list[Run], path: str) -> bool:
 def write_report(runs: list[Run], output_dir: str) -> list[str]:
   """Writes `results.md` and the plots of every dataset to `output_dir`; returns their paths."""
   if not runs:
-    raise ValueError('No runs to report.')
+    raise errors.BadInput('No runs to report.')
+  workdir_lib.check_writable(output_dir, '--output')
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, 'results.md')]
   with open(paths[0], 'w') as f:
@@ -269,12 +267,9 @@ _LABELS = flags.DEFINE_list('labels', None, 'Names of the runs (default: workdir
 
 def main(argv):
   del argv
-  try:
-    paths = write_report(load_runs(_WORKDIRS.value, _LABELS.value), _OUTPUT.value)
-  except (OSError, ValueError) as e:
-    sys.exit(f'big_distill: error: {e}')
+  paths = write_report(load_runs(_WORKDIRS.value, _LABELS.value), _OUTPUT.value)
   print('\n'.join(f'Wrote {p}' for p in paths))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

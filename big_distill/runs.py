@@ -1,11 +1,12 @@
-"""Running `big_distill.main` as a subprocess and reading results back (demo and reproduce)."""
+"""Running `big_distill.main` as a subprocess (the demo's and reproduce's stages)."""
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+
+from big_distill import errors
 
 
 def _configs_dir() -> str:
@@ -22,20 +23,20 @@ def _configs_dir() -> str:
 CONFIGS = _configs_dir()
 
 
-def last_metrics(workdir: str) -> dict[str, float]:
-  """The newest value of every key in `workdir/metrics.jsonl`."""
-  latest = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      latest.update(json.loads(line))
-  return latest
-
-
-def run_stage(config: str, workdir: str, *overrides: str) -> float:
-  """Runs one training command, echoing it; returns its wall time in seconds."""
-  cmd = [sys.executable, '-m', 'big_distill.main', f'--config={config}', f'--workdir={workdir}',
-         *overrides]
-  print('+', shlex.join(cmd), flush=True)
+def run_command(name: str, module: str, *args: str) -> float:
+  """Runs `python -m <module> <args>` as the stage `name` (its progress and errors go to this
+  process's terminal); returns its wall time in seconds. A failed stage has said why:
+  `errors.StageFailed` with its exit code."""
+  cmd = [sys.executable, '-m', module, *args]
+  print(f'[{name}]', shlex.join(cmd), flush=True)
   start = time.time()
-  subprocess.run(cmd, check=True)
+  code = subprocess.run(cmd, check=False).returncode
+  if code:
+    raise errors.StageFailed(code)
   return time.time() - start
+
+
+def run_stage(name: str, config: str, workdir: str, *overrides: str) -> float:
+  """`run_command` of one training run."""
+  return run_command(name, 'big_distill.main', f'--config={config}', f'--workdir={workdir}',
+                     *overrides)

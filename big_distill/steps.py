@@ -1,14 +1,9 @@
-"""Pure train and eval steps. `train.py` compiles them with `jax.jit` and mesh shardings.
+"""Pure train and eval steps; `build.py` compiles them with `jax.jit` and mesh shardings.
 
-Distillation: the frozen teacher(s) and the student each get a view of the batch, the loss is
-KL(teacher || student) at a temperature. Teacher parameters are an argument, never differentiated
-or optimised. The variants of the paper differ only in what the teacher sees (`TEACHER_VIEWS`,
-produced by the input pipeline) and in mixup:
-
-- `fixed`: the un-augmented image (or its precomputed logits), the student an augmentation;
-- `independent`: its own random augmentation of the same image;
-- `consistent`: the student's augmented image;
-- `funmatch`: `consistent`, after mixup of the batch (function matching).
+One step for both modes: supervised training learns the labels; distillation learns the frozen
+teachers' probabilities, KL(teacher || student) at a temperature, on the views of the batch that
+the variant (`variants.py`) gives each model. Teacher parameters are an argument, never
+differentiated or optimised (an empty tuple in supervised mode).
 """
 
 from typing import Any, Callable
@@ -19,14 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from big_distill import losses
+from big_distill import losses, variants
 from big_distill import teachers as teachers_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-TEACHER_VIEWS = {'fixed': 'unaugmented', 'independent': 'augmented', 'consistent': 'same',
-                 'funmatch': 'same'}
-VARIANTS = tuple(TEACHER_VIEWS)
 
 
 @flax.struct.dataclass
@@ -55,7 +47,8 @@ def mixup(rng: jax.Array, images: jax.Array, alpha: float) -> jax.Array:
 
 
 def _update(state: TrainState, loss_fn: Callable[[Any], jax.Array],
-            tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
+            tx: optax.GradientTransformation,
+            schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -64,75 +57,65 @@ def _update(state: TrainState, loss_fn: Callable[[Any], jax.Array],
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def supervised_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-                    tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
-  """One step of cross-entropy training on labels (`rng` is unused: no stochastic layers)."""
-  del rng
-
-  def loss_fn(params):
-    logits = model.apply({'params': params}, batch['image'])
-    return jnp.mean(losses.softmax_xent(logits, batch['label']))
-
-  return _update(state, loss_fn, tx, schedule)
-
-
-def distill_inputs(batch: Batch, rng: jax.Array, variant: str,
-                   mixup_alpha: float) -> tuple[jax.Array | None, jax.Array]:
-  """(teacher images, student images) of a `variant`; teacher images are None with cached logits."""
+def views(batch: Batch, rng: jax.Array, variant: variants.Variant | None,
+          mixup_alpha: float) -> tuple[jax.Array | None, jax.Array]:
+  """(teacher images, student images) of a batch: mixed up if the variant says so; the teacher's
+  are None with cached logits or without a teacher (`variant` None: supervised)."""
   images = batch['image']
-  if variant == 'funmatch':
+  if variant is not None and variant.mixup:
     images = mixup(rng, images, mixup_alpha)
-  if 'teacher_logits' in batch:
+  if variant is None or 'teacher_logits' in batch:
     return None, images
   return batch.get('teacher_image', images), images
 
 
-def distill_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
-                 rng: jax.Array, *, student: nn.Module, teachers: teachers_lib.Teachers,
-                 tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 variant: str, temperature: float,
-                 mixup_alpha: float) -> tuple[TrainState, Metrics]:
-  """One distillation step: views (mixup) -> frozen teachers -> student -> KL -> update.
+def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch, rng: jax.Array,
+               *, student: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               teachers: teachers_lib.Teachers | None = None,
+               variant: variants.Variant | None = None, temperature: float = 1.0,
+               mixup_alpha: float = 1.0) -> tuple[TrainState, Metrics]:
+  """One step: views (mixup) -> target -> student -> loss -> update.
 
-  `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`. A batch with
-  `teacher_logits` (the fixed teacher's, precomputed) skips the teachers' forward pass.
+  The target is the labels (cross-entropy) when `variant` is None, else the frozen teachers'
+  probabilities at `temperature` (KL(teacher || student)), from their forward pass on the
+  teacher's view or, for a batch with `teacher_logits` (the fixed teacher's, precomputed), from
+  those. `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
   """
-  teacher_images, images = distill_inputs(batch, jax.random.fold_in(rng, state.step), variant,
-                                          mixup_alpha)
-  if teacher_images is None:
-    teacher_logp = teachers_lib.combine(batch['teacher_logits'], temperature)
+  teacher_images, images = views(batch, jax.random.fold_in(rng, state.step), variant, mixup_alpha)
+  if variant is None:
+    def per_example(logits):
+      return losses.softmax_xent(logits, batch['label'])
   else:
-    teacher_logp = teachers.log_probs(teacher_params, teacher_images, temperature)
-  teacher_logp = jax.lax.stop_gradient(teacher_logp)
+    if teacher_images is None:
+      teacher_logp = teachers_lib.combine(batch['teacher_logits'], temperature)
+    else:
+      teacher_logp = teachers.log_probs(teacher_params, teacher_images, temperature)
+    teacher_logp = jax.lax.stop_gradient(teacher_logp)
+
+    def per_example(logits):
+      return losses.kl_divergence(teacher_logp, logits, temperature)
 
   def loss_fn(params):
-    logits = student.apply({'params': params}, images)
-    return jnp.mean(losses.kl_divergence(teacher_logp, logits, temperature))
+    return jnp.mean(per_example(student.apply({'params': params}, images)))
 
   return _update(state, loss_fn, tx, schedule)
 
 
-def supervised_eval_step(params: Any, batch: Batch, *, model: nn.Module) -> Metrics:
-  """Sums over the real (`mask`) examples of the batch: correct predictions and loss."""
-  logits = model.apply({'params': params}, batch['image'])
-  mask = batch['mask'].astype(jnp.float32)
-  correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-  return {'accuracy': jnp.sum(mask * correct),
-          'loss': jnp.sum(mask * losses.softmax_xent(logits, batch['label'])),
-          'count': jnp.sum(mask)}
-
-
-def distill_eval_step(params: Any, teacher_params: tuple[Any, ...], batch: Batch, *,
-                      student: nn.Module, teachers: teachers_lib.Teachers) -> Metrics:
-  """Sums over real examples: both accuracies, top-1/top-5 agreement, KL at temperature 1."""
+def eval_step(params: Any, teacher_params: tuple[Any, ...], batch: Batch, *, student: nn.Module,
+              teachers: teachers_lib.Teachers | None = None) -> Metrics:
+  """Sums over the real (`mask`) examples of a batch. Without teachers: correct predictions and
+  loss; with them: both accuracies, top-1/top-5 agreement and the KL at temperature 1."""
   logits = student.apply({'params': params}, batch['image'])
-  teacher_logp = teachers.log_probs(teacher_params, batch['image'], 1.0)
   mask = batch['mask'].astype(jnp.float32)
 
   def total(per_example):
     return jnp.sum(mask * per_example)
 
+  if teachers is None:
+    return {'accuracy': total(jnp.argmax(logits, -1) == batch['label']),
+            'loss': total(losses.softmax_xent(logits, batch['label'])),
+            'count': jnp.sum(mask)}
+  teacher_logp = teachers.log_probs(teacher_params, batch['image'], 1.0)
   return {
       'student_accuracy': total(jnp.argmax(logits, -1) == batch['label']),
       'teacher_accuracy': total(jnp.argmax(teacher_logp, -1) == batch['label']),

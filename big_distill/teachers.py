@@ -1,9 +1,8 @@
-"""Frozen teachers: loading (BiT `.npz` or an orbax checkpoint of a supervised run), ensembles
-(averaged probabilities), per-teacher input resolutions, and precomputed logits for the fixed
-teacher (computed once, stored with a fingerprint of the teachers and data they came from)."""
+"""Frozen teachers: ensembles (averaged probabilities), per-teacher input resolutions, loading
+(`models.loading`), and precomputed logits for the fixed teacher (computed once, stored with a
+fingerprint of the teachers and data they came from)."""
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -18,8 +17,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from big_distill import checkpoint
-from big_distill.models import from_config
+from big_distill import errors
+from big_distill.models import from_config, loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +53,7 @@ def build(specs: list[ml_collections.ConfigDict], num_classes: int,
           dtype: str = 'float32') -> Teachers:
   """The (unloaded) teachers of `config.teachers`, computing in `dtype`."""
   if not specs:
-    raise ValueError("config.mode='distill' needs at least one entry in config.teachers.")
+    raise errors.BadInput("config.mode='distill' needs at least one entry in config.teachers.")
   return Teachers(tuple(from_config(spec, num_classes, dtype) for spec in specs),
                   tuple(spec.get('resolution') for spec in specs))
 
@@ -79,24 +78,11 @@ def freeze(teachers: Teachers, params: tuple[Any, ...]) -> tuple[Teachers, tuple
           tuple(p for _, p in frozen))
 
 
-def load_teachers(specs: list[ml_collections.ConfigDict], num_classes: int,
-                  image_shape: tuple[int, int, int],
-                  dtype: str = 'float32') -> tuple[Teachers, tuple[Any, ...]]:
-  """Builds each teacher from its config dict and loads its parameters (host arrays), frozen."""
-  teachers = build(specs, num_classes, dtype)
-  abstract = jax.eval_shape(functools.partial(init_params, teachers, image_shape),
-                            jax.random.PRNGKey(0))
-  params = tuple(_load(spec.get('checkpoint'), model, shapes, f'config.teachers[{i}]')
-                 for i, (spec, model, shapes) in enumerate(zip(specs, teachers.models, abstract)))
-  return freeze(teachers, params)
-
-
-def _load(path: str | None, model: nn.Module, abstract: Any, name: str) -> Any:
-  if not path:
-    raise ValueError(f'{name}.checkpoint is not set: give a BiT .npz file or a checkpoint dir.')
-  if not epath.Path(path).exists():
-    raise ValueError(f'{name}.checkpoint {path!r} does not exist.')
-  return checkpoint.load_params(path, model, abstract)
+def load_params(specs: list[ml_collections.ConfigDict], teachers: Teachers,
+                abstract: tuple[Any, ...]) -> tuple[Any, ...]:
+  """Each teacher's parameters (host arrays) from its `checkpoint`, checked against `abstract`."""
+  return tuple(loading.load_params(spec.get('checkpoint'), model, shapes)
+               for spec, model, shapes in zip(specs, teachers.models, abstract))
 
 
 def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],
@@ -114,41 +100,41 @@ def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],
   return {'teachers': teachers, **data}
 
 
-def cached_logits(path: epath.Path, meta: dict[str, Any],
-                  compute: Callable[[], np.ndarray]) -> np.ndarray:
-  """The [example, teacher, class] logits stored at `path` if they were made for `meta`.
-
-  Computes and stores them (`path` and `path.json`, each written to a temporary name and renamed
-  by process 0) if `path` does not exist; raises ValueError if it holds logits of other teachers
-  or data. Local files are memory-mapped; remote ones (gs://) are read whole.
-  """
+def read_cached(path: epath.Path, meta: dict[str, Any]) -> np.ndarray | None:
+  """The [example, teacher, class] logits stored at `path` if they were made for `meta`; None if
+  there are none; bad input if `path` holds logits of other teachers or data. Reads only: local
+  files are memory-mapped, remote ones (gs://) read whole."""
+  if not path.exists():
+    return None
   meta = json.loads(json.dumps(meta))
+  try:
+    stored = json.loads(_sibling(path, '.json').read_text())
+  except (OSError, ValueError):
+    stored = {}
+  stale = sorted(k for k in set(meta) | set(stored) if meta.get(k) != stored.get(k))
+  if stale:
+    raise errors.BadInput(f'config.teacher_logits_cache {path!r} holds logits of other teachers '
+                          f'or data (differs in: {", ".join(stale)}); delete it or set '
+                          'config.teacher_logits_cache to a new path.')
+  logging.info('Reusing the teacher logits in %s.', path)
+  if '://' in os.fspath(path):
+    with path.open('rb') as f:
+      return np.load(f)
+  return np.load(path, mmap_mode='r')
+
+
+def write_cached(path: epath.Path, meta: dict[str, Any], logits: np.ndarray) -> None:
+  """Stores `logits` as `path` and `meta` as `path.json` (process 0; each written to a temporary
+  name and renamed, so a reader never sees half a file)."""
+  if jax.process_index() > 0:
+    return
   meta_path = _sibling(path, '.json')
-  if path.exists():
-    try:
-      stored = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-      stored = {}
-    stale = sorted(k for k in set(meta) | set(stored) if meta.get(k) != stored.get(k))
-    if stale:
-      raise ValueError(f'config.teacher_logits_cache {path!r} holds logits of other teachers '
-                       f'or data (differs in: {", ".join(stale)}); delete it or set '
-                       'config.teacher_logits_cache to a new path.')
-    logging.info('Reusing the teacher logits in %s.', path)
-    if '://' in os.fspath(path):
-      with path.open('rb') as f:
-        return np.load(f)
-    return np.load(path, mmap_mode='r')
-  logging.info('Precomputing teacher logits into %s.', path)
-  logits = compute()
-  if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _sibling(path, '.tmp').open('wb') as f:
-      np.save(f, logits)
-    _sibling(meta_path, '.tmp').write_text(json.dumps(meta, indent=2, sort_keys=True))
-    _sibling(meta_path, '.tmp').replace(meta_path)
-    _sibling(path, '.tmp').replace(path)
-  return logits
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with _sibling(path, '.tmp').open('wb') as f:
+    np.save(f, logits)
+  _sibling(meta_path, '.tmp').write_text(json.dumps(meta, indent=2, sort_keys=True))
+  _sibling(meta_path, '.tmp').replace(meta_path)
+  _sibling(path, '.tmp').replace(path)
 
 
 def _sibling(path: epath.Path, suffix: str) -> epath.Path:
@@ -157,10 +143,13 @@ def _sibling(path: epath.Path, suffix: str) -> epath.Path:
 
 
 def compute_logits(logits_fn: Callable[[dict[str, jax.Array]], jax.Array],
-                   batches: Iterable[dict[str, jax.Array]], num: int) -> np.ndarray:
-  """Runs `logits_fn` over global batches with `index` and `mask`; returns [num, ...] logits."""
+                   batches: Iterable[dict[str, jax.Array]], num: int,
+                   progress: Callable[[], None] = lambda: None) -> np.ndarray:
+  """Runs `logits_fn` over global batches with `index` and `mask`; returns [num, ...] logits.
+  `progress` is called after each batch."""
   table = None
   for batch in batches:
+    progress()
     out, index, mask = (multihost_utils.process_allgather(x, tiled=True)
                         for x in (logits_fn(batch), batch['index'], batch['mask']))
     if table is None:

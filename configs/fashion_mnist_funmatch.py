@@ -6,9 +6,9 @@ r"""Distils the demo teacher into a smaller BiT student on Fashion-MNIST by func
 
 The teacher (R14, width 1/4, from `configs/fashion_mnist_teacher.py`) and the student (R14,
 width 1/8) see the same mixed-up batch; the loss is KL(teacher || student) at `temperature`.
-Arguments: `epochs`, `teacher` (the teacher run's workdir or checkpoints dir), `variant` (fixed,
-independent, consistent or funmatch; `fixed` precomputes the teacher's logits into the workdir's
-`teacher_logits.npy`), `runlocal`.
+Arguments: `epochs`, `teacher` (the teacher run's workdir or checkpoints dir; several joined by
+`+` are an ensemble), `variant` (fixed, independent, consistent or funmatch; `fixed` precomputes
+the teacher's logits into the workdir's `teacher_logits.npy`), `runlocal`.
 Expected: about 89% student accuracy (teacher 91%) in about 5 minutes on 2 CPU cores.
 """
 
@@ -19,12 +19,9 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, epochs=5.0, teacher='/tmp/fmnist_teacher',
                             variant='funmatch', runlocal=False)
   config = configlib.base_config()
-  config.mode = 'distill'
-  config.variant = arg.variant
-  if arg.variant == 'fixed':
-    config.teacher_logits_cache = 'teacher_logits.npy'
+  configlib.distillation(config, arg.variant)
   config.input.resolution = 56
-  config.teachers = [configlib.teacher_entry(arg.teacher, depth=14, width=0.25)]
+  config.teachers = configlib.teacher_entries(arg.teacher, depth=14, width=0.25)
   config.student.depth = 14
   config.student.width = 0.125
   config.temperature = 1.0

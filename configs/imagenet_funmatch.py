@@ -22,8 +22,9 @@ Student top-1 in the paper with this teacher (T224 -> S224, function matching):
 
 The paper's headline 82.8% (82.82%, the released `R50x1_224.npz`) comes from 9600 epochs with an
 ensemble teacher: this one plus the R152x2 fine-tuned at 384 px (`R152x2_T_384.npz`; 82.64% alone
-at 9600 epochs). Here that is a second `config.teachers` entry with `resolution=384`, which sees
-the student's crop resized to 384 px.
+at 9600 epochs). Here that is a second teacher with `resolution=384`, which sees the student's crop
+resized to 384 px: `teacher=R152x2_T_224.npz+R152x2_T_384.npz`, then
+`--config.teachers[1].resolution=384`.
 
 Arguments: `epochs` (1200; the paper goes up to 9600), `variant` (fixed | independent | consistent
 | funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`

@@ -1,32 +1,23 @@
 """The benchmarks run and their summaries agree with their own measurements (tiny settings)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import FUNMATCH_CONFIG, ROOT, TINY_STUDENT
-
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import comparison  # pylint: disable=g-import-not-at-top
+from benchmarks import comparison
+from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, command, run
 
 TINY = (*TINY_STUDENT, '--config.input.batch_size=16', '--config.input.shuffle_buffer=1000')
 
 
-def _run(script: str, *args: str, devices: int = 1) -> list[dict]:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
-                        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def _run(benchmark: str, *args: str) -> list[dict]:
+  proc = run(command(f'benchmarks.{benchmark}', *args), timeout=900)
   return [json.loads(line) for line in proc.stdout.splitlines()]  # Nothing but JSON lines.
 
 
 def test_step_throughput_reports_every_part_and_consistent_ratios():
-  lines = _run('step_throughput.py', '--steps=2', '--rounds=1', '--standin=64', *TINY)
+  lines = _run('step_throughput', '--steps=2', '--rounds=1', '--standin=64', *TINY)
   matmul, = [l for l in lines if l['measure'] == 'matmul']
   summary, = [l for l in lines if l['measure'] == 'summary']
   img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
@@ -54,7 +45,7 @@ def test_step_throughput_reports_every_part_and_consistent_ratios():
 
 
 def test_scaling_summary_is_relative_to_one_device():
-  lines = _run('scaling.py', '--devices=1,2', '--steps=2', '--per_device_batch=8',
+  lines = _run('scaling', '--devices=1,2', '--steps=2', '--per_device_batch=8',
                '--batch_size=16', '--measure=scaling', *TINY)
   rows = [l for l in lines if l['measure'] == 'scaling']
   summary, = [l for l in lines if l['measure'] == 'scaling_summary']
@@ -68,7 +59,7 @@ def test_scaling_summary_is_relative_to_one_device():
 
 
 def test_shampoo_vs_adam_runs_each_setting_through_the_training_loop(teacher_run):
-  lines = _run('shampoo_vs_adam.py', '--epochs=0.5', '--shampoo_fractions=0.5',
+  lines = _run('shampoo_vs_adam', '--epochs=0.5', '--shampoo_fractions=0.5',
                '--adam_lrs=0.01', '--shampoo_lrs=0.01', '--seeds=1',
                f'--config={FUNMATCH_CONFIG}:teacher={teacher_run},runlocal=True', *TINY_STUDENT)
   adam, shampoo, summary = lines
@@ -115,7 +106,7 @@ def test_comparison_summary_against_a_hand_computation():
 
 
 def test_shampoo_vs_adam_sweep_reports_every_setting_at_the_end_of_its_schedule(teacher_run):
-  lines = _run('shampoo_vs_adam_sweep.py', '--epochs=2', '--train_examples=128',
+  lines = _run('shampoo_vs_adam_sweep', '--epochs=2', '--train_examples=128',
                '--adam_fractions=1,0.5', '--shampoo_fractions=0.5', '--adam_lrs=0.01',
                '--shampoo_lrs=0.01', '--seeds=0,1', '--timing_steps=2',
                f'--config={FUNMATCH_CONFIG}:teacher={teacher_run},runlocal=True', *TINY_STUDENT)

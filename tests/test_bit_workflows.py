@@ -10,8 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from big_distill import workdir as workdir_lib
 from big_distill.models import bit
-from conftest import FUNMATCH_CONFIG, TEACHER_CONFIG, read_metrics, run_main
+from tests.helpers import TEACHER_CONFIG, read_metrics, run_main
 
 
 def _random_bit_npz(path, depth, width, num_classes, channels, seed):
@@ -78,7 +79,7 @@ def test_student_init_from_npz_and_new_head(tmp_path):
            '--config.student.width=0.125', '--config.input.resolution=28',
            f'--config.student.init={path}', '--config.total_steps=1', '--config.lr=0.0',
            '--config.schedule.warmup_steps=0')
-  params = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '1', 'params'))
+  params = ocp.StandardCheckpointer().restore(os.path.join(workdir_lib.checkpoints(workdir), '1', 'params'))
   np.testing.assert_array_equal(params['conv_root']['kernel'], pretrained['conv_root']['kernel'])
   np.testing.assert_array_equal(params['block4']['unit01']['conv3']['kernel'],
                                 pretrained['block4']['unit01']['conv3']['kernel'])
@@ -90,7 +91,7 @@ def test_student_init_from_npz_and_new_head(tmp_path):
            '--config.student.width=0.125', '--config.input.resolution=28',
            f'--config.student.init={path}', '--config.total_steps=2', '--config.lr=0.0',
            '--config.schedule.warmup_steps=0', '--config.allow_config_change=True')
-  resumed = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '2',
+  resumed = ocp.StandardCheckpointer().restore(os.path.join(workdir_lib.checkpoints(workdir), '2',
                                                             'params'))
   np.testing.assert_array_equal(resumed['conv_root']['kernel'], pretrained['conv_root']['kernel'])
 
@@ -100,7 +101,7 @@ def test_export_student_to_bit_npz(tmp_path, distill_run):
   subprocess.run([sys.executable, '-m', 'big_distill.export', f'--workdir={distill_run}',
                   f'--output={out}'], check=True, capture_output=True)
   params = ocp.StandardCheckpointer().restore(
-      os.path.join(distill_run, 'checkpoints', '10', 'params'))
+      os.path.join(workdir_lib.checkpoints(distill_run), '10', 'params'))
   with np.load(out) as f:
     assert f['resnet/head/conv2d/kernel'].shape == (1, 1, 256, 10)
   loaded = bit.load_bit_npz(str(out), bit.ResNetV2(depth=14, width=0.125, num_classes=10))

@@ -1,6 +1,5 @@
 """Config files, `:k=v` arguments and command-line overrides."""
 
-import json
 import os
 import sys
 
@@ -8,8 +7,8 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from big_distill import configlib, train
-from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
+from big_distill import configlib, errors, workdir
+from tests.helpers import ROOT, TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
 
 
 def test_parse_arg_types_and_errors():
@@ -26,47 +25,44 @@ def test_parse_arg_types_and_errors():
 
 def test_overrides_reach_the_resolved_config(tmp_path):
   """`:k=v` and `--config.a.b=v` both land in DIR/config.json, which drives the run."""
-  workdir = str(tmp_path / 'run')
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER, '--config.total_steps=3',
+  run = str(tmp_path / 'run')
+  run_main(f'{TEACHER_CONFIG}:runlocal=True', run, *TINY_TEACHER, '--config.total_steps=3',
            '--config.lr=0.0123', '--config.input.batch_size=16',
            '--config.optimizer.name=sgd', '--config.log_every_steps=3')
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
+  config = workdir.read_config(run)
   assert config['lr'] == 0.0123 and config['total_steps'] == 3
   assert config['input']['batch_size'] == 16 and config['optimizer']['name'] == 'sgd'
   assert config['input']['train_split'] == 'train[:1024]'  # From runlocal=True.
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    steps = [json.loads(line)['step'] for line in f if 'train/loss' in line]
-  assert steps == [3]
+  assert [r['step'] for r in workdir.read_metrics(run) if 'train/loss' in r] == [3]
 
 
 def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path):
-  workdir = tmp_path / 'bad'
-  proc = run_main(TEACHER_CONFIG, str(workdir), '--config.no_such_key=1', check=False)
-  assert proc.returncode != 0
+  run = tmp_path / 'bad'
+  proc = run_main(TEACHER_CONFIG, str(run), '--config.no_such_key=1', check=False)
+  assert proc.returncode == errors.BAD_INPUT
   assert 'no_such_key' in proc.stderr
-  assert not workdir.exists()
-  proc = run_main(TEACHER_CONFIG, str(workdir), '--config.input.batch_size=100', devices=3,
+  assert not run.exists()
+  proc = run_main(TEACHER_CONFIG, str(run), '--config.input.batch_size=100', devices=3,
                   check=False)
-  assert proc.returncode == 2
+  assert proc.returncode == errors.BAD_INPUT
   assert ('big_distill: error: input.batch_size=100 is not divisible by the 3 devices; '
           'use a multiple of 3.') in proc.stderr
-  assert not workdir.exists()
+  assert not run.exists()
 
 
 def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path):
   config = configlib.base_config()
-  train.write_config(config, str(tmp_path))
+  workdir.write_config(config, str(tmp_path))
   logging_only = config.copy_and_resolve_references()
   logging_only.update(eval_every_steps=7, log_every_steps=3, checkpoint_every_steps=9,
                       keep_checkpoints=1)
   logging_only.input.prefetch = 4
-  train.check_workdir(logging_only, str(tmp_path))
+  workdir.check(logging_only, str(tmp_path))
   other = config.copy_and_resolve_references()
   other.input.batch_size = 64
   with pytest.raises(ValueError, match=r'holds a run of another config \(differs in: '
                                        r'input.batch_size\)'):
-    train.check_workdir(other, str(tmp_path))
+    workdir.check(other, str(tmp_path))
 
 
 @pytest.mark.parametrize('name', ['fashion_mnist_funmatch.py', 'imagenet_funmatch.py',

@@ -1,6 +1,5 @@
 """The TFDS input pipeline on the real (offline-prepared) Fashion-MNIST."""
 
-import os
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """End to end through `python -m big_distill.main`: both modes, checkpoints, resume, 1 vs 4 devices."""
 
-import json
 import os
 import shutil
 
@@ -8,9 +7,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from big_distill import workdir as workdir_lib
 from big_distill.models import get_model
-from conftest import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, metric,
-                      read_metrics, run_main)
+from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, metric,
+                           read_metrics, run_main)
 
 TRAIN_KEYS = {'train/loss', 'train/learning_rate', 'train/img_per_sec', 'train/grad_norm',
               'train/param_norm'}
@@ -19,7 +19,7 @@ DISTILL_EVAL_KEYS = {'eval/student_accuracy', 'eval/teacher_accuracy', 'eval/agr
 
 
 def _restore_params(workdir: str, step: int):
-  path = os.path.join(workdir, 'checkpoints', str(step), 'params')
+  path = os.path.join(workdir_lib.checkpoints(workdir), str(step), 'params')
   return ocp.StandardCheckpointer().restore(path)
 
 
@@ -30,11 +30,10 @@ def test_supervised_run_writes_metrics_config_and_checkpoints(teacher_run):
   assert sorted(metric(records, 'train/loss')) == [5, 10]
   assert 0.0 < metric(records, 'eval/accuracy')[10] <= 1.0
   assert any('steps_per_sec' in r for r in records)  # clu's progress report.
-  with open(os.path.join(teacher_run, 'config.json')) as f:
-    config = json.load(f)
+  config = workdir_lib.read_config(teacher_run)
   assert config['mode'] == 'supervised' and config['student']['depth'] == 14
   assert config['total_steps'] == 10
-  assert '10' in os.listdir(os.path.join(teacher_run, 'checkpoints'))
+  assert '10' in os.listdir(str(workdir_lib.checkpoints(teacher_run)))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(teacher_run))
   params = _restore_params(teacher_run, 10)
   assert params['head']['kernel'].shape == (512, 10)  # R14 x 1/4: 4 * 8 * 16 channels.
@@ -58,7 +57,7 @@ def test_distill_run_trains_only_the_student(distill_run, teacher_run):
   assert jax.tree_util.tree_map(np.shape, params) == jax.tree_util.tree_map(
       lambda x: x.shape, expected['params'])
   opt_state = ocp.StandardCheckpointer().restore(
-      os.path.join(distill_run, 'checkpoints', '10', 'opt_state'))
+      os.path.join(workdir_lib.checkpoints(distill_run), '10', 'opt_state'))
   n_student = sum(x.size for x in jax.tree_util.tree_leaves(params))
   n_opt = sum(np.size(x) for x in jax.tree_util.tree_leaves(opt_state))
   assert n_opt < 2 * n_student + 10  # Adam's two moments of the student, nothing of the teacher.
@@ -68,7 +67,7 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, teacher_run):
   """Drop the final checkpoint, rerun the same command: it resumes at step 5 and ends equal."""
   workdir = str(tmp_path / 'resume')
   shutil.copytree(teacher_run, workdir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', '10'))
+  shutil.rmtree(os.path.join(workdir_lib.checkpoints(workdir), '10'))
   proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER)
   assert 'Resuming from the checkpoint of step 5' in proc.stderr
   resumed, original = _restore_params(workdir, 10), _restore_params(teacher_run, 10)
@@ -111,7 +110,7 @@ def test_compile_time_is_logged_and_the_compilation_cache_is_reused(tmp_path):
     assert list(compile_seconds) == [1] and compile_seconds[1] > 0
   assert any(f.endswith('-cache') for f in os.listdir(cache))
   assert 'Persistent compilation cache hit' not in runs[0].stderr
-  assert "Persistent compilation cache hit for 'jit_wrapped'" in runs[1].stderr
+  assert "Persistent compilation cache hit for 'jit_train_step'" in runs[1].stderr
 
 
 def test_profile_steps_write_a_trace(tmp_path):

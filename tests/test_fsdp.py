@@ -3,7 +3,6 @@ restore with the configured shardings, and checkpoints read on another device la
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -13,10 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from big_distill import checkpoint, configlib, parallel, steps, train
-from conftest import FUNMATCH_CONFIG, TINY_STUDENT, metric, read_metrics, run_main
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
+from big_distill import checkpoint, configlib, parallel, steps, workdir as workdir_lib
+from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, metric, read_metrics, run, run_main
 
 
 @pytest.mark.parametrize('shape, size, spec', [
@@ -43,12 +40,12 @@ def test_mesh_shape_fills_in_the_rest_and_rejects_misfits():
 
 def test_a_run_may_continue_on_another_mesh(tmp_path):
   config, workdir = configlib.base_config(), str(tmp_path)
-  train.write_config(config, workdir)
+  workdir_lib.write_config(config, workdir)
   config.mesh.update(data=2, fsdp=2, teacher_fsdp=False)
-  train.check_workdir(config, workdir)
+  workdir_lib.check(config, workdir)
   config.lr = 0.5
   with pytest.raises(ValueError, match=r'another config \(differs in: lr\)'):
-    train.check_workdir(config, workdir)
+    workdir_lib.check(config, workdir)
 
 
 def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run):
@@ -70,10 +67,11 @@ def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run):
                              [losses['replicated'][s] for s in range(1, 7)], rtol=2e-6)
   for name, split in (('fsdp', True), ('replicated', False)):  # As saved: every array split.
     metadata = ocp.StandardCheckpointer().metadata(
-        os.path.join(workdirs[name], 'checkpoints', '6', 'params')).item_metadata
+        os.path.join(workdir_lib.checkpoints(workdirs[name]), '6', 'params')).item_metadata
     assert {'fsdp' in m.sharding.partition_spec
             for m in jax.tree_util.tree_leaves(metadata)} == {split}, name
-  (fsdp, step), (replicated, _) = (checkpoint.read_params(w) for w in workdirs.values())
+  (fsdp, step, _), (replicated, _, _) = (checkpoint.read_params(w, 'latest')
+                                         for w in workdirs.values())
   assert step == 6
   # The layouts sum in different orders (float32 rounding: up to 3e-6 in a weight here), so the
   # parameters agree to a small part of what training changed from step 1 to 6.
@@ -90,7 +88,7 @@ def restored_specs(directory: str) -> None:
             'bias': np.ones(8, np.float32), 'odd': np.ones(5, np.float32)}
   state = steps.new_state(params, optax.sgd(0.1, momentum=0.9))
   shardings = parallel.param_shardings(state, mesh, fsdp=True)
-  manager = checkpoint.make_manager(directory, keep=1)
+  manager = checkpoint.create_manager(directory, keep=1, keep_best=False)
   checkpoint.save(manager, 1, jax.device_put(state, shardings))
   checkpoint.wait(manager)
   abstract = parallel.with_shardings(jax.eval_shape(lambda: state), shardings)
@@ -105,13 +103,8 @@ def restored_specs(directory: str) -> None:
 
 
 def test_restore_puts_the_state_back_split_over_fsdp(tmp_path):
-  code = (f'import sys; sys.path.insert(0, {TESTS!r}); import test_fsdp; '
-          f'test_fsdp.restored_specs({str(tmp_path)!r})')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  code = f'from tests import test_fsdp; test_fsdp.restored_specs({str(tmp_path)!r})'
+  proc = run([sys.executable, '-c', code], devices=4, timeout=300)
   specs = json.loads(proc.stdout.strip().splitlines()[-1])
   for key, (got, expected, _) in specs.items():
     assert got == expected, key

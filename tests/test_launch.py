@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from big_distill import errors
+from tests.helpers import ROOT
 
 CONFIG = 'configs/fashion_mnist_funmatch.py:epochs=2,teacher=/data/teacher'
 OVERRIDES = ('--config.input.batch_size=64', "--config.teachers[0].checkpoint=/data/it's here.npz")
@@ -56,7 +57,7 @@ def test_help_prints_usage_and_exit_codes(script):
 ])
 def test_bad_arguments_are_a_usage_error(script, args):
   proc = _run(script, *args, DRY_RUN='1')
-  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.returncode == errors.BAD_INPUT and proc.stdout == ''
   assert 'Usage:' in proc.stderr
 
 
@@ -71,7 +72,7 @@ def test_tpu_pod_refuses_paths_the_workers_cannot_use(tmp_path, config, workdir,
   WORKDIR would land inside ~/big_distill, which the next launch replaces."""
   proc = _run('tpu_pod.sh', 'my-tpu', 'us-central2-b', config, workdir, cwd=str(tmp_path),
               DRY_RUN='1')
-  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.returncode == errors.BAD_INPUT and proc.stdout == ''
   assert message in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
@@ -149,7 +150,7 @@ def test_gpu_slurm_dry_run_and_one_task_per_gpu():
 def fake_slurm(tmp_path):
   """`srun` and `scontrol` that log their arguments; srun exits $FAKE_STATUS, or 75 on SIGTERM."""
   log = tmp_path / 'log'
-  for name, body in (('srun', 'trap "exit 75" TERM; touch "$FAKE_LOG.started"\n'
+  for name, body in (('srun', f'trap "exit {errors.PREEMPTED}" TERM; touch "$FAKE_LOG.started"\n'
                               'sleep "${FAKE_SLEEP:-0}" & wait; exit "$FAKE_STATUS"'),
                      ('scontrol', 'true')):
     path = tmp_path / name
@@ -161,7 +162,7 @@ def fake_slurm(tmp_path):
   return env, log
 
 
-@pytest.mark.parametrize('status', [0, 2, 75])
+@pytest.mark.parametrize('status', [errors.OK, errors.BAD_INPUT, errors.PREEMPTED])
 def test_gpu_slurm_requeues_only_on_exit_75(fake_slurm, status):
   env, log = fake_slurm
   proc = subprocess.run(['bash', SLURM, CONFIG, '/shared/w'],
@@ -170,7 +171,7 @@ def test_gpu_slurm_requeues_only_on_exit_75(fake_slurm, status):
   assert proc.returncode == status
   lines = log.read_text().splitlines()
   assert lines[0] == f'srun py -m big_distill.main --config={CONFIG} --workdir=/shared/w'
-  assert lines[1:] == (['scontrol requeue 42'] if status == 75 else [])
+  assert lines[1:] == (['scontrol requeue 42'] if status == errors.PREEMPTED else [])
 
 
 def test_gpu_slurm_outlives_sigterm_and_requeues(fake_slurm):
@@ -183,7 +184,7 @@ def test_gpu_slurm_outlives_sigterm_and_requeues(fake_slurm):
   while not os.path.exists(f'{log}.started') and time.time() < deadline:
     time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGTERM)
-  assert proc.wait(timeout=30) == 75
+  assert proc.wait(timeout=30) == errors.PREEMPTED
   assert log.read_text().splitlines()[1:] == ['scontrol requeue 42']
 
 

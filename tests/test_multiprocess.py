@@ -9,8 +9,10 @@ import sys
 import jax
 import numpy as np
 
-from big_distill import checkpoint, teachers
-from conftest import ROOT, TEACHER_CONFIG, TINY_TEACHER, metric, read_metrics
+from big_distill import checkpoint, errors, teachers
+from tests.helpers import (ROOT, TEACHER_CONFIG, TINY_TEACHER, main_command, metric,
+                           read_metrics)
+from tests.helpers import env as helpers_env
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
 OVERRIDES = (*TINY_TEACHER, '--config.optimizer.name=sgd', '--config.total_steps=4',
@@ -25,12 +27,10 @@ def _free_port() -> int:
 
 def _start(log: str, workdir: str, devices: int, *flags: str, **env: str) -> subprocess.Popen:
   """`python -m big_distill.main` in the background, its stderr going to the file `log`."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **env)
-  cmd = [sys.executable, '-m', 'big_distill.main', f'--config={TEACHER_CONFIG}:runlocal=True',
-         f'--workdir={workdir}', *OVERRIDES, *flags]
+  cmd = main_command(f'{TEACHER_CONFIG}:runlocal=True', workdir, *OVERRIDES, *flags)
   with open(log, 'w') as f:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
+    return subprocess.Popen(cmd, env=helpers_env(devices, **env), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=f)
 
 
 def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
@@ -78,7 +78,7 @@ def test_partial_multiprocess_flags_are_bad_input(tmp_path):
       [sys.executable, '-m', 'big_distill.main', f'--config={TEACHER_CONFIG}:runlocal=True',
        f'--workdir={tmp_path / "w"}', '--coordinator_address=127.0.0.1:1234'],
       env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
+  assert proc.returncode == errors.BAD_INPUT
   assert 'big_distill: error: a multi-process run needs' in proc.stderr
   assert not os.path.exists(tmp_path / 'w')
 

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'colab_small_dataset.ipynb')
 PIP = [sys.executable, '-m', 'pip', 'install', '-q', '-e']

@@ -1,7 +1,6 @@
 """The paper's configs: values checked against the paper, arguments, and a `runlocal=True` run of
 each on a synthetic stand-in of its dataset with a tiny BiT teacher."""
 
-import json
 import os
 
 import jax
@@ -11,10 +10,11 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from big_distill import workdir as workdir_lib
 from big_distill.data import synthetic
 from big_distill.optim import make_optimizer
 from big_distill.models import bit
-from conftest import ROOT, get_config, read_metrics, run_main
+from tests.helpers import ROOT, get_config, read_metrics, run_main
 
 # Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
 # train split, eval split, {schedule: (epochs, lr, weight decay, temperature)}.
@@ -137,13 +137,12 @@ def test_runlocal_on_a_standin(tmp_path, standins, name):
   workdir = str(tmp_path / 'run')
   run_main(f'{os.path.join(ROOT, "configs", name)}:runlocal=True,teacher={teachers[classes]}',
            workdir, f'--config.input.data_dir={data_dir}')
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
+  config = workdir_lib.read_config(workdir)
   assert config['input']['dataset'] == dataset and config['input']['resolution'] == 32
   records = read_metrics(workdir)
   losses = [r['train/loss'] for r in records if 'train/loss' in r]
   assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
   final = [r for r in records if 'eval/student_accuracy' in r][-1]
   assert final['step'] == 10 and 0 <= final['eval/teacher_accuracy'] <= 1
-  params = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '10', 'params'))
+  params = ocp.StandardCheckpointer().restore(os.path.join(workdir_lib.checkpoints(workdir), '10', 'params'))
   assert params['head']['kernel'].shape == (256, classes)  # R14 x1/8: 256 features.

@@ -14,49 +14,22 @@ import jax
 import numpy as np
 import pytest
 
-from big_distill import checkpoint
+from big_distill import workdir as workdir_lib
+from big_distill import errors
 from big_distill.models import bit
-from conftest import (FUNMATCH_CONFIG, ROOT, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
-                      read_metrics, run_main)
+from tests.helpers import (FUNMATCH_CONFIG, ROOT, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
+                           command, env, error_lines, main_command, params, run, run_main,
+                           saved_steps, snapshot)
 
-PREEMPTED, DIVERGED, IO_ERROR, BAD_INPUT = 75, 3, 74, 2
 # 60 distillation steps with mixup, a checkpoint every 3: long enough to be killed in between.
 LONG = ('--config.total_steps=60', '--config.checkpoint_every_steps=3',
         '--config.log_every_steps=3', '--config.eval_every_steps=60', *TINY_STUDENT)
-
-
-def _command(config: str, workdir: str, *overrides: str) -> list[str]:
-  return [sys.executable, '-m', 'big_distill.main', f'--config={config}', f'--workdir={workdir}',
-          *overrides]
-
-
-def _env() -> dict[str, str]:
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-
-
-def _steps(workdir: str) -> list[int]:
-  root = os.path.join(workdir, 'checkpoints')
-  return sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(root) else []
-
-
-def _params(workdir: str, step: int | None = None):
-  return jax.tree_util.tree_leaves(checkpoint.read_params(workdir, step)[0])
 
 
 def _assert_bit_identical(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
     assert x.dtype == y.dtype and np.array_equal(x, y)
-
-
-def _snapshot(path: str) -> dict[str, tuple[int, int]]:
-  """Every file under `path` with its size and modification time."""
-  out = {}
-  for name in glob.glob(os.path.join(path, '**'), recursive=True):
-    st = os.stat(name)
-    out[os.path.relpath(name, path)] = (st.st_size, st.st_mtime_ns)
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -70,14 +43,14 @@ def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, unin
   """3 SIGKILLs at random points and a SIGTERM, each followed by the same command again."""
   config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}'
   workdir = str(tmp_path / 'run')
-  cmd = _command(config, workdir, *LONG)
+  cmd = main_command(config, workdir, *LONG)
   rng = random.Random(1234)
   for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
-    before = max(_steps(workdir), default=0)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    before = max(saved_steps(workdir), default=0)
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while max(_steps(workdir), default=0) <= before and proc.poll() is None:
+    while max(saved_steps(workdir), default=0) <= before and proc.poll() is None:
       assert time.time() < deadline
       time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.6))  # Anywhere: mid-step, mid-write, between checkpoints.
@@ -85,26 +58,25 @@ def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, unin
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
-      assert proc.returncode == PREEMPTED, stderr[-3000:]
+      assert proc.returncode == errors.PREEMPTED, stderr[-3000:]
       stopped = int(stderr.split('Preempted at step ')[1].split(';')[0])
-      assert max(_steps(workdir)) == stopped  # It saved the step it had finished.
+      assert max(saved_steps(workdir)) == stopped  # It saved the step it had finished.
       assert 'Run the same command again to resume' in stderr
     else:
       assert proc.returncode == -signal.SIGKILL
-  assert max(_steps(workdir)) < 60
-  subprocess.run(cmd, env=_env(), check=True, capture_output=True)
-  assert max(_steps(workdir)) == 60
-  _assert_bit_identical(_params(workdir), _params(uninterrupted))
+  assert max(saved_steps(workdir)) < 60
+  run(cmd)
+  assert max(saved_steps(workdir)) == 60
+  _assert_bit_identical(params(workdir), params(uninterrupted))
 
 
 def test_damaged_checkpoints_are_set_aside_and_training_resumes(tmp_path, teacher_run,
                                                                 uninterrupted):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted, workdir)
-  steps = _steps(workdir)
-  assert steps == [54, 57, 60]
-  kept_54 = _params(workdir, 54)
-  ckpts = os.path.join(workdir, 'checkpoints')
+  assert saved_steps(workdir) == [54, 57, 60]
+  kept_54 = params(workdir, 54)
+  ckpts = str(workdir_lib.checkpoints(workdir))
   # 60: every data file truncated; 57: the params item's metadata garbled.
   for name in glob.glob(os.path.join(ckpts, '60', '*', '**', 'd', '*'), recursive=True):
     if os.path.isfile(name):
@@ -119,10 +91,10 @@ def test_damaged_checkpoints_are_set_aside_and_training_resumes(tmp_path, teache
     assert f'Checkpoint {ckpts}/{step} is unreadable' in proc.stderr
   assert '63.orbax-checkpoint-tmp-1234567: a checkpoint whose writing was interrupted' in proc.stderr
   assert 'Resuming from the checkpoint of step 54' in proc.stderr
-  aside = sorted(os.listdir(os.path.join(workdir, 'corrupt_checkpoints')))
+  aside = sorted(os.listdir(os.path.join(workdir, workdir_lib.CORRUPT_CHECKPOINTS)))
   assert [n.split('-')[0] for n in aside] == ['57', '60']  # Moved, not deleted.
-  _assert_bit_identical(_params(workdir, 54), kept_54)  # The intact one is untouched.
-  _assert_bit_identical(_params(workdir), _params(uninterrupted))  # Re-trained to the same end.
+  _assert_bit_identical(params(workdir, 54), kept_54)  # The intact one is untouched.
+  _assert_bit_identical(params(workdir), params(uninterrupted))  # Re-trained to the same end.
 
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_good_checkpoints(tmp_path):
@@ -130,95 +102,149 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_good_checkpoints(tmp_path):
   proc = run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER,
                   '--config.lr=1e19', '--config.checkpoint_every_steps=1',
                   '--config.log_every_steps=5', check=False)
-  assert proc.returncode == DIVERGED, proc.stderr[-3000:]
+  assert proc.returncode == errors.DIVERGED, proc.stderr[-3000:]
   message = [l for l in proc.stderr.splitlines() if l.startswith('big_distill: error:')]
   assert len(message) == 1 and 'Non-finite param_norm at step 2' in message[0]
   assert 'the newest checkpoint is step 1' in message[0]
   assert 'Batch of step 2: image shape=(32, 28, 28, 1)' in proc.stderr
-  assert _steps(workdir) == [1]
-  assert all(np.isfinite(x).all() for x in _params(workdir))
+  assert saved_steps(workdir) == [1]
+  assert all(np.isfinite(x).all() for x in params(workdir))
 
 
 NO_GET_CONFIG = 'import ml_collections\n\ndef config():\n  return ml_collections.ConfigDict()\n'
 
 
-def _npz_teacher(path, width=0.25, num_classes=10):
+def _npz_teacher(path, width=0.25, num_classes=10, side=28):
   model = bit.ResNetV2(depth=14, width=width, num_classes=num_classes)
-  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))['params']
-  bit.save_bit_npz(jax.tree_util.tree_map(np.asarray, params), str(path))
+  params_ = model.init(jax.random.PRNGKey(0), np.zeros((1, side, side, 1)))['params']
+  bit.save_bit_npz(jax.tree_util.tree_map(np.asarray, params_), str(path))
   return str(path)
 
 
 @pytest.fixture(scope='module')
-def bad_inputs(tmp_path_factory, teacher_run):
-  """(case, config argument, overrides, devices, expected message) of each bad input."""
+def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
+  """(case, command, the paths it must leave as they were, expected message) of each bad input,
+  through every command. `uninterrupted` is a finished run; `fresh` a workdir that must not
+  appear."""
   d = tmp_path_factory.mktemp('inputs')
   (d / 'no_get_config.py').write_text(NO_GET_CONFIG)
   (d / 'garbage.npz').write_bytes(b'PK\x03\x04 this is not a zip archive')
   wide, five = _npz_teacher(d / 'wide.npz', width=0.5), _npz_teacher(d / 'five.npz', num_classes=5)
+  imagenet_teacher = _npz_teacher(d / 'r14_1000.npz', num_classes=1000)
   distill = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}'
-  return [
-      ('unknown key', distill, ['--config.lrr=0.1'], 1,
+  run_dir, fresh, data_dir = uninterrupted, str(d / 'fresh'), str(d / 'tfds')
+
+  def main(config, *overrides, workdir=run_dir, devices=1):
+    return main_command(config, workdir, *LONG, *overrides), devices, [workdir, teacher_run]
+
+  def main_new(config, *overrides):  # A run that would start in a new workdir.
+    return main_command(config, fresh, *overrides), 1, [fresh, teacher_run]
+
+  def tool(module, *args, touched=()):
+    return command(module, *args), 1, [run_dir, *touched]
+
+  imagenet = f'{ROOT}/configs/imagenet_funmatch.py:runlocal=True'
+  cases = [
+      ('unknown key', *main(distill, '--config.lrr=0.1'),
        "unknown config key 'lrr' in --config.lrr=0.1. Did you mean \"lr\" instead of \"lrr\"?"),
-      ('wrong type', distill, ['--config.lr=abc'], 1,
+      ('wrong type', *main(distill, '--config.lr=abc'),
        "--config.lr=abc: could not convert string to float: 'abc'"),
-      ('missing file', f'{d}/nope.py', [], 1, f'config file {d}/nope.py does not exist'),
-      ('no get_config', f'{d}/no_get_config.py', [], 1,
+      ('missing file', *main(f'{d}/nope.py'), f'config file {d}/nope.py does not exist'),
+      ('no get_config', *main(f'{d}/no_get_config.py'),
        f'{d}/no_get_config.py has no get_config(arg) function'),
-      ('bad file argument', f'{FUNMATCH_CONFIG}:epochs=x', [], 1,
+      ('bad file argument', *main(f'{FUNMATCH_CONFIG}:epochs=x'),
        "could not convert string to float: 'x'"),
-      ('batch vs devices', distill, ['--config.input.batch_size=30'], 4,
+      ('batch vs devices', *main(distill, '--config.input.batch_size=30', devices=4),
        'input.batch_size=30 is not divisible by the 4 devices'),
-      ('mesh vs devices', distill, ['--config.mesh.fsdp=3'], 4,
+      ('mesh vs devices', *main(distill, '--config.mesh.fsdp=3', devices=4),
        'config.mesh data=-1, fsdp=3 does not fit the 4 devices'),
-      ('dataset', distill, ['--config.input.dataset=no_such_dataset'], 1,
+      ('dataset', *main(distill, '--config.input.dataset=no_such_dataset'),
        "Unknown TFDS dataset 'no_such_dataset'"),
-      ('split', distill, ['--config.input.eval_split=validation'], 1,
+      ('split', *main(distill, '--config.input.eval_split=validation'),
        "Unknown split 'validation' of fashion_mnist"),
-      ('model', distill, ['--config.student.model=vit'], 1, "Unknown model 'vit'"),
-      ('dtype', distill, ['--config.teacher_dtype=half'], 1,
+      ('model', *main(distill, '--config.student.model=vit'), "Unknown model 'vit'"),
+      ('dtype', *main(distill, '--config.teacher_dtype=half'),
        "config.teacher_dtype='half'; use one of float32, bfloat16, float16."),
-      ('teacher missing', distill, [f'--config.teachers[0].checkpoint={d}/gone.npz'], 1,
+      ('teacher missing', *main(distill, f'--config.teachers[0].checkpoint={d}/gone.npz'),
        f"config.teachers[0].checkpoint '{d}/gone.npz' does not exist"),
-      ('teacher unreadable', distill, [f'--config.teachers[0].checkpoint={d}/garbage.npz'], 1,
+      ('teacher unreadable', *main(distill, f'--config.teachers[0].checkpoint={d}/garbage.npz'),
        f'Cannot read the checkpoint {d}/garbage.npz (BadZipFile'),
-      ('teacher shapes', distill, [f'--config.teachers[0].checkpoint={wide}'], 1,
+      ('teacher shapes', *main(distill, f'--config.teachers[0].checkpoint={wide}'),
        f'BiT checkpoint {wide} does not match ResNetV2(depth=14, width=0.25'),
-      ('teacher classes', distill, [f'--config.teachers[0].checkpoint={five}'], 1,
+      ('teacher classes', *main(distill, f'--config.teachers[0].checkpoint={five}'),
        f'{five} predicts 5 classes, but the dataset has 10'),
-      ('other config', distill, ['--config.lr=0.5'], 1,
+      ('other config', *main(distill, '--config.lr=0.5'),
        'holds a run of another config (differs in: lr);'),
       # Refused before the fixed teacher's logits would be computed into the workdir.
-      ('other config, fixed teacher', f'{distill},variant=fixed', [], 1,
+      ('other config, fixed teacher', *main(f'{distill},variant=fixed'),
        'holds a run of another config (differs in: teacher_logits_cache, variant);'),
-      ('augmentation', distill, ['--config.input.augment=inception'], 1,
+      ('augmentation', *main(distill, '--config.input.augment=inception'),
        "Unknown input.augment 'inception'; use one of crop_flip, inception_crop, none."),
-      ('data shards', distill, ['--config.input.data_shards=3'], 1,
+      ('data shards', *main(distill, '--config.input.data_shards=3'),
        'input.batch_size=32 is not divisible by input.data_shards=3.'),
-      ('eval interval', distill, ['--config.eval_every_steps=0'], 1,
+      ('eval interval', *main(distill, '--config.eval_every_steps=0'),
        'config.eval_every_steps=0; use a positive integer.'),
-      ('temperature', distill, ['--config.temperature=-1'], 1,
+      ('temperature', *main(distill, '--config.temperature=-1'),
        'config.temperature=-1.0; use a positive temperature.'),
+      ('a second teacher', *main(distill, f'--config.teachers[1].checkpoint={five}'),
+       '--config.teachers[1].checkpoint: config.teachers has 1 entry, so [1] does not exist. '
+       'List the teachers in the config argument'),
+      ('misspelt flag', *main(distill, f'--workdirr={fresh}'),
+       "unknown flag --workdirr. Did you mean: workdir ?"),
+      ('mistyped student.init', *main_new(distill, *TINY_STUDENT,
+                                          f'--config.student.init={d}/nope.npz'),
+       f"config.student.init '{d}/nope.npz' does not exist"),
+      ('imagenet, teacher first', *main_new(imagenet, f'--config.input.data_dir={data_dir}'),
+       "config.teachers[0].checkpoint 'R152x2_T_224.npz' does not exist"),
+      ('imagenet not prepared', *main_new(f'{imagenet},teacher={imagenet_teacher}',
+                                          f'--config.input.data_dir={data_dir}'),
+       f"TFDS dataset 'imagenet2012' is not prepared in {data_dir} and needs a manual download"),
+      ('export: no run', *tool('big_distill.export', f'--workdir={fresh}',
+                               f'--output={d}/out/s.npz', touched=[fresh, f'{d}/out']),
+       f'{fresh} holds no big_distill run (no config.json)'),
+      ('export: no such step', *tool('big_distill.export', f'--workdir={run_dir}', '--step=999',
+                                     f'--output={d}/out/s.npz', touched=[f'{d}/out']),
+       f"No checkpoint of step 999 in '{run_dir}'; it has [54, 57, 60]"),
+      ('export: missing flag', *tool('big_distill.export', f'--workdir={run_dir}'),
+       'flag --output=None: Flag --output must have a value other than None.'),
+      ('report: missing flag', *tool('big_distill.report', f'--workdirs={run_dir}'),
+       'flag --output=None: Flag --output must have a value other than None.'),
+      ('report: no run', *tool('big_distill.report', f'--workdirs={run_dir},{fresh}',
+                               f'--output={d}/report', touched=[fresh, f'{d}/report']),
+       f'{fresh} holds no big_distill run (no config.json)'),
+      ('demo: bad flag', *tool('big_distill.demo', f'--workdir={fresh}', '--teacher_epochs=abc',
+                               touched=[fresh]),
+       "flag --teacher_epochs=abc: could not convert string to float: 'abc'"),
+      ('reproduce: variant', *tool('big_distill.reproduce', f'--workdir={fresh}',
+                                   '--variants=funmatch,mixup', touched=[fresh]),
+       "--variants: 'mixup' is not a variant; use fixed, independent, consistent, funmatch."),
+      ('benchmark: config key', *tool('benchmarks.step_throughput', f'--config={distill}',
+                                      '--config.student.depht=3'),
+       "unknown config key 'student.depht' in --config.student.depht=3."),
   ]
+  return cases
 
 
-def test_bad_input_one_line_error_and_workdir_unchanged(bad_inputs, uninterrupted):
-  before = _snapshot(uninterrupted)
+def test_bad_input_one_line_error_and_nothing_on_disk_changes(bad_inputs):
+  """Every command: exit 2, one `big_distill: error:` line, and the workdir, the teacher run and
+  every output path byte-for-byte as before (paths that did not exist still do not)."""
+  paths = sorted({p for _, _, _, touched, _ in bad_inputs for p in touched})
+  before = {p: snapshot(p) for p in paths}
 
   def attempt(case):  # Two at a time: most of a failing run is its single-threaded start-up.
-    _, config, overrides, devices, _ = case
-    return run_main(config, uninterrupted, *LONG, *overrides, devices=devices, check=False)
+    _, cmd, devices, _, _ = case
+    return run(cmd, devices=devices, check=False)
 
   failures = []
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     procs = list(pool.map(attempt, bad_inputs))
   for (case, _, _, _, expected), proc in zip(bad_inputs, procs):
-    errors = [l for l in proc.stderr.splitlines() if 'error:' in l.lower()]
-    if (proc.returncode != BAD_INPUT or len(errors) != 1 or
-        not errors[0].startswith('big_distill: error: ') or expected not in errors[0]):
-      failures.append(f'{case}: exit {proc.returncode}, errors {errors or proc.stderr[-1500:]}')
+    errors_ = error_lines(proc.stderr)
+    if (proc.returncode != errors.BAD_INPUT or len(errors_) != 1 or
+        not errors_[0].startswith('big_distill: error: ') or expected not in errors_[0]):
+      failures.append(f'{case}: exit {proc.returncode}, errors {errors_ or proc.stderr[-1500:]}')
   assert not failures, '\n'.join(failures)
-  assert _snapshot(uninterrupted) == before
+  assert {p: snapshot(p) for p in paths} == before
 
 
 def test_unwritable_workdir(tmp_path, teacher_run):
@@ -229,7 +255,7 @@ def test_unwritable_workdir(tmp_path, teacher_run):
       (f'{TEACHER_CONFIG}:runlocal=True', TINY_TEACHER),
       (f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},variant=fixed', TINY_STUDENT)):
     proc = run_main(config, str(blocker / 'run'), *overrides, check=False)
-    assert proc.returncode == BAD_INPUT, proc.stderr[-2000:]
+    assert proc.returncode == errors.BAD_INPUT, proc.stderr[-2000:]
     assert f'big_distill: error: Cannot write to --workdir={blocker}/run (' in proc.stderr
   assert blocker.read_text() == 'x'
 
@@ -238,7 +264,7 @@ def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
   """Exit 75 (requeue) before the first step, with nothing written; the handler is restored."""
   from big_distill import train
   from big_distill.data import input_pipeline
-  from conftest import get_config
+  from tests.helpers import get_config
 
   get_builder = input_pipeline.get_builder
 
@@ -251,11 +277,10 @@ def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
   config.student.update(depth=14, width=0.25)
   config.input.resolution = 28
   before = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(checkpoint.Preempted, match='Preempted at step 0; the run is saved up to'):
+  with pytest.raises(errors.Preempted, match='Preempted at step 0; the run is saved up to'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert signal.getsignal(signal.SIGTERM) is before
-  assert not os.path.exists(tmp_path / 'run' / 'config.json')
-  assert _steps(str(tmp_path / 'run')) == []
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
@@ -263,49 +288,50 @@ def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
   workdir = str(tmp_path / 'run')
   first = ('--config.total_steps=5', *TINY_TEACHER)
   run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *first)
-  kept, before = _params(workdir, 5), _snapshot(os.path.join(workdir, 'checkpoints'))
+  kept, before = params(workdir, 5), snapshot(str(workdir_lib.checkpoints(workdir)))
 
   # A shell that ignores SIGXFSZ (writes then fail with EFBIG) and limits files to 64 KiB.
-  cmd = _command(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER,
-                 '--config.total_steps=10', '--config.allow_config_change=True')
-  proc = subprocess.run(['bash', '-c', 'trap "" XFSZ; ulimit -f 64; exec "$@"', 'bash', *cmd],
-                        env=_env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == IO_ERROR, proc.stderr[-3000:]
-  errors = [l for l in proc.stderr.splitlines() if l.startswith('big_distill: error:')]
-  assert len(errors) == 1 and 'Writing a checkpoint to' in errors[0]
-  assert 'earlier checkpoints are intact (newest: step 5)' in errors[0]
-  assert _steps(workdir) == [5]
-  assert {k: v for k, v in _snapshot(os.path.join(workdir, 'checkpoints')).items()
+  cmd = main_command(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER,
+                     '--config.total_steps=10', '--config.allow_config_change=True')
+  proc = run(['bash', '-c', 'trap "" XFSZ; ulimit -f 64; exec "$@"', 'bash', *cmd], check=False)
+  assert proc.returncode == errors.IO_ERROR, proc.stderr[-3000:]
+  errors_ = [l for l in proc.stderr.splitlines() if l.startswith('big_distill: error:')]
+  assert len(errors_) == 1 and 'Writing a checkpoint to' in errors_[0]
+  assert 'earlier checkpoints are intact (newest: step 5)' in errors_[0]
+  assert saved_steps(workdir) == [5]
+  assert {k: v for k, v in snapshot(str(workdir_lib.checkpoints(workdir))).items()
           if k.startswith('5')} == {k: v for k, v in before.items() if k.startswith('5')}
-  _assert_bit_identical(_params(workdir, 5), kept)
+  _assert_bit_identical(params(workdir, 5), kept)
 
 
 def test_error_line_is_not_split_by_a_partial_line_of_another_thread():
   """Regression (CI): orbax's writer threads print tracebacks while a failed run exits; an
   unfinished line of theirs could prefix the `big_distill: error:` line."""
-  script = ('import sys; from big_distill import main; '
+  script = ('import sys; from big_distill import cli; '
             'sys.stderr.write("Traceback piece without newline "); '
-            'main.say("big_distill: error: disk full")')
-  proc = subprocess.run([sys.executable, '-c', script], env=_env(), capture_output=True,
-                        text=True, timeout=300, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+            'cli.say("big_distill: error: disk full")')
+  proc = run([sys.executable, '-c', script], timeout=300)
   assert 'big_distill: error: disk full' in proc.stderr.splitlines()
 
 
-def test_only_big_distills_own_value_errors_are_bad_input():
-  """A ValueError from inside a library is a bug (its traceback, exit 1), not bad input (exit 2).
-  (In a subprocess, as main.py defines flags.)"""
-  code = ('import numpy as np\n'
-          'from big_distill import main, parallel\n'
-          'def code(fn):\n'
-          '  try:\n'
-          '    fn()\n'
-          '  except Exception as e:\n'
-          '    return main.exit_code(e)\n'
-          'def diverged():\n'
-          '  raise FloatingPointError("loss")\n'
-          'print(code(lambda: parallel.mesh_shape(3, 1, 4)), code(lambda: np.zeros(3).reshape(2)),\n'
-          '      code(lambda: open("/no/such/file")), code(diverged), code(lambda: {}["key"]))')
-  proc = subprocess.run([sys.executable, '-c', code], env=_env(), check=True, capture_output=True,
-                        text=True, timeout=120)
-  assert proc.stdout.split() == ['2', 'None', '74', '3', 'None']
+def test_exit_codes_come_from_the_error_types():
+  """Only big_distill's own checks are bad input: a ValueError from inside a library is a bug
+  (its traceback, exit 1); any OSError is an I/O error."""
+  assert errors.exit_code(errors.BadInput('x')) == errors.BAD_INPUT == 2
+  assert errors.exit_code(ValueError('inside numpy')) == errors.BUG == 1
+  assert errors.exit_code(FileNotFoundError('/no/such/file')) == errors.IO_ERROR == 74
+  assert errors.exit_code(errors.WriteFailed('disk full')) == errors.IO_ERROR
+  assert errors.exit_code(errors.Diverged('loss')) == errors.DIVERGED == 3
+  assert errors.exit_code(errors.Preempted(7)) == errors.PREEMPTED == 75
+  assert errors.exit_code(KeyError('key')) == errors.BUG
+
+
+def test_a_library_value_error_keeps_its_traceback(tmp_path):
+  """Through a real command: a ValueError raised inside a library exits 1 with its traceback."""
+  script = ('from big_distill import cli\n'
+            'import numpy as np\n'
+            'cli.run(lambda argv: np.zeros(3).reshape(2))\n')
+  proc = run([sys.executable, '-c', script], check=False, timeout=300)
+  assert proc.returncode == errors.BUG
+  assert 'Traceback' in proc.stderr and 'cannot reshape array' in proc.stderr
+  assert 'big_distill: error:' not in proc.stderr

@@ -20,7 +20,7 @@ import numpy as np
 from orbax.checkpoint._src.path import gcs_utils
 import pytest
 
-from big_distill import checkpoint, configlib, metrics, teachers, train
+from big_distill import checkpoint, configlib, metrics, teachers, workdir
 
 WORKDIR = 'gs://bucket/run'
 BACKEND_FUNCTIONS = ('copy', 'exists', 'glob', 'isdir', 'listdir', 'makedirs', 'mkdir', 'open',
@@ -53,32 +53,39 @@ def fake_gcs(tmp_path, monkeypatch):
 
 def test_workdir_files_go_through_epath(fake_gcs):
   config = configlib.base_config()
-  train.check_workdir(config, WORKDIR)
-  train.write_config(config, WORKDIR)
+  workdir.check(config, WORKDIR)
+  assert not os.path.exists(fake_gcs)  # Checks create nothing.
+  workdir.create(WORKDIR)
+  workdir.write_config(config, WORKDIR)
   config.lr = 0.5
   with pytest.raises(ValueError, match='holds a run of another config'):
-    train.check_workdir(config, WORKDIR)
+    workdir.check(config, WORKDIR)
 
-  writer = metrics.JsonlWriter(epath.Path(WORKDIR) / 'metrics.jsonl')
+  writer = metrics.JsonlWriter(epath.Path(WORKDIR) / workdir.METRICS)
   writer.write_scalars(1, {'train/loss': 0.5})
   writer.close()
 
-  logits = np.arange(12, dtype=np.float32).reshape(3, 1, 4)
-  cache = epath.Path(WORKDIR) / 'teacher_logits.npy'
-  assert teachers.cached_logits(cache, {'teacher': 1}, lambda: logits) is logits
-  np.testing.assert_array_equal(teachers.cached_logits(cache, {'teacher': 1}, pytest.fail), logits)
-  with pytest.raises(ValueError, match='holds logits of other teachers'):
-    teachers.cached_logits(cache, {'teacher': 2}, pytest.fail)
+  assert workdir.read_metrics(WORKDIR) == [{'step': 1, 'train/loss': 0.5}]
+  assert workdir.read_config(WORKDIR)['lr'] == 1e-3
 
-  manager = checkpoint.make_manager(WORKDIR, keep=1)
+  logits = np.arange(12, dtype=np.float32).reshape(3, 1, 4)
+  cache = workdir.teacher_logits(WORKDIR, workdir.TEACHER_LOGITS)
+  assert teachers.read_cached(cache, {'teacher': 1}) is None
+  teachers.write_cached(cache, {'teacher': 1}, logits)
+  np.testing.assert_array_equal(teachers.read_cached(cache, {'teacher': 1}), logits)
+  with pytest.raises(ValueError, match='holds logits of other teachers'):
+    teachers.read_cached(cache, {'teacher': 2})
+
+  manager = checkpoint.create_manager(WORKDIR, keep=1, keep_best=True)
   assert os.fspath(manager.directory) == f'{WORKDIR}/checkpoints'
   manager.close()
   with pytest.raises(ValueError, match='No checkpoint found'):
     checkpoint.read_params(WORKDIR)
 
-  assert sorted(os.listdir(fake_gcs)) == ['checkpoints', 'config.json', 'metrics.jsonl',
-                                          'teacher_logits.npy', 'teacher_logits.npy.json']
-  with open(fake_gcs / 'metrics.jsonl') as f:
+  assert sorted(os.listdir(fake_gcs)) == sorted([
+      workdir.CHECKPOINTS, workdir.CONFIG, workdir.METRICS, workdir.TEACHER_LOGITS,
+      f'{workdir.TEACHER_LOGITS}.json'])
+  with open(fake_gcs / workdir.METRICS) as f:
     assert json.loads(f.read()) == {'step': 1, 'train/loss': 0.5}
-  with open(fake_gcs / 'config.json') as f:
+  with open(fake_gcs / workdir.CONFIG) as f:
     assert json.load(f)['lr'] == 1e-3

@@ -8,6 +8,7 @@ import sys
 import matplotlib.image
 import pytest
 
+from big_distill import workdir as workdir_lib
 from big_distill import report
 from big_distill.data import synthetic
 
@@ -23,10 +24,10 @@ def _workdir(path, *, variant='funmatch', mode='distill', epochs=None, steps=Non
   config = dict(mode=mode, variant=variant, total_epochs=epochs, total_steps=steps,
                 input=dict(dataset=dataset, data_dir=data_dir, train_split='train',
                            batch_size=batch_size))
-  with open(os.path.join(path, 'config.json'), 'w') as f:
+  with open(os.path.join(path, workdir_lib.CONFIG), 'w') as f:
     json.dump(config, f)
   last = steps or int(epochs * num_train / batch_size)
-  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+  with open(os.path.join(path, workdir_lib.METRICS), 'w') as f:
     for i in range(1, 5):
       step = last * i // 4
       train = {'step': step, 'train/loss': 1.0 / i}

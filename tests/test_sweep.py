@@ -1,122 +1,69 @@
-"""The vmapped Adam/Shampoo sweep trains each setting exactly as the training loop's step would."""
+"""The vmapped Adam/Shampoo sweep trains each setting exactly as the training loop would."""
 
-import functools
-import gzip
-import os
-import sys
+import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
-from big_distill import steps
-from big_distill import teachers as teachers_lib
-from big_distill.models import from_config
-from big_distill.optim import make_optimizer, make_schedule
-from conftest import ROOT, get_config
-
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import shampoo_vs_adam_sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-
-FMNIST_IDX = '/usr/share/datasets/fashion-mnist'
+from benchmarks import shampoo_vs_adam_sweep as sweep_lib
+from big_distill import build, parallel
+from tests.helpers import get_config
 
 
-def _config(**overrides):
+def _config():
   config = get_config('fashion_mnist_funmatch.py', 'teacher=unused')
-  config.input.resolution = 28
-  config.input.batch_size = 8
+  config.input.update(resolution=28, batch_size=8, train_split='train[:48]',
+                      eval_split='test[:16]', eval_batch_size=16, shuffle_buffer=48)
   config.teachers[0].update(depth=14, width=0.25)
   config.student.update(depth=14, width=0.125)
-  config.update(overrides)
+  config.update(total_epochs=None, total_steps=6)
+  config.schedule.warmup_steps = 2
   return config
 
 
-@pytest.mark.parametrize('warmup,total', [(0, 50), (10, 50), (49, 50)])
-def test_warmup_cosine_matches_make_schedule_and_stops_at_the_end(warmup, total):
-  config = _config(lr=0.03)
-  config.schedule = dict(name='cosine', warmup_steps=warmup)
-  reference = make_schedule(config, total)
-  for step in range(0, total + 20, 3):
-    got = sweep_lib.warmup_cosine(jnp.int32(step), jnp.float32(0.03), jnp.float32(warmup),
-                                  jnp.float32(total))
-    want = reference(step) if step < total else 0.0
-    assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-9), step
+def _with_teacher(run: build.Run, teacher_params) -> build.Run:
+  return dataclasses.replace(run, teacher_params=teacher_params)
 
 
-def test_augment_takes_a_padded_crop_and_may_flip_it():
-  config = _config()
-  images = jax.random.randint(jax.random.PRNGKey(0), (64, 28, 28, 1), 0, 256).astype(jnp.uint8)
-  out = np.asarray(sweep_lib.augment(images, jax.random.PRNGKey(1), config.input))
-  assert out.shape == (64, 28, 28, 1)
-  padded = np.pad(np.asarray(images, np.float32) / 127.5 - 1, ((0, 0), (2, 2), (2, 2), (0, 0)),
-                  constant_values=-1)
-  seen = set()
-  for k in range(64):
-    matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
-               if np.allclose(out[k], (lambda c: c[:, ::-1] if flip else c)(
-                   padded[k, dy:dy + 28, dx:dx + 28]), atol=1e-6)]
-    assert matches, k
-    seen.update(matches)
-  assert len({m[:2] for m in seen}) > 10 and {m[2] for m in seen} == {False, True}
-  config.input.resolution = 56
-  assert sweep_lib.augment(images, jax.random.PRNGKey(1), config.input).shape == (64, 56, 56, 1)
-
-
-def test_load_idx_reads_fashion_mnist_and_rejects_other_files(tmp_path):
-  images, labels = sweep_lib.load_idx(FMNIST_IDX, 'test')
-  assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
-  assert np.bincount(labels).tolist() == [1000] * 10
-  with pytest.raises(ValueError, match='must hold the Fashion-MNIST idx files'):
-    sweep_lib.load_idx(str(tmp_path), 'train')
-  for name in ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
-    with gzip.open(tmp_path / name, 'wb') as f:
-      f.write(b'\x00\x00\x08\x01' + bytes(100))
-  with pytest.raises(ValueError, match='is not an idx images file'):
-    sweep_lib.load_idx(str(tmp_path), 'test')
-
-
-def test_sweep_steps_equal_the_training_steps_of_each_setting():
-  """Three Shampoo settings (own lr, warm-up and length; two share a seed, so its teacher pass) in
-  one vmapped epoch against the training loop's step with `make_optimizer`'s schedule, one setting
-  at a time; a setting whose schedule has ended no longer changes. SGD grafting: Adam's
+def test_sweep_steps_equal_the_training_steps_of_each_setting(fmnist_builder):
+  """Three Shampoo settings (own lr, warm-up and length; two share a seed, so their batches and
+  teacher pass) trained together for 6 steps, against each setting's own run (`build.create_run`
+  of its config, the loop's train step on the loop's batches); a setting whose schedule has ended
+  no longer changes. SGD grafting and a strong relative damping (`epsilon=1e-2`): Adam's
   per-element normalisation turns rounding-level gradient entries (BiT's standardised kernels have
-  some) into full-size steps, so two correct programs that round differently do not agree entry
-  by entry. Even so, a leaf whose gradient nearly cancels (a GroupNorm bias) or that Shampoo's
-  inverse roots amplify can differ by several percent of its change, so the whole change is held
-  to 1% and each leaf's to 25% (a wrong batch, teacher target or schedule is off by far more)."""
+  some) into full-size steps, and weakly damped inverse roots amplify rounding (with the default
+  1e-6 the vmapped and the plain program end 16% of the change apart on real images), so two
+  correct programs that round differently would not agree. The whole change is held to 1% (0.5%
+  seen at lr 0.1) and each leaf's to 25% (a leaf whose gradient nearly cancels, a GroupNorm bias,
+  differs most); a wrong batch, teacher target or schedule is off by far more."""
+  del fmnist_builder  # Prepared.
   config = _config()
   optimizer = dict(name='shampoo', block_size=16, preconditioning_compute_steps=2,
-                   start_preconditioning_step=1, graft_type='sgd', beta2=0.99)
-  rng = np.random.default_rng(0)
-  data = jax.device_put({'train_images': rng.integers(0, 256, (48, 28, 28, 1), np.uint8),
-                         'train_labels': rng.integers(0, 10, 48).astype(np.int32)})
-  teachers = teachers_lib.build(config.teachers, 10)
-  teacher_params = teachers_lib.init_params(teachers, (28, 28, 1), jax.random.PRNGKey(9))
+                   start_preconditioning_step=1, graft_type='sgd', beta2=0.99, epsilon=1e-2)
+  run = build.create_run(config, teacher_params='random')
   teacher_params = jax.tree_util.tree_map(  # A non-zero head: the student has something to learn.
-      lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), teacher_params)
+      lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape),
+      run.teacher_params)
   hps = [dict(lr=0.01, warmup=2, total=6, seed=0), dict(lr=0.1, warmup=1, total=4, seed=3),
          dict(lr=0.03, warmup=0, total=5, seed=0)]  # Shares seed 0's batches and teacher pass.
-  sweep = sweep_lib.Sweep(config, optimizer, data, teachers, teacher_params, hps)
-  assert sweep.steps_per_epoch == 6
-  states, _ = sweep.epoch(sweep.init(), jnp.int32(0), data, teacher_params)
+  sweep = sweep_lib.Sweep(_with_teacher(run, teacher_params), optimizer, hps)
+  states = sweep.init()
+  batches = sweep._batches()  # pylint: disable=protected-access
+  for _ in range(6):
+    states, _ = sweep.step(states, next(batches), teacher_params)
   assert int(states.step) == 6
-  keys, perms = sweep._order(jnp.int32(0), 48)
-  student = from_config(config.student, 10, config.dtype)
   for k, hp in enumerate(hps):
-    cfg = config.copy_and_resolve_references()
-    cfg.optimizer, cfg.lr = optimizer, hp['lr']
-    cfg.schedule = dict(name='cosine', warmup_steps=hp['warmup'])
-    tx, schedule = make_optimizer(cfg, hp['total'])
-    state = steps.init_state(student, tx, jax.random.PRNGKey(hp['seed']), (28, 28, 1))
-    step = jax.jit(functools.partial(
-        steps.distill_step, student=student, teachers=teachers, tx=tx, schedule=schedule,
-        variant='funmatch', temperature=config.temperature, mixup_alpha=config.mixup_alpha))
-    start = state.params
-    for i in range(hp['total']):
-      batch = {'image': sweep._images(keys, perms, jnp.int32(i), data)[sweep.of_seed[k]]}
-      state, _ = step(state, teacher_params, batch, jax.random.PRNGKey(hp['seed']))
+    alone = build.create_run(sweep_lib.setting_config(config, optimizer, hp),
+                             data=run.data, teacher_params='random')
+    alone = _with_teacher(alone, jax.device_put(teacher_params, alone.teacher_sharding))
+    state = alone.init_state(jax.random.PRNGKey(hp['seed']))
+    start = jax.device_get(state.params)  # The step donates the state.
+    batches = alone.train_batches()
+    for _ in range(hp['total']):
+      state, _ = alone.train_step(state, alone.teacher_params,
+                                  parallel.to_global(next(batches), alone.mesh),
+                                  jax.random.PRNGKey(hp['seed']))
     got = jax.tree_util.tree_map(lambda x: x[k], states.params)
     assert optax.tree.norm(optax.tree.sub(got, state.params)) < 1e-2 * optax.tree.norm(
         optax.tree.sub(state.params, start)), k
@@ -125,3 +72,22 @@ def test_sweep_steps_equal_the_training_steps_of_each_setting():
                                 jax.tree_util.tree_leaves(start)):
       moved = np.linalg.norm(w - s0)
       assert moved > 0 and np.linalg.norm(g - w) < 0.25 * moved + 1e-6 * np.sqrt(w.size), (k, path)
+
+  # Evaluation: every setting's accuracy as the training loop's eval computes it alone.
+  accuracy, teacher_accuracy = sweep.evaluate(states.params)
+  for k in range(len(hps)):
+    evals = _with_teacher(run, teacher_params).evaluate(
+        jax.tree_util.tree_map(lambda x, k=k: x[k], states.params))
+    # Equal up to an example whose top logits the vmapped student rounds into another order.
+    assert abs(accuracy[k] - evals['eval/student_accuracy']) <= 1 / 16 + 1e-6
+    assert teacher_accuracy == evals['eval/teacher_accuracy']
+
+
+def test_a_setting_config_is_the_run_alone():
+  config = _config()
+  hp = dict(lr=0.03, warmup=7, total=90, seed=4)
+  config.lock()  # As the benchmark's config flag gives it.
+  got = sweep_lib.setting_config(config, {'name': 'adam'}, hp)
+  assert (got.lr, got.seed, got.total_steps, got.total_epochs) == (0.03, 4, 90, None)
+  assert got.schedule.warmup_steps == 7 and got.optimizer.name == 'adam'
+  assert config.lr != 0.03 and config.schedule.warmup_steps == 2  # Not changed.

@@ -13,10 +13,11 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from big_distill import checkpoint, configlib, losses, steps, teachers as teachers_lib
+from big_distill import workdir as workdir_lib
+from big_distill import checkpoint, configlib, errors, steps, teachers as teachers_lib, variants
 from big_distill.data import input_pipeline
 from big_distill.models import from_config
-from conftest import FUNMATCH_CONFIG, TINY_STUDENT, read_metrics, run_main
+from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, read_metrics, run_main
 
 
 def _input_config(**overrides) -> ml_collections.ConfigDict:
@@ -98,7 +99,7 @@ def _np_kl(teacher_logits, student_logits, temperature):
 def test_distill_step_feeds_each_model_its_view(fmnist_builder, variant):
   """The step's loss equals a NumPy loss computed from the views the variant prescribes."""
   cfg = _input_config(augment='crop_flip', crop_padding=1)
-  view = 'index' if variant == 'cached' else steps.TEACHER_VIEWS[variant]
+  view = variants.INDEX if variant == 'cached' else variants.get(variant).teacher_view
   batch = next(input_pipeline.train_batches(cfg, fmnist_builder, seed=5, teacher_view=view))
   teacher, student = _Probe(), _Probe()
   x0 = jnp.zeros((1, 28, 28, 1))
@@ -113,9 +114,9 @@ def test_distill_step_feeds_each_model_its_view(fmnist_builder, variant):
   state = steps.new_state(s_params, tx)
   rng, temperature, alpha = jax.random.PRNGKey(7), 2.0, 0.4
   step = jax.jit(functools.partial(
-      steps.distill_step, student=student, tx=tx, schedule=optax.constant_schedule(0.1),
+      steps.train_step, student=student, tx=tx, schedule=optax.constant_schedule(0.1),
       teachers=teachers_lib.Teachers((teacher,), (None,)),
-      variant='fixed' if variant == 'cached' else variant, temperature=temperature,
+      variant=variants.get('fixed' if variant == 'cached' else variant), temperature=temperature,
       mixup_alpha=alpha))
   _, metrics = step(state, (t_params,), jax.tree_util.tree_map(jnp.asarray, batch), rng)
 
@@ -186,7 +187,7 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
   fixed = ('--config.variant=fixed', '--config.teacher_logits_cache=teacher_logits.npy',
            *TINY_STUDENT)
   run_main(config, first, *fixed)
-  path = os.path.join(first, 'teacher_logits.npy')
+  path = os.path.join(first, workdir_lib.TEACHER_LOGITS)
   table = np.load(path)
   assert table.shape == (1024, 1, 10)
   with open(path + '.json') as f:
@@ -198,7 +199,8 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
                .as_numpy_iterator())
   spec = ml_collections.ConfigDict(dict(model='bit', depth=14, width=0.25))
   teacher = from_config(spec, 10)
-  expected = teacher.apply({'params': checkpoint.read_params(teacher_run)[0]}, plain['image'][:16])
+  expected = teacher.apply({'params': checkpoint.read_params(teacher_run, 'latest')[0]},
+                           plain['image'][:16])
   np.testing.assert_allclose(table[plain['index'][:16], 0], expected, rtol=1e-4, atol=1e-4)
 
   # A later run reuses the file (the absolute path of another workdir's cache).
@@ -206,13 +208,13 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
   proc = run_main(config, second, *fixed[:1], f'--config.teacher_logits_cache={path}',
                   *TINY_STUDENT)
   assert 'Reusing the teacher logits' in proc.stderr and os.path.getmtime(path) == mtime
-  assert not os.path.exists(os.path.join(second, 'teacher_logits.npy'))
+  assert not os.path.exists(os.path.join(second, workdir_lib.TEACHER_LOGITS))
   assert read_metrics(second)[-1]['step'] == 10
 
   # Logits of other data (or another teacher) are refused; nothing is written.
   proc = run_main(config, stale, *fixed[:1], f'--config.teacher_logits_cache={path}',
                   '--config.input.train_split=train[:512]', *TINY_STUDENT, check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.returncode == errors.BAD_INPUT, proc.stderr[-2000:]
   assert 'holds logits of other teachers or data (differs in: num_examples, split)' in proc.stderr
   assert os.path.getmtime(path) == mtime
 
@@ -236,5 +238,5 @@ def test_independent_distillation_with_extra_data_runs(tmp_path, teacher_run):
            '--config.input.extra_data.split=test[256:]', *TINY_STUDENT)
   records = read_metrics(workdir)
   assert records[-1]['step'] == 10 and np.isfinite(records[-1]['eval/student_accuracy'])
-  with open(os.path.join(workdir, 'config.json')) as f:
+  with open(os.path.join(workdir, workdir_lib.CONFIG)) as f:
     assert json.load(f)['variant'] == 'independent'

@@ -7,7 +7,7 @@ the shuffle is seeded and each example's augmentation uses stateless ops seeded 
 so a run restarted at step `s` sees exactly the batches it would have seen (`start_step` skips what
 was consumed), on any process layout with the same `data_shards`. Images are float32 in [-1, 1].
 
-What the teacher sees is the distillation variant's business (`TEACHER_VIEWS`): the student's
+What the teacher sees is the distillation variant's business (`variants.VIEWS`): the student's
 image (no extra key), its own augmentation or the un-augmented image (`teacher_image`), or nothing
 but the example's position in the split (`index`), to look up precomputed logits.
 """
@@ -23,24 +23,24 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from big_distill import errors, variants
 from big_distill.data import offline
 
 Batch = dict[str, np.ndarray]
-TEACHER_VIEWS = ('same', 'augmented', 'unaugmented', 'index')
 AUGMENTATIONS = ('crop_flip', 'inception_crop', 'none')
 
 
 def check_input(cfg: ml_collections.ConfigDict) -> None:
   """Checks of `config.input` that need no data: the augmentation, the batch's data slices."""
   if cfg.augment not in AUGMENTATIONS:
-    raise ValueError(f'Unknown input.augment {cfg.augment!r}; use one of '
-                     f'{", ".join(AUGMENTATIONS)}.')
+    raise errors.BadInput(f'Unknown input.augment {cfg.augment!r}; use one of '
+                          f'{", ".join(AUGMENTATIONS)}.')
   slices, procs = cfg.data_shards or jax.process_count(), jax.process_count()
   if slices % procs:
-    raise ValueError(f'input.data_shards={slices} is not a multiple of the {procs} processes.')
+    raise errors.BadInput(f'input.data_shards={slices} is not a multiple of the {procs} processes.')
   if cfg.batch_size % slices:
-    raise ValueError(f'input.batch_size={cfg.batch_size} is not divisible by '
-                     f'input.data_shards={slices}.')
+    raise errors.BadInput(f'input.batch_size={cfg.batch_size} is not divisible by '
+                          f'input.data_shards={slices}.')
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -50,9 +50,16 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
+    raise errors.BadInput(f'Unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
   if builder.is_prepared():
     return builder
+  manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+    raise errors.BadInput(
+        f'TFDS dataset {name!r} is not prepared in {builder.data_dir_root} and needs a manual '
+        f'download ({" ".join(instructions.split())}); put those files into {manual_dir}, or set '
+        'config.input.data_dir to a TFDS data dir that holds the prepared dataset.')
   lock = os.path.join(builder.data_dir_root, f'.{name.replace("/", "_")}.prepare.lock')
   with _host_lock(lock):
     builder = tfds.builder(name, data_dir=data_dir)  # Another process may have prepared it.
@@ -83,8 +90,8 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise ValueError(f'Unknown split {split!r} of {builder.name}; '
-                     f'available: {", ".join(builder.info.splits)}.') from e
+    raise errors.BadInput(f'Unknown split {split!r} of {builder.name}; '
+                          f'available: {", ".join(builder.info.splits)}.') from e
 
 
 def num_classes(builder: tfds.core.DatasetBuilder) -> int:
@@ -206,16 +213,17 @@ def _extra_rows_pattern(rows: int, extra: int) -> tf.data.Dataset:
 
 
 def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                  seed: int, start_step: int = 0, teacher_view: str = 'same',
+                  seed: int, start_step: int = 0, teacher_view: str = variants.SAME,
                   extra_builder: tfds.core.DatasetBuilder | None = None) -> Iterator[Batch]:
   """Endless per-process training batches of `cfg.batch_size // process_count` examples.
 
   Keys: `image`, `label` (-1 for rows from `extra_builder`, a share `cfg.extra_data.fraction` of
-  every slice's rows), and per `teacher_view`: `teacher_image` ('augmented': an independent
-  augmentation, 'unaugmented': the eval preprocessing) or `index` (position in the split).
+  every slice's rows), and per `teacher_view` (`variants.VIEWS`): `teacher_image` (AUGMENTED: an
+  independent augmentation, UNAUGMENTED: the eval preprocessing) or `index` (INDEX: position in
+  the split).
   """
-  if teacher_view not in TEACHER_VIEWS:
-    raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {TEACHER_VIEWS}.')
+  if teacher_view not in variants.VIEWS:
+    raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {variants.VIEWS}.')
   check_input(cfg)
   slices = cfg.data_shards or jax.process_count()
   rows = cfg.batch_size // slices
@@ -226,12 +234,12 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
     image = _match_channels(example['image'], num_channels)
     out = {'image': augment(image, example_seed, cfg),
            'label': tf.cast(example.get('label', -1), tf.int32)}
-    if teacher_view == 'augmented':
+    if teacher_view == variants.AUGMENTED:
       out['teacher_image'] = augment(
           image, tf.random.experimental.stateless_fold_in(example_seed, 1), cfg)
-    elif teacher_view == 'unaugmented':
+    elif teacher_view == variants.UNAUGMENTED:
       out['teacher_image'] = eval_image(image, cfg)
-    elif teacher_view == 'index':
+    elif teacher_view == variants.INDEX:
       out['index'] = tf.cast(index, tf.int32)
     return out
 

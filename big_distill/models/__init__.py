@@ -5,6 +5,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from big_distill import errors
 from big_distill.models import bit
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -15,7 +16,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def get_model(model: str, **kwargs: Any) -> nn.Module:
   """Builds the registered model named `model` with its keyword arguments."""
   if model not in MODELS:
-    raise ValueError(f'Unknown model {model!r}; known models: {", ".join(sorted(MODELS))}.')
+    raise errors.BadInput(f'Unknown model {model!r}; known models: {", ".join(sorted(MODELS))}.')
   return MODELS[model](**kwargs)
 
 
@@ -30,7 +31,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 def compute_dtype(name: str, key: str = 'config.dtype') -> jnp.dtype:
   """The compute dtype named by a config value (`key` names it in the error)."""
   if name not in DTYPES:
-    raise ValueError(f'{key}={name!r}; use one of {", ".join(DTYPES)}.')
+    raise errors.BadInput(f'{key}={name!r}; use one of {", ".join(DTYPES)}.')
   return jnp.dtype(name)
 
 

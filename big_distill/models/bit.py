@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from big_distill import errors
+
 # Units per stage for each depth (depth = 3 * sum(units) + 2).
 BLOCK_UNITS = {
     14: (1, 1, 1, 1),
@@ -159,10 +161,10 @@ class ResNetV2(nn.Module):
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     if self.depth not in BLOCK_UNITS:
-      raise ValueError(f'ResNetV2 depth {self.depth} is not one of {sorted(BLOCK_UNITS)}.')
+      raise errors.BadInput(f'ResNetV2 depth {self.depth} is not one of {sorted(BLOCK_UNITS)}.')
     base = int(64 * self.width)
     if base < 1:
-      raise ValueError(f'ResNetV2 width {self.width} gives no channels; use width >= 1/64.')
+      raise errors.BadInput(f'ResNetV2 width {self.width} gives no channels; use width >= 1/64.')
     x = StdConv(base, 7, 2, self.dtype, self.prestandardized, name='conv_root')(images)
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
@@ -307,7 +309,7 @@ def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_h
                for key in sorted(set(arrays) - known)]
   if problems:
     more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
-    raise ValueError(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
+    raise errors.BadInput(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
   params = traverse_util.unflatten_dict(flat)
   return replace_head(params, model) if skip_head else params
 

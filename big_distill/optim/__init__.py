@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from big_distill import errors
 from big_distill.optim import shampoo
 
 
@@ -15,10 +16,10 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
   kw = dict(config.schedule)
   name, warmup = kw.pop('name'), kw.pop('warmup_steps', 0)
   if kw:
-    raise ValueError(f'Unknown config.schedule keys: {", ".join(kw)}.')
+    raise errors.BadInput(f'Unknown config.schedule keys: {", ".join(kw)}.')
   if warmup >= total_steps:
-    raise ValueError(f'config.schedule.warmup_steps={warmup} must be below the {total_steps} '
-                     'training steps.')
+    raise errors.BadInput(f'config.schedule.warmup_steps={warmup} must be below the '
+                          f'{total_steps} training steps.')
   decay_steps = total_steps - warmup
   decays = {
       'cosine': lambda: optax.cosine_decay_schedule(config.lr, decay_steps),
@@ -26,7 +27,7 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
       'constant': lambda: optax.constant_schedule(config.lr),
   }
   if name not in decays:
-    raise ValueError(f"Unknown config.schedule.name {name!r}; use one of {', '.join(decays)}.")
+    raise errors.BadInput(f"Unknown config.schedule.name {name!r}; use one of {', '.join(decays)}.")
   warmup_fn = optax.linear_schedule(0.0, config.lr, warmup) if warmup else None
   if warmup_fn is None:
     return decays[name]()
@@ -49,7 +50,7 @@ def _direction(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
     return optax.trace(decay=momentum, **kw)
   if name == 'shampoo':
     return shampoo.scale_by_shampoo(**kw)
-  raise ValueError(f"Unknown config.optimizer.name {name!r}; use 'adam', 'sgd' or 'shampoo'.")
+  raise errors.BadInput(f"Unknown config.optimizer.name {name!r}; use 'adam', 'sgd' or 'shampoo'.")
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int
@@ -61,8 +62,10 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   try:
     parts.append(_direction(config.optimizer))
-  except TypeError as e:
-    raise ValueError(f'Bad config.optimizer arguments: {e}') from None
+  except (TypeError, ValueError) as e:  # Unknown or invalid keyword arguments.
+    if isinstance(e, errors.BadInput):
+      raise
+    raise errors.BadInput(f'Bad config.optimizer arguments: {e}') from None
   if config.wd:
     parts.append(optax.add_decayed_weights(config.wd, mask=decay_mask))
   parts.append(optax.scale_by_learning_rate(schedule))

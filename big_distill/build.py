@@ -1,0 +1,277 @@
+"""A config -> everything a run needs, built once, as one `Run`: the dataset, the device mesh, the
+student and the frozen teachers with their parameters, optimizer and schedule, shardings, the
+jitted train and eval steps, and what the teacher sees. The training loop (`train.py`), the
+benchmarks, `export` and the tests all build through `create_run`; mode and variant are resolved
+here and nowhere else.
+
+Every check that can fail on bad input runs before anything is written anywhere, cheapest first
+(`validate`: the config alone; then the dataset; then the teachers' files).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from big_distill import configlib, console, errors, parallel, steps, variants
+from big_distill import workdir as workdir_lib
+from big_distill import teachers as teachers_lib
+from big_distill.data import input_pipeline
+from big_distill.models import compute_dtype, from_config, loading
+from big_distill.optim import make_optimizer
+
+TEACHER_PARAMS = ('load', 'random', 'abstract')
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The dataset of a run: its shape, and the TFDS builders to read it (None for benchmarks on
+  random images)."""
+  num_classes: int
+  channels: int
+  num_train: int
+  builder: tfds.core.DatasetBuilder | None = None
+  extra_builder: tfds.core.DatasetBuilder | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What `create_run` builds. `train_step(state, teacher_params, batch, rng)` and
+  `eval_step(params, teacher_params, batch)` are jitted with the mesh's shardings; `step_kwargs`
+  are the pure `steps.train_step`'s keyword arguments, for code that transforms it (the sweep)."""
+  config: ml_collections.ConfigDict
+  variant: variants.Variant | None  # None: supervised.
+  teacher_view: str  # One of `variants.VIEWS`: what the input pipeline adds for the teacher.
+  data: Data
+  image_shape: tuple[int, int, int]
+  num_steps: int
+  mesh: jax.sharding.Mesh
+  student: Any
+  teachers: teachers_lib.Teachers | None
+  teacher_params: tuple[Any, ...]
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_sharding: Any
+  teacher_sharding: Any
+  abstract_state: steps.TrainState  # ShapeDtypeStructs carrying `state_sharding`.
+  init_state: Callable[[jax.Array], steps.TrainState]
+  train_step: Callable[..., tuple[steps.TrainState, dict[str, jax.Array]]]
+  eval_step: Callable[..., dict[str, jax.Array]]
+  step_kwargs: dict[str, Any]
+
+  @property
+  def distill(self) -> bool:
+    return self.variant is not None
+
+  def new_state(self, params: Any) -> steps.TrainState:
+    """Step 0 with `params` (e.g. `student.init`'s) and a fresh optimizer state."""
+    return jax.jit(functools.partial(steps.new_state, tx=self.tx),
+                   out_shardings=self.state_sharding)(params)
+
+  def train_batches(self, start_step: int = 0, *, seed: int | None = None,
+                    teacher_view: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This process's endless training batches from `start_step` on (see `input_pipeline`)."""
+    return input_pipeline.train_batches(
+        self.config.input, self.data.builder, start_step=start_step,
+        seed=self.config.seed if seed is None else seed,
+        teacher_view=self.teacher_view if teacher_view is None else teacher_view,
+        extra_builder=self.data.extra_builder)
+
+  def eval_batches(self, split: str | None = None, cache: bool | None = None) -> tf.data.Dataset:
+    return input_pipeline.eval_batches(self.config.input, self.data.builder, split=split,
+                                       cache=cache)
+
+  def evaluate(self, params: Any, eval_ds: tf.data.Dataset | None = None) -> dict[str, float]:
+    """Per-example means of the eval step's sums over the eval split, keyed `eval/<metric>`."""
+    totals, eval_ds = None, eval_ds or self.eval_batches()
+    with console.Bar('eval', total=int(eval_ds.cardinality()), unit='batch', leave=False) as bar:
+      for local in eval_ds.as_numpy_iterator():
+        sums = self.eval_step(params, self.teacher_params, parallel.to_global(local, self.mesh))
+        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        bar.update()
+    totals = jax.device_get(totals)
+    count = totals.pop('count')
+    return {f'eval/{k}': float(v / count) for k, v in totals.items()}
+
+  def logits_fingerprint(self) -> dict[str, Any]:
+    """What the fixed teachers' precomputed logits depend on (`teachers.fingerprint`)."""
+    cfg = self.config.input
+    return teachers_lib.fingerprint(
+        self.config.teachers, self.teacher_params, dataset=self.data.builder.info.full_name,
+        split=cfg.train_split, num_examples=self.data.num_train, resolution=cfg.resolution,
+        central_crop=cfg.central_crop)
+
+  def compute_teacher_logits(self) -> np.ndarray:
+    """The teachers' [example, teacher, class] logits on the un-augmented train split."""
+    batch_sharding = parallel.batch_sharded(self.mesh)
+    logits_fn = jax.jit(lambda p, batch: self.teachers.logits(p, batch['image']),
+                        in_shardings=(self.teacher_sharding, batch_sharding),
+                        out_shardings=batch_sharding)
+    split = self.eval_batches(self.config.input.train_split, cache=False)
+    with console.Bar('teacher logits', total=int(split.cardinality()), unit='batch') as bar:
+      batches = (parallel.to_global(b, self.mesh) for b in split.as_numpy_iterator())
+      return teachers_lib.compute_logits(functools.partial(logits_fn, self.teacher_params),
+                                         batches, self.data.num_train, bar.update)
+
+
+def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
+  """Checks that need no data and no model; returns the variant (None in supervised mode)."""
+  if config.mode not in ('supervised', 'distill'):
+    raise errors.BadInput(f"config.mode={config.mode!r}; use 'supervised' or 'distill'.")
+  variant = variants.get(config.variant) if config.mode == 'distill' else None
+  if config.teacher_logits_cache and not (variant and variant.cacheable):
+    raise errors.BadInput(
+        'config.teacher_logits_cache needs a variant whose teacher logits can be precomputed '
+        f'({", ".join(v.name for v in variants.VARIANTS.values() if v.cacheable)}): only a '
+        'teacher that sees un-augmented images has logits that are a function of the example.')
+  if config.input.extra_data.dataset:
+    if not variant or config.teacher_logits_cache:
+      raise errors.BadInput('config.input.extra_data needs distill mode without a teacher logits '
+                            'cache (extra images have no labels and no precomputed logits).')
+    if not 0 < config.input.extra_data.fraction < 1:
+      raise errors.BadInput(
+          f'config.input.extra_data.fraction={config.input.extra_data.fraction}; use a share of '
+          'the batch between 0 and 1.')
+  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[key] < 1:
+      raise errors.BadInput(f'config.{key}={config[key]}; use a positive integer.')
+  if variant and config.temperature <= 0:
+    raise errors.BadInput(f'config.temperature={config.temperature}; use a positive temperature.')
+  if variant and variant.mixup and config.mixup_alpha <= 0:
+    raise errors.BadInput(f'config.mixup_alpha={config.mixup_alpha}; mixup draws its ratios '
+                          '~ Beta(alpha, alpha), alpha > 0.')
+  compute_dtype(config.dtype, 'config.dtype')
+  compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
+  input_pipeline.check_input(config.input)
+  parallel.check_batch_size(config.input.batch_size)
+  parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
+  parallel.mesh_shape(config.mesh.data, config.mesh.fsdp, jax.device_count())
+  if variant and not config.teachers:
+    raise errors.BadInput("config.mode='distill' needs at least one entry in config.teachers.")
+  return variant
+
+
+def check_teacher_files(config: ml_collections.ConfigDict) -> None:
+  """Each teacher's checkpoint is set and exists."""
+  if config.mode == 'distill':
+    for i, spec in enumerate(config.teachers):
+      loading.check_exists(spec.get('checkpoint'), f'config.teachers[{i}].checkpoint')
+
+
+def dataset_shape(config: ml_collections.ConfigDict) -> Data:
+  """The classes and channels of the config's dataset from TFDS's metadata, without preparing or
+  reading it (for measurements on random images); `num_train` is one batch."""
+  try:
+    info = tfds.builder(config.input.dataset, data_dir=config.input.data_dir).info
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise errors.BadInput(f'Unknown TFDS dataset {config.input.dataset!r}: '
+                          f'{str(e).splitlines()[0]}') from None
+  return Data(info.features['label'].num_classes, info.features['image'].shape[-1],
+              config.input.batch_size)
+
+
+def create_data(config: ml_collections.ConfigDict) -> Data:
+  """The run's TFDS dataset (prepared on first use) and its extra data; splits checked."""
+  cfg = config.input
+  builder = input_pipeline.get_builder(cfg.dataset, cfg.data_dir)
+  num_train = input_pipeline.num_examples(builder, cfg.train_split)
+  input_pipeline.num_examples(builder, cfg.eval_split)
+  extra = None
+  if cfg.extra_data.dataset:
+    extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir)
+    input_pipeline.num_examples(extra, cfg.extra_data.split)
+  return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder), num_train,
+              builder, extra)
+
+
+def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_lib.Teachers,
+                          image_shape: tuple[int, int, int], how: str
+                          ) -> tuple[teachers_lib.Teachers, tuple[Any, ...]]:
+  """The teachers and their parameters: loaded from their checkpoints and frozen ('load'),
+  randomly initialised and frozen ('random', for benchmarks), or shapes only ('abstract')."""
+  abstract = jax.eval_shape(functools.partial(teachers_lib.init_params, teachers, image_shape),
+                            jax.random.PRNGKey(0))
+  if how == 'abstract':
+    return teachers, abstract
+  if how == 'random':
+    params = jax.device_get(teachers_lib.init_params(teachers, image_shape, jax.random.PRNGKey(0)))
+  else:
+    params = teachers_lib.load_params(config.teachers, teachers, abstract)
+  return teachers_lib.freeze(teachers, params)
+
+
+def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
+               teacher_params: str = 'load') -> Run:
+  """Builds the run of `config` (see the module docstring). `data` replaces the dataset (the
+  benchmarks' random images); `teacher_params` is one of `TEACHER_PARAMS`."""
+  if teacher_params not in TEACHER_PARAMS:
+    raise ValueError(f'teacher_params={teacher_params!r}; use one of {TEACHER_PARAMS}.')
+  variant = validate(config)
+  if teacher_params == 'load':
+    check_teacher_files(config)
+  data = data or create_data(config)
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  image_shape = (config.input.resolution, config.input.resolution, data.channels)
+  num_steps = configlib.total_steps(config, data.num_train)
+
+  student = from_config(config.student, data.num_classes, config.dtype)
+  tx, schedule = make_optimizer(config, num_steps)
+  init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_sharding = parallel.param_shardings(abstract, mesh, config.mesh.student_fsdp)
+
+  teachers, params, teacher_sharding = None, (), ()
+  step_kwargs = dict(student=student, tx=tx, schedule=schedule)
+  if variant:
+    teachers = teachers_lib.build(config.teachers, data.num_classes, config.teacher_dtype)
+    teachers, params = create_teacher_params(config, teachers, image_shape, teacher_params)
+    teacher_sharding = parallel.param_shardings(params, mesh, config.mesh.teacher_fsdp)
+    if teacher_params != 'abstract':
+      params = jax.device_put(params, teacher_sharding)
+    step_kwargs.update(teachers=teachers, variant=variant, temperature=config.temperature,
+                       mixup_alpha=config.mixup_alpha)
+  train_step = jax.jit(
+      functools.partial(steps.train_step, **step_kwargs), donate_argnums=0,
+      in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
+      out_shardings=(state_sharding, replicated))
+  eval_step = jax.jit(functools.partial(steps.eval_step, student=student, teachers=teachers),
+                      in_shardings=(state_sharding.params, teacher_sharding, batch_sharding),
+                      out_shardings=replicated)
+  teacher_view = variants.SAME
+  if variant:
+    teacher_view = variants.INDEX if config.teacher_logits_cache else variant.teacher_view
+  return Run(
+      config=config, variant=variant, teacher_view=teacher_view, data=data,
+      image_shape=image_shape, num_steps=num_steps, mesh=mesh, student=student,
+      teachers=teachers, teacher_params=params, tx=tx, schedule=schedule,
+      state_sharding=state_sharding, teacher_sharding=teacher_sharding,
+      abstract_state=parallel.with_shardings(abstract, state_sharding),
+      init_state=jax.jit(init, out_shardings=state_sharding), train_step=train_step,
+      eval_step=eval_step, step_kwargs=step_kwargs)
+
+
+def create_run_from_workdir(workdir: str) -> Run:
+  """The run stored in `workdir` (its config, and what it trained on), for using its student:
+  on any devices (the stored mesh is not used), teachers as shapes only, no dataset needed."""
+  config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
+  config.mesh.update(data=-1, fsdp=1)
+  info = workdir_lib.read_data(workdir)
+  data = (Data(info['num_classes'], info['channels'], info['num_train']) if info
+          else create_data(config))
+  return create_run(config, data=data, teacher_params='abstract')
+
+
+def load_student_init(run: Run) -> Any:
+  """The parameters of `config.student.init` for the run's student (a head for another class
+  count replaced by a zero head)."""
+  loading.check_exists(run.config.student.init, 'config.student.init')
+  return loading.load_params(run.config.student.init, run.student, run.abstract_state.params,
+                             allow_new_head=True)

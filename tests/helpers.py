@@ -1,0 +1,135 @@
+"""What the tests share: paths, tiny model overrides, config loading, running the real commands,
+and reading a workdir back (through `big_distill.workdir`, the owner of its layout)."""
+
+import fcntl
+import glob
+import hashlib
+import importlib.util
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import jax
+import numpy as np
+
+from big_distill import checkpoint, workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_teacher.py')
+FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py')
+# Tiny models at 28x28 keep the end-to-end runs to seconds.
+TINY_TEACHER = ('--config.student.depth=14', '--config.student.width=0.25',
+                '--config.input.resolution=28')
+TINY_STUDENT = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
+                '--config.student.depth=14', '--config.student.width=0.125',
+                '--config.input.resolution=28')
+
+
+def get_config(name: str, arg: str | None = None):
+  """`get_config(arg)` of `configs/<name>`."""
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, 'configs', name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def env(devices: int = 1, **env_vars: str) -> dict[str, str]:
+  """The environment of a command run by a test: `devices` CPU devices, quiet TensorFlow."""
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_PLATFORMS='cpu', **env_vars)
+
+
+def command(module: str, *args: str) -> list[str]:
+  """`python -m <module> <args>`, e.g. command('big_distill.export', '--workdir=...')."""
+  return [sys.executable, '-m', module, *args]
+
+
+def main_command(config: str, workdir_: str, *overrides: str) -> list[str]:
+  return command('big_distill.main', f'--config={config}', f'--workdir={workdir_}', *overrides)
+
+
+def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
+        **env_vars: str) -> subprocess.CompletedProcess:
+  """Runs a command in a fresh process from the repository root (so `benchmarks` imports)."""
+  proc = subprocess.run(cmd, env=env(devices, **env_vars), capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
+  return proc
+
+
+def run_main(config: str, workdir_: str, *overrides: str, devices: int = 1,
+             check: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
+  """Runs `python -m big_distill.main` in a fresh process with `devices` CPU devices (and the
+  environment variables `env_vars`)."""
+  return run(main_command(config, workdir_, *overrides), devices=devices, check=check, **env_vars)
+
+
+def read_metrics(workdir_: str) -> list[dict]:
+  return workdir.read_metrics(workdir_)
+
+
+def metric(records: list[dict], key: str) -> dict[int, float]:
+  """{step: value} of one key."""
+  return {r['step']: r[key] for r in records if key in r}
+
+
+def saved_steps(workdir_: str) -> list[int]:
+  return checkpoint.saved_steps(workdir_)
+
+
+def params(workdir_: str, step: int | str = 'latest') -> list[np.ndarray]:
+  """The leaves of a run's student parameters at `step`."""
+  return jax.tree_util.tree_leaves(checkpoint.read_params(workdir_, step)[0])
+
+
+def error_lines(stderr: str) -> list[str]:
+  """The lines of a command's stderr that report an error."""
+  return [l for l in stderr.splitlines() if 'error:' in l.lower()]
+
+
+def snapshot(path: str) -> dict[str, tuple[int, int, str]] | None:
+  """Every file under `path` with its size, modification time and SHA-256 (directories: ''),
+  None if `path` does not exist: equal snapshots mean byte-for-byte the same tree."""
+  if not os.path.exists(path):
+    return None
+  out = {}
+  for name in glob.glob(os.path.join(path, '**'), recursive=True):
+    st = os.stat(name)
+    digest = ''
+    if os.path.isfile(name):
+      with open(name, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    out[os.path.relpath(name, path)] = (st.st_size, st.st_mtime_ns, digest)
+  return out
+
+
+def run_in_terminal(cmd: list[str], *, columns: int = 120, timeout: int = 600,
+                    **env_vars: str) -> tuple[int, str]:
+  """Runs a command with a pseudo-terminal of `columns` x 40 as stdin, stdout and stderr, as a
+  person at a terminal would; returns its exit code and everything it printed."""
+  master, slave = pty.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 40, columns, 0, 0))
+  proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
+                          env=env(**env_vars), close_fds=True)
+  os.close(slave)
+  out, deadline = b'', time.time() + timeout
+  while time.time() < deadline:
+    ready, _, _ = select.select([master], [], [], 1.0)
+    if not ready:
+      continue
+    try:
+      data = os.read(master, 65536)
+    except OSError:  # The terminal closed: the command has exited.
+      break
+    if not data:
+      break
+    out += data
+  os.close(master)
+  code = proc.wait(timeout=max(1, deadline - time.time()))
+  return code, out.decode(errors='replace')
