@@ -26,6 +26,7 @@ setup(
         'ml-collections>=0.1.1',
         'clu>=0.0.12',
         'absl-py',
+        'tqdm',  # Progress bars on a terminal.
         'numpy',
         'matplotlib',
     ],

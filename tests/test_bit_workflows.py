@@ -98,8 +98,10 @@ def test_student_init_from_npz_and_new_head(tmp_path):
 
 def test_export_student_to_bit_npz(tmp_path, distill_run):
   out = tmp_path / 'student.npz'
-  subprocess.run([sys.executable, '-m', 'big_distill.export', f'--workdir={distill_run}',
-                  f'--output={out}'], check=True, capture_output=True)
+  proc = subprocess.run([sys.executable, '-m', 'big_distill.export', f'--workdir={distill_run}',
+                         f'--output={out}'], check=True, capture_output=True, text=True)
+  # The distill run kept its best checkpoint (its only eval is its last step): export says so.
+  assert proc.stdout.startswith('Wrote the student of the best checkpoint, step 10 (')
   params = ocp.StandardCheckpointer().restore(
       os.path.join(workdir_lib.checkpoints(distill_run), '10', 'params'))
   with np.load(out) as f:

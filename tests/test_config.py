@@ -76,3 +76,20 @@ def test_a_teachers_resolution_is_set_from_the_command_line(name, monkeypatch):
   config_flags.DEFINE_config_file('config', flag_values=flag_values)
   flag_values(argv)
   assert flag_values.config.teachers[0].resolution == 384
+
+
+@pytest.mark.parametrize('name', ['fashion_mnist_funmatch.py', 'imagenet_funmatch.py'])
+def test_an_ensemble_of_teachers_from_the_config_argument(name, monkeypatch):
+  """`teacher=A+B` lists two teachers, which the command line can then change one by one."""
+  config = get_config(name, 'teacher=a.npz+b.npz')
+  assert [t.checkpoint for t in config.teachers] == ['a.npz', 'b.npz']
+  assert config.teachers[0].to_dict() == {**config.teachers[1].to_dict(), 'checkpoint': 'a.npz'}
+  argv = ['prog', f'--config={os.path.join(ROOT, "configs", name)}:teacher=a.npz+b.npz',
+          '--config.teachers[1].resolution=384', '--config.teachers[1].depth=50']
+  monkeypatch.setattr(sys, 'argv', argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values)
+  flag_values(argv)
+  second = flag_values.config.teachers[1]
+  assert (second.checkpoint, second.resolution, second.depth) == ('b.npz', 384, 50)
+  assert flag_values.config.teachers[0].resolution is None
