@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from absl import logging
 from clu import periodic_actions
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -19,7 +20,7 @@ from big_distill import teachers as teachers_lib
 from big_distill import variants, workdir as workdir_lib
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains per `config` in `workdir`; returns the final eval metrics.
 
   Bad input is refused before anything is written. A SIGTERM from the start on makes the run save
