@@ -27,8 +27,13 @@ setup(
         'clu>=0.0.12',
         'absl-py',
         'tqdm',  # Progress bars on a terminal.
+        'safetensors',  # timm's weight files, read without torch.
         'numpy',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel']},
+    extras_require={'test': [
+        'pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
+        # The original library that parity tests compare against (CPU use); timm needs torchvision.
+        'torch>=2.9,<2.15', 'timm>=1.0,<2'],
+    },
 )

@@ -140,17 +140,18 @@ class Sweep:
         states, self.settings, self.rngs, batch)
     return states, metrics['loss']
 
-  def _eval_sums(self, params: Any, batch: dict[str, jax.Array],
+  def _eval_sums(self, variables: Any, batch: dict[str, jax.Array],
                  teacher_params: Any) -> dict[str, jax.Array]:
-    return jax.vmap(lambda p: steps.eval_step(p, teacher_params, batch,
+    return jax.vmap(lambda v: steps.eval_step(v, teacher_params, batch,
                                               student=self.run.student,
-                                              teachers=self.run.teachers))(params)
+                                              teachers=self.run.teachers))(variables)
 
-  def evaluate(self, params: Any) -> tuple[np.ndarray, float]:
-    """Every setting's student test accuracy, and the teacher's."""
+  def evaluate(self, variables: Any) -> tuple[np.ndarray, float]:
+    """Every setting's student test accuracy (`variables`: the settings' stacked), and the
+    teacher's."""
     totals = None
     for batch in self.run.eval_batches().as_numpy_iterator():
-      sums = self.eval_sums(params, batch, self.run.teacher_params)
+      sums = self.eval_sums(variables, batch, self.run.teacher_params)
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return (totals['student_accuracy'] / totals['count'],
@@ -176,7 +177,7 @@ class Sweep:
               f'{float(np.mean(loss)):.4f}', file=sys.stderr, flush=True)
       ending = [k for k, t in enumerate(totals) if t == step]
       if ending:
-        student, teacher = self.evaluate(states.params)
+        student, teacher = self.evaluate(states.variables)
         yield from ((k, float(student[k]), teacher) for k in ending)
 
   def seconds_per_step(self, num_steps: int) -> float:

@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from big_distill import build, cli, parallel
+from big_distill import build, cli, models, parallel
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +147,12 @@ def main(argv):
     benchmark(_CONFIG.value)
 
 
+def describe(entry: ml_collections.ConfigDict) -> str:
+  """A model entry in one string: 'bit depth=14 width=0.125', 'vit patch_size=8 ...'."""
+  kwargs = {k: v for k, v in entry.items() if k not in models.LOADING_KEYS + ('model',)}
+  return ' '.join([entry.model, *(f'{k}={v}' for k, v in sorted(kwargs.items()))])
+
+
 def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
   out = copy.deepcopy(config)
   out.update(changes)
@@ -213,8 +219,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
     with jax.profiler.trace(_PROFILE.value):
       timer.time('profiled', functools.partial(call, 'distill_step'), _STEPS.value)
 
-  setting = dict(student=f'{config.student.model} {config.student.depth}x{config.student.width}',
-                 teachers=[f'{t.model} {t.depth}x{t.width}' for t in config.teachers],
+  setting = dict(student=describe(config.student),
+                 teachers=[describe(t) for t in config.teachers],
                  image_shape=list(image_shape), batch_size=bs, variant=config.variant,
                  dtype=config.dtype, teacher_dtype=config.teacher_dtype,
                  devices=jax.device_count(), backend=jax.default_backend())

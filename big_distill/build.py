@@ -44,7 +44,8 @@ class Data:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What `create_run` builds. `train_step(state, teacher_params, batch, rng)` and
-  `eval_step(params, teacher_params, batch)` are jitted with the mesh's shardings; `step_kwargs`
+  `eval_step(variables, teacher_params, batch)` are jitted with the mesh's shardings (`variables`:
+  the student's, `TrainState.variables`); `step_kwargs`
   are the pure `steps.train_step`'s keyword arguments, for code that transforms it (the sweep)."""
   config: ml_collections.ConfigDict
   variant: variants.Variant | None  # None: supervised.
@@ -70,10 +71,10 @@ class Run:
   def distill(self) -> bool:
     return self.variant is not None
 
-  def new_state(self, params: Any) -> steps.TrainState:
-    """Step 0 with `params` (e.g. `student.init`'s) and a fresh optimizer state."""
+  def new_state(self, variables: dict[str, Any]) -> steps.TrainState:
+    """Step 0 with the student's `variables` (e.g. `student.init`'s), a fresh optimizer state."""
     return jax.jit(functools.partial(steps.new_state, tx=self.tx),
-                   out_shardings=self.state_sharding)(params)
+                   out_shardings=self.state_sharding)(variables)
 
   def train_batches(self, start_step: int = 0, *, seed: int | None = None,
                     teacher_view: str | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -88,12 +89,14 @@ class Run:
     return input_pipeline.eval_batches(self.config.input, self.data.builder, split=split,
                                        cache=cache)
 
-  def evaluate(self, params: Any, eval_ds: tf.data.Dataset | None = None) -> dict[str, float]:
+  def evaluate(self, variables: Any,
+               eval_ds: tf.data.Dataset | None = None) -> dict[str, float]:
     """Per-example means of the eval step's sums over the eval split, keyed `eval/<metric>`."""
     totals, eval_ds = None, eval_ds or self.eval_batches()
     with console.Bar('eval', total=int(eval_ds.cardinality()), unit='batch', leave=False) as bar:
       for local in eval_ds.as_numpy_iterator():
-        sums = self.eval_step(params, self.teacher_params, parallel.to_global(local, self.mesh))
+        sums = self.eval_step(variables, self.teacher_params,
+                              parallel.to_global(local, self.mesh))
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         bar.update()
     totals = jax.device_get(totals)
@@ -243,7 +246,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
       out_shardings=(state_sharding, replicated))
   eval_step = jax.jit(functools.partial(steps.eval_step, student=student, teachers=teachers),
-                      in_shardings=(state_sharding.params, teacher_sharding, batch_sharding),
+                      in_shardings=(state_sharding.variables, teacher_sharding, batch_sharding),
                       out_shardings=replicated)
   teacher_view = variants.SAME
   if variant:
@@ -269,9 +272,9 @@ def create_run_from_workdir(workdir: str) -> Run:
   return create_run(config, data=data, teacher_params='abstract')
 
 
-def load_student_init(run: Run) -> Any:
-  """The parameters of `config.student.init` for the run's student (a head for another class
+def load_student_init(run: Run) -> dict[str, Any]:
+  """The variables of `config.student.init` for the run's student (a head for another class
   count replaced by a zero head)."""
   loading.check_exists(run.config.student.init, 'config.student.init')
-  return loading.load_params(run.config.student.init, run.student, run.abstract_state.params,
-                             allow_new_head=True)
+  return loading.load_variables(run.config.student.init, run.student,
+                                run.abstract_state.variables, allow_new_head=True)

@@ -1,7 +1,9 @@
-"""The training state in orbax: `WORKDIR/checkpoints/<step>/{params,opt_state[,metrics]}`.
+"""The training state in orbax: `WORKDIR/checkpoints/<step>/{params,opt_state[,model_state]
+[,metrics]}`.
 
-Parameters and optimizer state are separate items, so a finished run can serve as a teacher or
-an initialisation by restoring `params` alone. Orbax writes each checkpoint atomically (a
+Parameters, optimizer state and the model's other variables (BatchNorm statistics; no item for
+models without any) are separate items, so a finished run can serve as a teacher or an
+initialisation without its optimizer state. Orbax writes each checkpoint atomically (a
 temporary directory renamed when complete). Which checkpoints stay is orbax's preservation policy:
 the newest `keep`, and with `keep_best` also the one with the best eval accuracy (saved with its
 eval metrics). A checkpoint that cannot be read back is moved aside (`workdir.corrupt_checkpoint`,
@@ -19,7 +21,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from big_distill import errors, workdir as workdir_lib
 
-ITEMS = ('params', 'opt_state')
+ITEMS = ('params', 'opt_state', 'model_state')
 # The eval metric that ranks checkpoints: the student's accuracy (distill or supervised mode).
 BEST_METRICS = ('eval/student_accuracy', 'eval/accuracy')
 
@@ -54,10 +56,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
          metrics: dict[str, float] | None = None) -> None:
   """Saves `state` (a TrainState) at `step`, asynchronously, with the eval `metrics` of the step
   if it has them (they rank it for `keep_best`)."""
+  items = dict(params=ocp.args.StandardSave(state.params),
+               opt_state=ocp.args.StandardSave(state.opt_state))
+  if state.model_state:  # Orbax refuses empty items.
+    items['model_state'] = ocp.args.StandardSave(state.model_state)
   try:
-    manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave(state.opt_state)), metrics=metrics, force=True)
+    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
   except Exception as e:  # An earlier asynchronous write may fail here too.
     raise _write_error(manager, e) from e
 
@@ -92,10 +96,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         logging.warning('Ignoring %s: a checkpoint whose writing was interrupted.',
                         manager.directory / name)
   for step in sorted(manager.all_steps(), reverse=True):
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+                 opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+    if abstract_state.model_state:
+      items['model_state'] = ocp.args.StandardRestore(abstract_state.model_state)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_state.params),
-          opt_state=ocp.args.StandardRestore(abstract_state.opt_state)))
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
     except ValueError as e:
       if 'shape' in str(e) or 'tree structures' in str(e):
         raise errors.BadInput(
@@ -108,7 +114,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       continue
     return abstract_state.replace(
         step=jax.device_put(np.int32(step), abstract_state.step.sharding),
-        params=restored.params, opt_state=restored.opt_state)
+        params=restored.params, opt_state=restored.opt_state,
+        model_state=restored.get('model_state', {}))
   return None
 
 
@@ -131,9 +138,10 @@ def describe(manager: ocp.CheckpointManager, step: int) -> str:
   return f'step {step}' + (f' ({best_metric(metrics):.2%} eval accuracy)' if metrics else '')
 
 
-def read_params(source: str, step: int | str | None = None) -> tuple[Any, int, str]:
-  """The parameters (host arrays, as saved) of a run's checkpoint, with its step and a note of
-  which one it is. `step`: a step number, 'latest', or 'best' (the best eval accuracy; the latest
+def read_variables(source: str, step: int | str | None = None
+                   ) -> tuple[dict[str, Any], int, str]:
+  """The student's variables (`{'params': ...}` plus its model state, host arrays as saved) of a
+  run's checkpoint, with its step and a note of which one it is. `step`: a step number, 'latest', or 'best' (the best eval accuracy; the latest
   where no checkpoint has eval metrics); None: 'best'.
 
   `source` is a run's workdir or its checkpoints directory; nothing is created there. Any device
@@ -162,9 +170,10 @@ def read_params(source: str, step: int | str | None = None) -> tuple[Any, int, s
       step = int(step)
     note = f'the {which} checkpoint, {describe(manager, step)}'
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step).params)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target)))
-  return jax.tree_util.tree_map(np.asarray, restored.params), step, note
+    metadata = manager.item_metadata(step)
+    items = {name: ocp.args.StandardRestore(jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[name]))
+             for name in ('params', 'model_state') if metadata.get(name) is not None}
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  variables = {'params': restored['params'], **(restored.get('model_state') or {})}
+  return jax.tree_util.tree_map(np.asarray, variables), step, note

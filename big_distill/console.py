@@ -18,7 +18,7 @@ import tqdm
 
 _QUIET = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 # Orbax warnings that say nothing wrong: a save without eval metrics while the best checkpoint is
-# tracked (only eval steps have metrics), and a read-only manager (`checkpoint.read_params`).
+# tracked (only eval steps have metrics), and a read-only manager (`checkpoint.read_variables`).
 _NOISE = ('did not provide metrics', 'Given directory is read only')
 _MAX_BUFFERED = 10_000
 

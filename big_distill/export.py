@@ -23,8 +23,9 @@ def main(argv):
     raise errors.BadInput(f'--output={_OUTPUT.value} is a directory; name the .npz file to write.')
   workdir_lib.check_writable(output.parent, '--output')
   run = build.create_run_from_workdir(_WORKDIR.value)
-  params, _, note = checkpoint.read_params(_WORKDIR.value, _STEP.value)
-  loading.check_fits(params, run.abstract_state.params, f'{_WORKDIR.value} ({note})')
+  variables, _, note = checkpoint.read_variables(_WORKDIR.value, _STEP.value)
+  loading.check_fits(variables, run.abstract_state.variables, f'{_WORKDIR.value} ({note})')
+  params = variables['params']
   output.parent.mkdir(parents=True, exist_ok=True)
   bit.save_bit_npz(params, _OUTPUT.value)
   print(f'Wrote the student of {note} to {_OUTPUT.value}.')

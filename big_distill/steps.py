@@ -23,21 +23,39 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class TrainState:
-  """What is optimised and checkpointed: the student only."""
+  """What is optimised and checkpointed: the student only. `model_state` holds the student's
+  variables other than its parameters (BatchNorm's `batch_stats`; empty for BiT and ViT)."""
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The student's variables, as `model.apply` takes them."""
+    return {'params': self.params, **self.model_state}
 
 
-def new_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-  """Step 0 with `params` and a fresh optimizer state."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def new_state(variables: dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
+  """Step 0 with a model's `variables` and a fresh optimizer state for its parameters."""
+  params, model_state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=model_state)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                image_shape: tuple[int, ...]) -> TrainState:
-  """A fresh state with randomly initialised parameters."""
-  return new_state(model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))['params'], tx)
+  """A fresh state with randomly initialised variables."""
+  return new_state(model.init(rng, jnp.zeros((1, *image_shape), jnp.float32)), tx)
+
+
+def apply_model(model: nn.Module, params: Any, model_state: dict[str, Any], images: jax.Array,
+                train: bool) -> tuple[jax.Array, dict[str, Any]]:
+  """(logits, new model state): in training, BatchNorm uses and updates batch statistics."""
+  variables = {'params': params, **model_state}
+  if train and model_state:
+    return model.apply(variables, images, train=True, mutable=list(model_state))
+  return model.apply(variables, images, train=train), model_state
 
 
 def mixup(rng: jax.Array, images: jax.Array, alpha: float) -> jax.Array:
@@ -46,15 +64,17 @@ def mixup(rng: jax.Array, images: jax.Array, alpha: float) -> jax.Array:
   return ratio * images + (1.0 - ratio) * jnp.roll(images, 1, axis=0)
 
 
-def _update(state: TrainState, loss_fn: Callable[[Any], jax.Array],
+def _update(state: TrainState,
+            loss_fn: Callable[[Any], tuple[jax.Array, dict[str, Any]]],
             tx: optax.GradientTransformation,
             schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'param_norm': optax.tree.norm(params), 'learning_rate': schedule(state.step)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    model_state=model_state), metrics
 
 
 def views(batch: Batch, rng: jax.Array, variant: variants.Variant | None,
@@ -96,16 +116,18 @@ def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
       return losses.kl_divergence(teacher_logp, logits, temperature)
 
   def loss_fn(params):
-    return jnp.mean(per_example(student.apply({'params': params}, images)))
+    logits, model_state = apply_model(student, params, state.model_state, images, train=True)
+    return jnp.mean(per_example(logits)), model_state
 
   return _update(state, loss_fn, tx, schedule)
 
 
-def eval_step(params: Any, teacher_params: tuple[Any, ...], batch: Batch, *, student: nn.Module,
-              teachers: teachers_lib.Teachers | None = None) -> Metrics:
-  """Sums over the real (`mask`) examples of a batch. Without teachers: correct predictions and
-  loss; with them: both accuracies, top-1/top-5 agreement and the KL at temperature 1."""
-  logits = student.apply({'params': params}, batch['image'])
+def eval_step(variables: dict[str, Any], teacher_params: tuple[Any, ...], batch: Batch, *,
+              student: nn.Module, teachers: teachers_lib.Teachers | None = None) -> Metrics:
+  """Sums over the real (`mask`) examples of a batch for the student's `variables`
+  (`TrainState.variables`). Without teachers: correct predictions and loss; with them: both
+  accuracies, top-1/top-5 agreement and the KL at temperature 1."""
+  logits = student.apply(variables, batch['image'])
   mask = batch['mask'].astype(jnp.float32)
 
   def total(per_example):

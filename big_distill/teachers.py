@@ -23,18 +23,22 @@ from big_distill.models import from_config, loading
 
 @dataclasses.dataclass(frozen=True)
 class Teachers:
-  """One or several frozen models whose averaged probabilities are the distillation target."""
+  """One or several frozen models whose averaged probabilities are the distillation target.
+
+  Their weights travel separately, as a tuple of one variables dict per teacher
+  (`{'params': ...}`, plus `batch_stats` for BatchNorm models), here called `params`.
+  """
   models: tuple[nn.Module, ...]
   resolutions: tuple[int | None, ...]
 
   def logits(self, params: tuple[Any, ...], images: jax.Array) -> jax.Array:
     """[batch, teacher, class] logits; each teacher sees `images` resized to its resolution."""
     out = []
-    for model, resolution, p in zip(self.models, self.resolutions, params):
+    for model, resolution, variables in zip(self.models, self.resolutions, params):
       x = images
       if resolution and resolution != images.shape[1]:
         x = jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), 'bilinear')
-      out.append(model.apply({'params': p}, x))
+      out.append(model.apply(variables, x))
     return jnp.stack(out, axis=1)
 
   def log_probs(self, params: tuple[Any, ...], images: jax.Array,
@@ -60,28 +64,33 @@ def build(specs: list[ml_collections.ConfigDict], num_classes: int,
 
 def init_params(teachers: Teachers, image_shape: tuple[int, int, int],
                 rng: jax.Array) -> tuple[Any, ...]:
-  """Randomly initialised parameters of each teacher at its own resolution (benchmarks use them;
+  """Randomly initialised variables of each teacher at its own resolution (benchmarks use them;
   their shapes are those a teacher checkpoint must have)."""
   out = []
   for model, resolution in zip(teachers.models, teachers.resolutions):
     side = resolution or image_shape[0]
     # Compiled: op by op, a ResNet's init takes tens of seconds on a CPU.
-    out.append(jax.jit(model.init)(rng, jnp.zeros((1, side, side, image_shape[2])))['params'])
+    out.append(jax.jit(model.init)(rng, jnp.zeros((1, side, side, image_shape[2]))))
   return tuple(out)
 
 
 def freeze(teachers: Teachers, params: tuple[Any, ...]) -> tuple[Teachers, tuple[Any, ...]]:
-  """The teachers for fixed `params`: conv kernels standardised once (`ResNetV2.frozen`), not
-  in every step."""
-  frozen = [model.frozen(p) for model, p in zip(teachers.models, params)]
-  return (dataclasses.replace(teachers, models=tuple(m for m, _ in frozen)),
-          tuple(p for _, p in frozen))
+  """The teachers for fixed variables: what a model can precompute for fixed weights
+  (`frozen`, e.g. `ResNetV2.frozen` standardises its kernels once), not in every step."""
+  models, frozen = [], []
+  for model, variables in zip(teachers.models, params):
+    if hasattr(model, 'frozen'):
+      model, weights = model.frozen(variables['params'])
+      variables = {**variables, 'params': weights}
+    models.append(model)
+    frozen.append(variables)
+  return dataclasses.replace(teachers, models=tuple(models)), tuple(frozen)
 
 
 def load_params(specs: list[ml_collections.ConfigDict], teachers: Teachers,
                 abstract: tuple[Any, ...]) -> tuple[Any, ...]:
-  """Each teacher's parameters (host arrays) from its `checkpoint`, checked against `abstract`."""
-  return tuple(loading.load_params(spec.get('checkpoint'), model, shapes)
+  """Each teacher's variables (host arrays) from its `checkpoint`, checked against `abstract`."""
+  return tuple(loading.load_variables(spec.get('checkpoint'), model, shapes)
                for spec, model, shapes in zip(specs, teachers.models, abstract))
 
 

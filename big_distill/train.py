@@ -125,7 +125,7 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
       if eval_now:
         t_eval = time.time()
         with progress.timed('eval'):
-          eval_results = run.evaluate(state.params, eval_ds)
+          eval_results = run.evaluate(state.variables, eval_ds)
         writer.write_scalars(step, eval_results)
         t_log += time.time() - t_eval  # Training throughput leaves out the time of eval.
         bar.update(0, eval=f'{checkpoint.best_metric(eval_results):.2%}')
@@ -139,7 +139,7 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
   finally:
     bar.close()
     writer.flush()
-  return eval_results or run.evaluate(state.params, eval_ds)
+  return eval_results or run.evaluate(state.variables, eval_ds)
 
 
 def _cached_teacher_logits(run: build.Run, workdir: str) -> np.ndarray | None:

@@ -85,7 +85,7 @@ def saved_steps(workdir_: str) -> list[int]:
 
 def params(workdir_: str, step: int | str = 'latest') -> list[np.ndarray]:
   """The leaves of a run's student parameters at `step`."""
-  return jax.tree_util.tree_leaves(checkpoint.read_params(workdir_, step)[0])
+  return jax.tree_util.tree_leaves(checkpoint.read_variables(workdir_, step)[0]['params'])
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -11,7 +11,7 @@ from big_distill import checkpoint, errors, steps, workdir
 
 def _state(value: float) -> steps.TrainState:
   params = {'kernel': np.full((2, 3), value, np.float32), 'bias': np.zeros(3, np.float32)}
-  return steps.new_state(params, optax.sgd(0.1))
+  return steps.new_state({'params': params}, optax.sgd(0.1))
 
 
 def _save_run(run: str, keep_best: bool) -> None:
@@ -32,22 +32,22 @@ def test_the_last_checkpoints_and_the_best_one_stay(tmp_path):
   assert checkpoint.saved_steps(best) == [2, 5, 6]  # Step 2 had the best eval accuracy.
   assert checkpoint.saved_steps(last) == [5, 6]
 
-  params, step, note = checkpoint.read_params(best)  # Default: the best.
+  variables, step, note = checkpoint.read_variables(best)  # Default: the best.
   assert (step, note) == (2, 'the best checkpoint, step 2 (90.00% eval accuracy)')
-  np.testing.assert_array_equal(params['kernel'], np.full((2, 3), 2.0))
-  _, step, note = checkpoint.read_params(best, 'latest')
+  np.testing.assert_array_equal(variables['params']['kernel'], np.full((2, 3), 2.0))
+  _, step, note = checkpoint.read_variables(best, 'latest')
   assert (step, note) == (6, 'the latest checkpoint, step 6 (60.00% eval accuracy)')
-  _, step, note = checkpoint.read_params(last)  # No eval metrics: the latest.
+  _, step, note = checkpoint.read_variables(last)  # No eval metrics: the latest.
   assert (step, note) == (6, 'the latest checkpoint, step 6')
-  assert checkpoint.read_params(best, 5)[1:] == (5, 'the requested checkpoint, step 5')
+  assert checkpoint.read_variables(best, 5)[1:] == (5, 'the requested checkpoint, step 5')
   with pytest.raises(errors.BadInput, match=r"No checkpoint of step 3 in .*; it has \[2, 5, 6\]"):
-    checkpoint.read_params(best, 3)
+    checkpoint.read_variables(best, 3)
 
 
 def test_reading_a_missing_run_creates_nothing(tmp_path):
   missing = tmp_path / 'nothing_here'
   with pytest.raises(errors.BadInput, match='No checkpoint found'):
-    checkpoint.read_params(str(missing))
+    checkpoint.read_variables(str(missing))
   assert not missing.exists()
   assert checkpoint.saved_steps(str(missing)) == []
   assert not workdir.checkpoints(str(missing)).exists()

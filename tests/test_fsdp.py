@@ -70,13 +70,14 @@ def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run):
         os.path.join(workdir_lib.checkpoints(workdirs[name]), '6', 'params')).item_metadata
     assert {'fsdp' in m.sharding.partition_spec
             for m in jax.tree_util.tree_leaves(metadata)} == {split}, name
-  (fsdp, step, _), (replicated, _, _) = (checkpoint.read_params(w, 'latest')
+  (fsdp, step, _), (replicated, _, _) = (checkpoint.read_variables(w, 'latest')
                                          for w in workdirs.values())
+  fsdp, replicated = fsdp['params'], replicated['params']
   assert step == 6
   # The layouts sum in different orders (float32 rounding: up to 3e-6 in a weight here), so the
   # parameters agree to a small part of what training changed from step 1 to 6.
   change = optax.tree.norm(optax.tree.sub(
-      replicated, checkpoint.read_params(workdirs['replicated'], 1)[0]))
+      replicated, checkpoint.read_variables(workdirs['replicated'], 1)[0]['params']))
   assert optax.tree.norm(optax.tree.sub(fsdp, replicated)) < 0.01 * change
 
 
@@ -86,7 +87,7 @@ def restored_specs(directory: str) -> None:
   mesh = parallel.make_mesh(data=2, fsdp=2)
   params = {'conv': np.arange(3 * 3 * 4 * 8, dtype=np.float32).reshape(3, 3, 4, 8),
             'bias': np.ones(8, np.float32), 'odd': np.ones(5, np.float32)}
-  state = steps.new_state(params, optax.sgd(0.1, momentum=0.9))
+  state = steps.new_state({'params': params}, optax.sgd(0.1, momentum=0.9))
   shardings = parallel.param_shardings(state, mesh, fsdp=True)
   manager = checkpoint.create_manager(directory, keep=1, keep_best=False)
   checkpoint.save(manager, 1, jax.device_put(state, shardings))

@@ -77,7 +77,7 @@ def test_ensemble_averages_probabilities():
   w1, w2 = rng.normal(size=(2, 3, 4)).astype(np.float32)
   images = rng.normal(size=(5, 1, 1, 3)).astype(np.float32)
   ensemble = Teachers((_Linear(), _Linear()), (None, None))
-  got = ensemble.log_probs((w1, w2), jnp.asarray(images), 2.0)
+  got = ensemble.log_probs(({'params': w1}, {'params': w2}), jnp.asarray(images), 2.0)
   flat = images.reshape(5, 3)
   probs = 0.5 * (np.exp(np_log_softmax(flat @ w1 / 2)) + np.exp(np_log_softmax(flat @ w2 / 2)))
   np.testing.assert_allclose(np.exp(got), probs, rtol=1e-5)

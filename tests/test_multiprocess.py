@@ -70,7 +70,7 @@ def test_two_processes_match_one_process(tmp_path):
                              list(metric(read_metrics(single), 'train/loss').values()), rtol=1e-6)
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-      checkpoint.read_params(multi, 4)[0], checkpoint.read_params(single, 4)[0])
+      checkpoint.read_variables(multi, 4)[0], checkpoint.read_variables(single, 4)[0])
 
 
 def test_partial_multiprocess_flags_are_bad_input(tmp_path):

@@ -13,10 +13,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
 
 from big_distill import workdir as workdir_lib
 from big_distill import errors
-from big_distill.models import bit
+from big_distill.models import bit, vit
 from tests.helpers import (FUNMATCH_CONFIG, ROOT, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
                            command, env, error_lines, main_command, params, run, run_main,
                            saved_steps, snapshot)
@@ -112,6 +113,19 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_good_checkpoints(tmp_path):
 
 
 NO_GET_CONFIG = 'import ml_collections\n\ndef config():\n  return ml_collections.ConfigDict()\n'
+# The distillation config with a teacher entry of another normalisation (a config file's choice).
+CLIP_TEACHER = f'''
+import importlib.util
+spec = importlib.util.spec_from_file_location('funmatch', {FUNMATCH_CONFIG!r})
+funmatch = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(funmatch)
+
+
+def get_config(arg=None):
+  config = funmatch.get_config(arg)
+  config.teachers[0].normalization = 'clip'
+  return config
+'''
 
 
 def _npz_teacher(path, width=0.25, num_classes=10, side=28):
@@ -128,6 +142,12 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
   appear."""
   d = tmp_path_factory.mktemp('inputs')
   (d / 'no_get_config.py').write_text(NO_GET_CONFIG)
+  (d / 'clip_teacher.py').write_text(CLIP_TEACHER)
+  # A state dict of another architecture, in timm's layout (a ViT's, for the BiT teacher).
+  vit_model = vit.ViT(patch_size=7, width=16, depth=1, num_heads=2, num_classes=10)
+  vit_params = vit_model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))['params']
+  (d / 'vit.safetensors').write_bytes(safetensors_numpy.save(
+      vit.params_to_timm(jax.tree_util.tree_map(np.asarray, vit_params), vit_model)))
   (d / 'garbage.npz').write_bytes(b'PK\x03\x04 this is not a zip archive')
   wide, five = _npz_teacher(d / 'wide.npz', width=0.5), _npz_teacher(d / 'five.npz', num_classes=5)
   imagenet_teacher = _npz_teacher(d / 'r14_1000.npz', num_classes=1000)
@@ -162,7 +182,7 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
        "Unknown TFDS dataset 'no_such_dataset'"),
       ('split', *main(distill, '--config.input.eval_split=validation'),
        "Unknown split 'validation' of fashion_mnist"),
-      ('model', *main(distill, '--config.student.model=vit'), "Unknown model 'vit'"),
+      ('model', *main(distill, '--config.student.model=resnet'), "Unknown model 'resnet'"),
       ('dtype', *main(distill, '--config.teacher_dtype=half'),
        "config.teacher_dtype='half'; use one of float32, bfloat16, float16."),
       ('teacher missing', *main(distill, f'--config.teachers[0].checkpoint={d}/gone.npz'),
@@ -186,6 +206,14 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
        'config.eval_every_steps=0; use a positive integer.'),
       ('temperature', *main(distill, '--config.temperature=-1'),
        'config.temperature=-1.0; use a positive temperature.'),
+      ('unknown timm model', *main(distill, '--config.student.model=timm:convnext_tiny'),
+       "Unknown timm model 'convnext_tiny'"),
+      ('teacher of another architecture',
+       *main(distill, f'--config.teachers[0].checkpoint={d}/vit.safetensors'),
+       f'{d}/vit.safetensors does not match ResNetV2(depth=14, width=0.25, num_classes=10): '
+       'stem.conv.weight: missing from file'),
+      ('unknown normalisation', *main(f'{d}/clip_teacher.py:runlocal=True,teacher={teacher_run}'),
+       "the bit model's normalization='clip' is not a known input normalisation"),
       ('a second teacher', *main(distill, f'--config.teachers[1].checkpoint={five}'),
        '--config.teachers[1].checkpoint: config.teachers has 1 entry, so [1] does not exist. '
        'List the teachers in the config argument'),

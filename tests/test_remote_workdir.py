@@ -80,7 +80,7 @@ def test_workdir_files_go_through_epath(fake_gcs):
   assert os.fspath(manager.directory) == f'{WORKDIR}/checkpoints'
   manager.close()
   with pytest.raises(ValueError, match='No checkpoint found'):
-    checkpoint.read_params(WORKDIR)
+    checkpoint.read_variables(WORKDIR)
 
   assert sorted(os.listdir(fake_gcs)) == sorted([
       workdir.CHECKPOINTS, workdir.CONFIG, workdir.METRICS, workdir.TEACHER_LOGITS,

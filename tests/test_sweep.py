@@ -74,10 +74,10 @@ def test_sweep_steps_equal_the_training_steps_of_each_setting(fmnist_builder):
       assert moved > 0 and np.linalg.norm(g - w) < 0.25 * moved + 1e-6 * np.sqrt(w.size), (k, path)
 
   # Evaluation: every setting's accuracy as the training loop's eval computes it alone.
-  accuracy, teacher_accuracy = sweep.evaluate(states.params)
+  accuracy, teacher_accuracy = sweep.evaluate(states.variables)
   for k in range(len(hps)):
     evals = _with_teacher(run, teacher_params).evaluate(
-        jax.tree_util.tree_map(lambda x, k=k: x[k], states.params))
+        jax.tree_util.tree_map(lambda x, k=k: x[k], states.variables))
     # Equal up to an example whose top logits the vmapped student rounds into another order.
     assert abs(accuracy[k] - evals['eval/student_accuracy']) <= 1 / 16 + 1e-6
     assert teacher_accuracy == evals['eval/teacher_accuracy']

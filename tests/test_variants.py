@@ -82,7 +82,8 @@ class _Probe(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False):
+    del train
     return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
@@ -111,14 +112,15 @@ def test_distill_step_feeds_each_model_its_view(fmnist_builder, variant):
     table = np.random.RandomState(0).normal(size=(256, 1, 10)).astype(np.float32) * 3
     batch['teacher_logits'] = table[batch.pop('index')]
   tx = optax.sgd(0.1)
-  state = steps.new_state(s_params, tx)
+  state = steps.new_state({'params': s_params}, tx)
   rng, temperature, alpha = jax.random.PRNGKey(7), 2.0, 0.4
   step = jax.jit(functools.partial(
       steps.train_step, student=student, tx=tx, schedule=optax.constant_schedule(0.1),
       teachers=teachers_lib.Teachers((teacher,), (None,)),
       variant=variants.get('fixed' if variant == 'cached' else variant), temperature=temperature,
       mixup_alpha=alpha))
-  _, metrics = step(state, (t_params,), jax.tree_util.tree_map(jnp.asarray, batch), rng)
+  _, metrics = step(state, ({'params': t_params},), jax.tree_util.tree_map(jnp.asarray, batch),
+                    rng)
 
   flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
   student_in = teacher_in = batch['image']
@@ -199,7 +201,7 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
                .as_numpy_iterator())
   spec = ml_collections.ConfigDict(dict(model='bit', depth=14, width=0.25))
   teacher = from_config(spec, 10)
-  expected = teacher.apply({'params': checkpoint.read_params(teacher_run, 'latest')[0]},
+  expected = teacher.apply(checkpoint.read_variables(teacher_run, 'latest')[0],
                            plain['image'][:16])
   np.testing.assert_allclose(table[plain['index'][:16], 0], expected, rtol=1e-4, atol=1e-4)
 

@@ -35,6 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
+from big_distill.models import normalization
 
 # Units per stage for each depth (depth = 3 * sum(units) + 2).
 BLOCK_UNITS = {
@@ -157,9 +158,12 @@ class ResNetV2(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   prestandardized: bool = False
+  normalization: str = 'minus_one_to_one'
 
   @nn.compact
-  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train  # The same computation in training and evaluation.
+    images = normalization.normalize(images, self.normalization)
     if self.depth not in BLOCK_UNITS:
       raise errors.BadInput(f'ResNetV2 depth {self.depth} is not one of {sorted(BLOCK_UNITS)}.')
     base = int(64 * self.width)
@@ -207,7 +211,7 @@ def standardize_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 _UNIT_PART = {'gn1': 'a', 'conv1': 'a', 'gn2': 'b', 'conv2': 'b', 'gn3': 'c', 'conv3': 'c'}
 _GN_PARAM = {'scale': 'gamma', 'bias': 'beta'}
-_HEAD_KEYS = ('resnet/head/conv2d/kernel', 'resnet/head/conv2d/bias')
+HEAD_KEYS = ('resnet/head/conv2d/kernel', 'resnet/head/conv2d/bias')
 
 
 def bit_npz_key(path: tuple[str, ...]) -> str:
@@ -304,7 +308,7 @@ def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_h
       problems.append(f'{key}: file has {tuple(np.shape(arrays[key]))}, model expects {want}')
     else:
       flat[path] = np.asarray(arrays[key], dtype=spec.dtype).reshape(spec.shape)
-  known = {bit_npz_key(path) for path in expected} | (set(_HEAD_KEYS) if skip_head else set())
+  known = {bit_npz_key(path) for path in expected} | (set(HEAD_KEYS) if skip_head else set())
   problems += [f'{key}: in file with shape {tuple(np.shape(arrays[key]))}, not in model'
                for key in sorted(set(arrays) - known)]
   if problems:
@@ -315,10 +319,16 @@ def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_h
 
 
 def bit_npz_dict_to_params(arrays: Mapping[str, np.ndarray], model: ResNetV2, *,
-                           skip_head: bool = False, input_channels: int | None = None
-                           ) -> dict[str, Any]:
+                           skip_head: bool = False, input_channels: int | None = None,
+                           source: str = 'BiT parameters') -> dict[str, Any]:
   """Inverse of `params_to_bit_npz_dict`, checked against `model`; see `load_bit_npz`."""
-  return _from_bit_npz_dict(arrays, model, skip_head, input_channels, 'BiT parameters')
+  return _from_bit_npz_dict(arrays, model, skip_head, input_channels, source)
+
+
+def renumbered(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Some BiT files number their convolutions (`standardized_conv2d_3`): one name for all."""
+  return {re.sub(r'/standardized_conv2d_\d+/', '/standardized_conv2d/', key): value
+          for key, value in arrays.items()}
 
 
 def load_bit_npz(path: str, model: ResNetV2, *, skip_head: bool = False,
@@ -333,9 +343,7 @@ def load_bit_npz(path: str, model: ResNetV2, *, skip_head: bool = False,
   takes it from the file's root kernel (the model itself accepts any channel count).
   """
   with epath.Path(path).open('rb') as file, np.load(file, allow_pickle=False) as f:
-    # Some BiT files number their convolutions (`standardized_conv2d_3`): one name for all.
-    arrays = {re.sub(r'/standardized_conv2d_\d+/', '/standardized_conv2d/', key): f[key]
-              for key in f.files}
+    arrays = renumbered({key: f[key] for key in f.files})
   return _from_bit_npz_dict(arrays, model, skip_head, input_channels, f'BiT checkpoint {path}')
 
 
@@ -344,3 +352,81 @@ def save_bit_npz(params: Mapping[str, Any], path: str) -> None:
   as float32. Loading it back with `load_bit_npz` gives the same values exactly."""
   with epath.Path(path).open('wb') as f:
     np.savez(f, **params_to_bit_npz_dict(params))
+
+
+# ---------------------------------------------------------------------------------------------
+# timm's ResNetV2 (`resnetv2_50x1_bit` ...) state dicts: the same network, other names and
+# PyTorch's OIHW kernels. (timm standardises kernels with epsilon 1e-8, BiT with 1e-10.)
+# ---------------------------------------------------------------------------------------------
+
+_TIMM_LAYER = {'gn1': 'norm1', 'gn2': 'norm2', 'gn3': 'norm3', 'conv1': 'conv1',
+               'conv2': 'conv2', 'conv3': 'conv3', 'conv_proj': 'downsample.conv'}
+_TIMM_PARAM = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+TIMM_HEAD = 'head.fc.weight'  # (classes, features, 1, 1)
+
+
+def timm_kwargs(name: str) -> dict[str, Any] | None:
+  """Our arguments for a timm BiT name (`resnetv2_152x2_bit`, tags such as `.goog_in21k` too)."""
+  match = re.fullmatch(r'resnetv2_(\d+)x(\d+)_bit(\.[\w]+)?', name)
+  return dict(depth=int(match.group(1)), width=int(match.group(2))) if match else None
+
+
+def timm_key(path: tuple[str, ...]) -> str:
+  """timm's state-dict key of our parameter at `path`."""
+  match tuple(path):
+    case ('conv_root', 'kernel'):
+      return 'stem.conv.weight'
+    case ('norm_pre_head', p):
+      return f'norm.{_TIMM_PARAM[p]}'
+    case ('head', p):
+      return f'head.fc.{_TIMM_PARAM[p]}'
+    case (block, unit, layer, p):
+      stage, index = int(block[len('block'):]) - 1, int(unit[len('unit'):]) - 1
+      return f'stages.{stage}.blocks.{index}.{_TIMM_LAYER[layer]}.{_TIMM_PARAM[p]}'
+  raise ValueError(f'Parameter {"/".join(path)} has no timm key.')
+
+
+def _to_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if path == ('head', 'kernel'):
+    return value.T[:, :, None, None]  # (C, N) -> (N, C, 1, 1).
+  return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value  # HWIO -> OIHW.
+
+
+def params_to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our parameter tree -> timm's ResNetV2 state dict (float32 NumPy arrays)."""
+  return {timm_key(path): np.ascontiguousarray(_to_torch(path, np.asarray(v, np.float32)))
+          for path, v in _flat_params(params).items()}
+
+
+def params_from_timm(state_dict: Mapping[str, np.ndarray], model: ResNetV2, abstract_params: Any,
+                     *, skip_head: bool, source: str) -> dict[str, Any]:
+  """timm's state dict -> our tree, checked against `abstract_params` (one line naming the first
+  mismatching key and both shapes). A 3-channel stem loads into a 1-channel model summed over its
+  input channels (timm's `adapt_input_conv`); `skip_head`: a zero head of `model.num_classes`."""
+  expected = _flat_params(abstract_params)
+  problems, flat = [], {}
+  for path, spec in sorted(expected.items(), key=lambda item: _network_order(item[0])):
+    if skip_head and path[0] == 'head':
+      continue
+    key, want = timm_key(path), _to_torch(path, np.zeros(spec.shape, np.float32)).shape
+    value = state_dict.get(key)
+    if value is not None and path == ('conv_root', 'kernel') and value.shape[1] == 3 and (
+        want[1] == 1):
+      value = np.sum(value, axis=1, keepdims=True)
+    if value is None:
+      problems.append(f'{key}: missing from file, model expects {want}')
+    elif tuple(value.shape) != tuple(want):
+      problems.append(f'{key}: file has {tuple(value.shape)}, model expects {tuple(want)}')
+    else:
+      value = np.asarray(value, np.float32)
+      flat[path] = (value[:, :, 0, 0].T if path == ('head', 'kernel') else
+                    value.transpose(2, 3, 1, 0) if value.ndim == 4 else value)
+  known = {timm_key(path) for path in expected} | (
+      {TIMM_HEAD, 'head.fc.bias'} if skip_head else set())
+  problems += [f'{key}: in file with shape {tuple(np.shape(state_dict[key]))}, not in model'
+               for key in sorted(set(state_dict) - known)]
+  if problems:
+    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
+    raise errors.BadInput(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
+  params = traverse_util.unflatten_dict(flat)
+  return replace_head(params, model) if skip_head else params

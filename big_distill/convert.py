@@ -1,0 +1,120 @@
+r"""Converts weights between the layouts people use: timm state dicts, BiT and big_vision `.npz`
+files, and big_distill runs.
+
+  python -m big_distill.convert --input=resnetv2_50x1_bit.safetensors --model=timm:resnetv2_50x1_bit \
+      --output=R50x1.npz                              # timm -> BiT .npz
+  python -m big_distill.convert --input=/tmp/my_student --output=student.safetensors  # -> timm
+
+`--input` is a weights file (`.npz`, `.safetensors`, `.pth`) with `--model` naming its
+architecture (a registry name with arguments, `bit:depth=50,width=1`, or `timm:<name>`), or a
+run's workdir (its student; `--step=best|latest|N`). The output's suffix picks the layout: `.npz`
+is BiT's layout for `bit` models and big_vision's for `vit`, `.safetensors` is timm's. The file
+is read exactly as a teacher or `student.init` would read it (`models.loading`) and written so
+that reading it back gives the same arrays.
+"""
+
+import ast
+import os
+from typing import Any
+
+from absl import flags
+import jax
+import numpy as np
+
+from big_distill import build, checkpoint, cli, errors, models, workdir as workdir_lib
+from big_distill.models import bit, loading, vit
+
+_INPUT = flags.DEFINE_string('input', None, 'A weights file or a run\'s workdir.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'The file to write: .npz or .safetensors.',
+                              required=True)
+_MODEL = flags.DEFINE_string('model', None, 'The input file\'s architecture: NAME[:k=v,...] or '
+                             'timm:<timm name> (not for a run, which knows its student).')
+_STEP = flags.DEFINE_string('step', 'best', 'A run\'s checkpoint: best, latest, or a step.')
+_CHANNELS = flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.')
+_RESOLUTION = flags.DEFINE_integer('resolution', None, 'Input side (default: a ViT file\'s own '
+                                   'position-embedding grid, else 224).')
+
+WRITERS = {  # (family, suffix) -> the layout's arrays from our parameters.
+    ('bit', '.npz'): lambda params, model: bit.params_to_bit_npz_dict(params),
+    ('bit', '.safetensors'): lambda params, model: bit.params_to_timm(params),
+    ('vit', '.npz'): lambda params, model: vit.params_to_big_vision(params),
+    ('vit', '.safetensors'): vit.params_to_timm,
+}
+
+
+def parse_model(text: str) -> dict[str, Any]:
+  """`bit:depth=50,width=1` -> dict(model='bit', depth=50, width=1); values are Python literals
+  where they parse as one (numbers, True), else strings."""
+  if text.startswith(models.TIMM_PREFIX):
+    return dict(model=text)
+  name, _, args = text.partition(':')
+  spec = dict(model=name)
+  for item in filter(None, args.split(',')):
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise errors.BadInput(f'--model={text}: {item!r} is not key=value.')
+    try:
+      spec[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      spec[key.strip()] = value
+  return spec
+
+
+def from_file(path: str, spec: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+  """(model, family, variables) of a weights file whose architecture `spec` names."""
+  arrays = loading.read_arrays(path)
+  family, kwargs = models.resolve(**spec)
+  classes = next((reader[0](arrays) for (f, _), reader in loading.READERS.items()
+                  if f == family and reader[0](arrays) is not None), None)
+  if classes is None:
+    raise errors.BadInput(f'{path} has no classifier head a {family} model recognises.')
+  model = models.get_model(family, **kwargs, num_classes=classes)
+  side = _RESOLUTION.value or (
+      vit.checkpoint_side(arrays, model.dims()[0]) if family == 'vit' else None) or 224
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            np.zeros((1, side, side, _CHANNELS.value), np.float32))
+  return model, family, loading.load_variables(path, model, abstract)
+
+
+def from_run(path: str) -> tuple[Any, str, dict[str, Any]]:
+  """(model, family, variables) of a run's student at `--step`."""
+  run = build.create_run_from_workdir(path)
+  variables, _, note = checkpoint.read_variables(path, _STEP.value)
+  loading.check_fits(variables, run.abstract_state.variables, f'{path} ({note})')
+  family, _ = models.resolve(**{k: v for k, v in run.config.student.items()
+                                if k not in models.LOADING_KEYS})
+  print(f'Converting the student of {note}.')
+  return run.student, family, variables
+
+
+def main(argv):
+  del argv
+  suffix = os.path.splitext(_OUTPUT.value)[1]
+  output = workdir_lib.path(_OUTPUT.value)
+  workdir_lib.check_writable(output.parent, '--output')
+  is_run = workdir_lib.path(_INPUT.value).is_dir()
+  if not is_run and not _MODEL.value:
+    raise errors.BadInput('--model is needed for a weights file (e.g. --model=timm:<name>).')
+  if not workdir_lib.path(_INPUT.value).exists():
+    raise errors.BadInput(f'--input={_INPUT.value} does not exist.')
+  model, family, variables = (from_run(_INPUT.value) if is_run else
+                              from_file(_INPUT.value, parse_model(_MODEL.value)))
+  writer = WRITERS.get((family, suffix))
+  if writer is None:
+    formats = ', '.join(s for f, s in WRITERS if f == family) or 'none'
+    raise errors.BadInput(f'--output={_OUTPUT.value}: {family} weights can be written as '
+                          f'{formats}.')
+  arrays = {k: np.ascontiguousarray(v, np.float32)
+            for k, v in writer(variables['params'], model).items()}
+  output.parent.mkdir(parents=True, exist_ok=True)
+  if suffix == '.npz':
+    with output.open('wb') as f:
+      np.savez(f, **arrays)
+  else:
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    output.write_bytes(safetensors_numpy.save(arrays))
+  print(f'Wrote {len(arrays)} arrays of a {family} model to {_OUTPUT.value}.')
+
+
+if __name__ == '__main__':
+  cli.run(main)

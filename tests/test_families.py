@@ -1,0 +1,94 @@
+"""Every model family as student and as teacher, end to end through `python -m big_distill.main`:
+a ViT and a MobileNetV3 (BatchNorm) student of a BiT teacher, a ViT teacher of a BiT student, and
+a killed MobileNetV3 run that resumes bit-identically (its batch statistics included)."""
+
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+
+from big_distill import checkpoint, workdir
+from tests.helpers import (FUNMATCH_CONFIG, env, main_command, read_metrics, run, run_main,
+                           saved_steps)
+
+TINY_TEACHER = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
+                '--config.input.resolution=28')
+VIT_STUDENT = ('--config.student.patch_size=7', '--config.student.width=32',
+               '--config.student.depth=2', '--config.student.num_heads=2',
+               '--config.student.mlp_dim=64')
+
+VIT_TEACHER_CONFIG = '''
+import ml_collections
+from big_distill import configlib
+
+
+def get_config(arg=None):
+  """A tiny ViT: trained on labels (arg 'teacher'), or teaching a tiny BiT (arg: its run)."""
+  config = configlib.base_config()
+  vit = dict(model='vit', patch_size=7, width=32, depth=2, num_heads=2, mlp_dim=64,
+             pool_type='tok')
+  if arg == 'teacher':
+    config.mode = 'supervised'
+    config.student = ml_collections.ConfigDict({**vit, 'init': ''})
+  else:
+    configlib.distillation(config, 'funmatch')
+    config.teachers = [ml_collections.ConfigDict({**vit, 'checkpoint': arg, 'resolution': 28})]
+    config.student.update(depth=14, width=0.125)
+  configlib.shrink_for_local_run(config)
+  config.input.resolution = 28
+  return config
+'''
+
+
+def _final_eval(workdir_: str) -> dict[str, float]:
+  return [r for r in read_metrics(workdir_) if 'eval/student_accuracy' in r][-1]
+
+
+def test_vit_and_mobilenet_students_of_a_bit_teacher(tmp_path, teacher_run):
+  for student, overrides in (('vit', VIT_STUDENT), ('mobilenet_v3', ())):
+    run_dir = str(tmp_path / student)
+    run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student={student}', run_dir,
+             *TINY_TEACHER, *overrides)
+    assert workdir.read_config(run_dir)['student']['model'] == student
+    evals = _final_eval(run_dir)
+    assert 0 <= evals['eval/student_accuracy'] <= 1 and evals['eval/kl'] >= 0
+    variables = checkpoint.read_variables(run_dir, 'latest')[0]
+    assert ('batch_stats' in variables) == (student == 'mobilenet_v3')
+
+
+def test_a_vit_teacher_teaches_a_bit_student(tmp_path):
+  config = tmp_path / 'vit_teacher.py'
+  config.write_text(VIT_TEACHER_CONFIG)
+  teacher, student = str(tmp_path / 'teacher'), str(tmp_path / 'student')
+  run_main(f'{config}:teacher', teacher)
+  run_main(f'{config}:{teacher}', student)
+  teacher_accuracy = [r for r in read_metrics(teacher) if 'eval/accuracy' in r][-1]
+  # The distillation's teacher accuracy is the ViT run's own, on the same eval split.
+  assert abs(_final_eval(student)['eval/teacher_accuracy'] -
+             teacher_accuracy['eval/accuracy']) < 1e-6
+
+
+def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run):
+  """Parameters and BatchNorm statistics end as those of an uninterrupted run."""
+  config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student=mobilenet_v3'
+  long = (*TINY_TEACHER, '--config.total_steps=24', '--config.checkpoint_every_steps=3',
+          '--config.eval_every_steps=24', '--config.log_every_steps=3')
+  whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
+  run_main(config, whole, *long)
+  proc = subprocess.Popen(main_command(config, killed, *long), env=env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not saved_steps(killed) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert max(saved_steps(killed)) < 24
+  run(main_command(config, killed, *long))
+  ours, theirs = (checkpoint.read_variables(w, 'latest')[0] for w in (killed, whole))
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    assert a.dtype == b.dtype and np.array_equal(a, b)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+  assert 'batch_stats' in ours
