@@ -2,11 +2,13 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks import comparison
-from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, command, run
+from big_distill import checkpoint
+from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, command, read_metrics, run
 
 TINY = (*TINY_STUDENT, '--config.input.batch_size=16', '--config.input.shuffle_buffer=1000')
 
@@ -122,3 +124,16 @@ def test_shampoo_vs_adam_sweep_reports_every_setting_at_the_end_of_its_schedule(
     assert 0 < r['final_accuracy'] < 1 and r['sec_per_step'] > 0
     assert r['train_seconds'] == pytest.approx(r['steps'] * r['sec_per_step'])
   assert lines[-1] == comparison.summarize(runs, 2)
+
+
+def test_students_reports_each_runs_student(distill_run):
+  line, = _run('students', f'--workdirs={distill_run}', '--rounds=2', '--batch=4')
+  final = [r for r in read_metrics(distill_run) if 'eval/student_accuracy' in r][-1]
+  assert (line['model'], line['steps']) == ('bit', 10)
+  assert line['student_accuracy'] == final['eval/student_accuracy']
+  assert line['agreement_top1'] == final['eval/agreement_top1']
+  # R14 x1/8 for 1-channel images and 10 classes, counted from BiT's definition.
+  assert line['params_m'] == pytest.approx(sum(np.size(x) for x in jax.tree_util.tree_leaves(
+      checkpoint.read_variables(distill_run)[0]['params'])) / 1e6)
+  assert line['gflop_per_image'] > 0 and line['latency_ms_batch1'] > 0
+  assert line['latency_ms_per_image_batch4'] > 0 and line['train_img_per_sec'] > 0

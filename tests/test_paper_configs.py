@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from safetensors import numpy as safetensors_numpy
 import tensorflow_datasets as tfds
 
 from big_distill import workdir as workdir_lib
@@ -127,7 +128,32 @@ def standins(tmp_path_factory):
         size=params['head']['kernel'].shape).astype(np.float32)  # Non-uniform predictions.
     teachers[classes] = str(root / f'teacher{classes}.npz')
     bit.save_bit_npz(params, teachers[classes])
+    # The same weights in timm's layout (the paper's teacher is timm's
+    # `resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384`).
+    safetensors_numpy.save_file(bit.params_to_timm(params),
+                                str(root / f'teacher{classes}.safetensors'))
   return str(root / 'data'), teachers
+
+
+def test_a_timm_format_teacher_teaches_as_its_npz_does(tmp_path, standins):
+  """`configs/imagenet_funmatch.py:teacher=...safetensors`: the same weights from timm's layout
+  give the run of the BiT `.npz` teacher, bit for bit."""
+  data_dir, teachers = standins
+  config = os.path.join(ROOT, 'configs', 'imagenet_funmatch.py')
+  runs = {}
+  for suffix in ('.npz', '.safetensors'):
+    runs[suffix] = str(tmp_path / suffix[1:])
+    teacher = teachers[1000][:-len('.npz')] + suffix
+    run_main(f'{config}:runlocal=True,teacher={teacher}', runs[suffix],
+             f'--config.input.data_dir={data_dir}', '--config.total_steps=3',
+             '--config.eval_every_steps=3', '--config.log_every_steps=3')
+  def computed(records):  # Leaves out timings.
+    return [{k: v for k, v in r.items() if not any(t in k for t in ('per_sec', 'uptime',
+                                                                       'seconds'))}
+            for r in records]
+
+  npz, timm_layout = (computed(read_metrics(runs[s])) for s in ('.npz', '.safetensors'))
+  assert npz == timm_layout and any('eval/teacher_accuracy' in r for r in npz)
 
 
 @pytest.mark.parametrize('name', CLASSES)
