@@ -1,5 +1,6 @@
 """big_distill: knowledge distillation of big vision models into small ones (JAX/Flax)."""
 
+import importlib
 import os
 
 
@@ -11,7 +12,7 @@ def _import_tensorflow_quietly() -> None:
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   try:
     os.dup2(devnull, 2)
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    importlib.import_module('tensorflow')
   finally:
     os.dup2(saved, 2)
     os.close(saved)

@@ -1,10 +1,13 @@
 """Fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
+import importlib
+
 try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, which timm loads,
-  import timm  # pylint: disable=unused-import  # crashes the process when loaded after it.
+  importlib.import_module('timm')  # crashes the process when loaded after it.
 except ImportError:  # timm and torch are test-only dependencies, for parity with the original.
   pass
-import pytest
+
+import pytest  # pylint: disable=g-import-not-at-top
 
 from tests.helpers import FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, run_main
 
