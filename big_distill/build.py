@@ -37,6 +37,7 @@ class Data:
   num_classes: int
   channels: int
   num_train: int
+  class_names: tuple[str, ...] = ()  # Empty where the dataset names none.
   builder: tfds.core.DatasetBuilder | None = None
   extra_builder: tfds.core.DatasetBuilder | None = None
 
@@ -191,7 +192,7 @@ def create_data(config: ml_collections.ConfigDict) -> Data:
     extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir)
     input_pipeline.num_examples(extra, cfg.extra_data.split)
   return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder), num_train,
-              builder, extra)
+              input_pipeline.class_names(builder), builder, extra)
 
 
 def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_lib.Teachers,
@@ -267,8 +268,8 @@ def create_run_from_workdir(workdir: str) -> Run:
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   config.mesh.update(data=-1, fsdp=1)
   info = workdir_lib.read_data(workdir)
-  data = (Data(info['num_classes'], info['channels'], info['num_train']) if info
-          else create_data(config))
+  data = (Data(info['num_classes'], info['channels'], info['num_train'],
+               tuple(info.get('class_names', ()))) if info else create_data(config))
   return create_run(config, data=data, teacher_params='abstract')
 
 

@@ -55,7 +55,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
         workdir_lib.write_data(workdir, num_classes=run.data.num_classes,
-                               channels=run.data.channels, num_train=run.data.num_train)
+                               channels=run.data.channels, num_train=run.data.num_train,
+                               class_names=list(run.data.class_names))
       return _loop(run, state, workdir, manager, preempt, logits, keep_best)
     finally:
       manager.close()

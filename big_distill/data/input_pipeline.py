@@ -98,6 +98,11 @@ def num_classes(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['label'].num_classes
 
 
+def class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+  """The label's names; numbers where the dataset names its classes by number only."""
+  return tuple(builder.info.features['label'].names)
+
+
 def channels(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['image'].shape[-1]
 
