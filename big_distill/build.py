@@ -28,6 +28,7 @@ from big_distill.models import compute_dtype, from_config, loading
 from big_distill.optim import make_optimizer
 
 TEACHER_PARAMS = ('load', 'random', 'abstract')
+EVAL = 'eval'  # The metrics prefix of `config.input.eval_split`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Data:
   class_names: tuple[str, ...] = ()  # Empty where the dataset names none.
   builder: tfds.core.DatasetBuilder | None = None
   extra_builder: tfds.core.DatasetBuilder | None = None
+  # `config.evals`: name -> (builder, split).
+  evals: dict[str, tuple[tfds.core.DatasetBuilder, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,19 +93,29 @@ class Run:
     return input_pipeline.eval_batches(self.config.input, self.data.builder, split=split,
                                        cache=cache)
 
+  def eval_sets(self) -> dict[str, tf.data.Dataset]:
+    """The eval split as `eval`, then `config.evals` under their names."""
+    return {EVAL: self.eval_batches(), **{
+        name: input_pipeline.eval_batches(self.config.input, builder, split=split)
+        for name, (builder, split) in self.data.evals.items()}}
+
   def evaluate(self, variables: Any,
-               eval_ds: tf.data.Dataset | None = None) -> dict[str, float]:
-    """Per-example means of the eval step's sums over the eval split, keyed `eval/<metric>`."""
-    totals, eval_ds = None, eval_ds or self.eval_batches()
-    with console.Bar('eval', total=int(eval_ds.cardinality()), unit='batch', leave=False) as bar:
-      for local in eval_ds.as_numpy_iterator():
-        sums = self.eval_step(variables, self.teacher_params,
-                              parallel.to_global(local, self.mesh))
-        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-        bar.update()
-    totals = jax.device_get(totals)
-    count = totals.pop('count')
-    return {f'eval/{k}': float(v / count) for k, v in totals.items()}
+               eval_sets: dict[str, tf.data.Dataset] | None = None) -> dict[str, float]:
+    """Per-example means of the eval step's sums over each eval set (default `eval_sets()`),
+    keyed `<set>/<metric>`."""
+    results = {}
+    for name, ds in (eval_sets or self.eval_sets()).items():
+      totals = None
+      with console.Bar(name, total=int(ds.cardinality()), unit='batch', leave=False) as bar:
+        for local in ds.as_numpy_iterator():
+          sums = self.eval_step(variables, self.teacher_params,
+                                parallel.to_global(local, self.mesh))
+          totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+          bar.update()
+      totals = jax.device_get(totals)
+      count = totals.pop('count')
+      results.update({f'{name}/{k}': float(v / count) for k, v in totals.items()})
+    return results
 
   def logits_fingerprint(self) -> dict[str, Any]:
     """What the fixed teachers' precomputed logits depend on (`teachers.fingerprint`)."""
@@ -151,6 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
   if variant and variant.mixup and config.mixup_alpha <= 0:
     raise errors.BadInput(f'config.mixup_alpha={config.mixup_alpha}; mixup draws its ratios '
                           '~ Beta(alpha, alpha), alpha > 0.')
+  parse_evals(config.evals)
   compute_dtype(config.dtype, 'config.dtype')
   compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
   input_pipeline.check_input(config.input)
@@ -160,6 +174,22 @@ def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
   if variant and not config.teachers:
     raise errors.BadInput("config.mode='distill' needs at least one entry in config.teachers.")
   return variant
+
+
+def parse_evals(text: str) -> dict[str, tuple[str, str]]:
+  """`config.evals` as name -> (split, dataset; '' for `config.input.dataset`)."""
+  evals = {}
+  for item in filter(None, (i.strip() for i in text.split(','))):
+    name, sep, where = item.partition('=')
+    split, _, dataset = where.partition('@')
+    name = name.strip()
+    if not sep or not split.strip():
+      raise errors.BadInput(f'config.evals: {item!r} is not NAME=SPLIT or NAME=SPLIT@DATASET.')
+    if not name.isidentifier() or name in (EVAL, 'train') or name in evals:
+      raise errors.BadInput(f'config.evals: {name!r} cannot name an eval set; use a new word '
+                            f'other than {EVAL!r} and \'train\' (metrics are <name>/...).')
+    evals[name] = (split.strip(), dataset.strip())
+  return evals
 
 
 def check_teacher_files(config: ml_collections.ConfigDict) -> None:
@@ -191,8 +221,18 @@ def create_data(config: ml_collections.ConfigDict) -> Data:
   if cfg.extra_data.dataset:
     extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir)
     input_pipeline.num_examples(extra, cfg.extra_data.split)
+  evals = {}
+  for name, (split, dataset) in parse_evals(config.evals).items():
+    other = input_pipeline.get_builder(dataset, cfg.data_dir) if dataset else builder
+    input_pipeline.num_examples(other, split)
+    for what, get in (('classes', input_pipeline.num_classes),
+                      ('channels', input_pipeline.channels)):
+      if get(other) != get(builder):
+        raise errors.BadInput(f'config.evals: {name} ({dataset}) has {get(other)} {what}, '
+                              f'{cfg.dataset} {get(builder)}; an eval set needs the same.')
+    evals[name] = (other, split)
   return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder), num_train,
-              input_pipeline.class_names(builder), builder, extra)
+              input_pipeline.class_names(builder), builder, extra, evals)
 
 
 def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_lib.Teachers,
@@ -262,15 +302,16 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       eval_step=eval_step, step_kwargs=step_kwargs)
 
 
-def create_run_from_workdir(workdir: str) -> Run:
+def create_run_from_workdir(workdir: str, teacher_params: str = 'abstract') -> Run:
   """The run stored in `workdir` (its config, and what it trained on), for using its student:
-  on any devices (the stored mesh is not used), teachers as shapes only, no dataset needed."""
+  on any devices (the stored mesh is not used), no dataset needed; teachers as shapes only
+  unless `teacher_params` says otherwise."""
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   config.mesh.update(data=-1, fsdp=1)
   info = workdir_lib.read_data(workdir)
   data = (Data(info['num_classes'], info['channels'], info['num_train'],
                tuple(info.get('class_names', ()))) if info else create_data(config))
-  return create_run(config, data=data, teacher_params='abstract')
+  return create_run(config, data=data, teacher_params=teacher_params)
 
 
 def load_student_init(run: Run) -> dict[str, Any]:

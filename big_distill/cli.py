@@ -35,12 +35,14 @@ def fail(message: str, code: int = errors.BAD_INPUT) -> None:
   sys.exit(code)
 
 
-def run(main: Callable[[list[str]], None], *, config: ConfigFlag | None = None) -> None:
-  """`app.run(main)` with the error contract; `config` is the command's config-file flag."""
+def run(main: Callable[[list[str]], None], *, config: ConfigFlag | None = None,
+        positional: bool = False) -> None:
+  """`app.run(main)` with the error contract; `config` is the command's config-file flag;
+  `positional`: the command takes arguments besides its flags (`predict`'s image files)."""
 
   def main_with_contract(argv: list[str]) -> None:
     console.start()
-    if len(argv) > 1:
+    if len(argv) > 1 and not positional:
       fail(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
       main(argv)

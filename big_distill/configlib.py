@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.dataset = 'fashion_mnist'  # Any TFDS name with 'image' and 'label' features.
   c.input.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir.
   c.input.train_split = 'train'
-  c.input.eval_split = 'test'
+  c.input.eval_split = 'test'  # Its metrics are `eval/*`; the best checkpoint is chosen on them.
   c.input.batch_size = 128  # Global, over all devices and processes.
   c.input.eval_batch_size = 1024  # Global; the last batch is padded. Splits over 2^k devices.
   c.input.resolution = 28  # Student input side; teachers may set their own.
@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.extra_data = ml_collections.ConfigDict(dict(
       dataset='', split='train', fraction=0.5,  # Share of every batch taken from the extra data.
       data_dir=ml_collections.FieldReference(None, field_type=str)))
+
+  # More eval sets, evaluated with the eval split and logged as `<name>/*`: comma-separated
+  # NAME=SPLIT (of input.dataset) or NAME=SPLIT@DATASET, e.g.
+  # 'train_eval=train[:1000],holdout=test@imagefolder:/data/holdout'.
+  c.evals = ''
 
   c.student = ml_collections.ConfigDict()  # The model being trained (in both modes).
   c.student.model = 'bit'

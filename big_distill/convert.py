@@ -13,12 +13,10 @@ is read exactly as a teacher or `student.init` would read it (`models.loading`) 
 that reading it back gives the same arrays.
 """
 
-import ast
 import os
 from typing import Any
 
 from absl import flags
-import jax
 import numpy as np
 
 from big_distill import build, checkpoint, cli, errors, models, workdir as workdir_lib
@@ -42,40 +40,6 @@ WRITERS = {  # (family, suffix) -> the layout's arrays from our parameters.
 }
 
 
-def parse_model(text: str) -> dict[str, Any]:
-  """`bit:depth=50,width=1` -> dict(model='bit', depth=50, width=1); values are Python literals
-  where they parse as one (numbers, True), else strings."""
-  if text.startswith(models.TIMM_PREFIX):
-    return dict(model=text)
-  name, _, args = text.partition(':')
-  spec = dict(model=name)
-  for item in filter(None, args.split(',')):
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise errors.BadInput(f'--model={text}: {item!r} is not key=value.')
-    try:
-      spec[key.strip()] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      spec[key.strip()] = value
-  return spec
-
-
-def from_file(path: str, spec: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
-  """(model, family, variables) of a weights file whose architecture `spec` names."""
-  arrays = loading.read_arrays(path)
-  family, kwargs = models.resolve(**spec)
-  classes = next((reader[0](arrays) for (f, _), reader in loading.READERS.items()
-                  if f == family and reader[0](arrays) is not None), None)
-  if classes is None:
-    raise errors.BadInput(f'{path} has no classifier head a {family} model recognises.')
-  model = models.get_model(family, **kwargs, num_classes=classes)
-  side = _RESOLUTION.value or (
-      vit.checkpoint_side(arrays, model.dims()[0]) if family == 'vit' else None) or 224
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            np.zeros((1, side, side, _CHANNELS.value), np.float32))
-  return model, family, loading.load_variables(path, model, abstract)
-
-
 def from_run(path: str) -> tuple[Any, str, dict[str, Any]]:
   """(model, family, variables) of a run's student at `--step`."""
   run = build.create_run_from_workdir(path)
@@ -97,8 +61,12 @@ def main(argv):
     raise errors.BadInput('--model is needed for a weights file (e.g. --model=timm:<name>).')
   if not workdir_lib.path(_INPUT.value).exists():
     raise errors.BadInput(f'--input={_INPUT.value} does not exist.')
-  model, family, variables = (from_run(_INPUT.value) if is_run else
-                              from_file(_INPUT.value, parse_model(_MODEL.value)))
+  if is_run:
+    model, family, variables = from_run(_INPUT.value)
+  else:
+    model, family, variables, _ = loading.model_from_file(
+        _INPUT.value, models.parse_spec(_MODEL.value, '--model'), channels=_CHANNELS.value,
+        resolution=_RESOLUTION.value)
   writer = WRITERS.get((family, suffix))
   if writer is None:
     formats = ', '.join(s for f, s in WRITERS if f == family) or 'none'

@@ -88,7 +88,7 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
     writer.write_scalars(start_step + 1,
                          {'train/compile_seconds': time.perf_counter() - t_compile})
     batches = itertools.chain([batch], batches)
-  eval_ds = run.eval_batches()
+  eval_sets = run.eval_sets()
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=30)
   hooks = [progress]
@@ -126,7 +126,7 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
       if eval_now:
         t_eval = time.time()
         with progress.timed('eval'):
-          eval_results = run.evaluate(state.variables, eval_ds)
+          eval_results = run.evaluate(state.variables, eval_sets)
         writer.write_scalars(step, eval_results)
         t_log += time.time() - t_eval  # Training throughput leaves out the time of eval.
         bar.update(0, eval=f'{checkpoint.best_metric(eval_results):.2%}')
@@ -140,7 +140,7 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
   finally:
     bar.close()
     writer.flush()
-  return eval_results or run.evaluate(state.variables, eval_ds)
+  return eval_results or run.evaluate(state.variables, eval_sets)
 
 
 def _cached_teacher_logits(run: build.Run, workdir: str) -> np.ndarray | None:

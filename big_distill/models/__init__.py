@@ -8,6 +8,7 @@
                                                         # normalisation; other keys override them
 """
 
+import ast
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
@@ -47,6 +48,25 @@ def resolve(model: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
     raise errors.BadInput(f'Unknown model {model!r}; known models: {", ".join(sorted(MODELS))} '
                           f'or {TIMM_PREFIX}<timm name>.')
   return model, kwargs
+
+
+def parse_spec(text: str, flag: str = '--model') -> dict[str, Any]:
+  """A model named on the command line as a config entry: `bit:depth=50,width=1` ->
+  dict(model='bit', depth=50, width=1) (values are Python literals where they parse as one, e.g.
+  numbers and True, else strings); `timm:<name>` -> dict(model='timm:<name>')."""
+  if text.startswith(TIMM_PREFIX):
+    return dict(model=text)
+  name, _, args = text.partition(':')
+  spec = dict(model=name)
+  for item in filter(None, args.split(',')):
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise errors.BadInput(f'{flag}={text}: {item!r} is not key=value.')
+    try:
+      spec[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      spec[key.strip()] = value
+  return spec
 
 
 def get_model(model: str, **kwargs: Any) -> nn.Module:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from etils import epath
 from flax import traverse_util
 import flax.linen as nn
+import jax
 import numpy as np
 
 from big_distill import checkpoint, errors
@@ -62,6 +63,27 @@ def _from_run(path: str, model: nn.Module, abstract: Variables,
   check_classes(f'{path} (step {step})', variables['params']['head']['bias'].shape[0], model)
   check_fits(variables, abstract, f'Checkpoint {path} (step {step})')
   return variables
+
+
+def model_from_file(path: str, spec: Mapping[str, Any], *, channels: int = 3,
+                    resolution: int | None = None) -> tuple[nn.Module, str, Variables, int]:
+  """(model, family, variables, input side) of a weights file whose architecture the config
+  entry `spec` names (`models.parse_spec`), with the class count of the file's head; the side is
+  `resolution`, else a ViT file's own position-embedding grid, else 224."""
+  from big_distill import models  # pylint: disable=g-import-not-at-top  # The registry imports us.
+  check_exists(path, 'The weights file')
+  arrays = read_arrays(path)
+  family, kwargs = models.resolve(**spec)
+  classes = next((reader[0](arrays) for (f, _), reader in READERS.items()
+                  if f == family and reader[0](arrays) is not None), None)
+  if classes is None:
+    raise errors.BadInput(f'{path} has no classifier head a {family} model recognises.')
+  model = models.get_model(family, **kwargs, num_classes=classes)
+  side = resolution or (
+      vit.checkpoint_side(arrays, model.dims()[0]) if family == 'vit' else None) or 224
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            np.zeros((1, side, side, channels), np.float32))
+  return model, family, load_variables(path, model, abstract), side
 
 
 def read_arrays(path: str) -> dict[str, np.ndarray]:

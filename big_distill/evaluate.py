@@ -1,0 +1,134 @@
+r"""Measures a trained classifier on any split of any dataset, as a run's eval sees it.
+
+  python -m big_distill.evaluate --workdir=RUN [--step=best|latest|N] [--split=test] [--teachers]
+  python -m big_distill.evaluate --workdir=RUN --dataset=imagefolder:/data/holdout --split=test
+  python -m big_distill.evaluate --weights=R50x1.npz --model=bit:depth=50,width=1 \
+      --dataset=imagenet2012 --split=validation --resolution=224 --central_crop=0.875
+  python -m big_distill.evaluate --exported=/tmp/student_savedmodel --dataset=fashion_mnist
+
+The model comes from a run, a weights file or an export (`inference`); the dataset and split
+default to the run's eval split. Prints a table and then one JSON line: accuracy, top-5 accuracy,
+expected calibration error (15 equal-width confidence bins) and, with `--teachers` (the run's
+own), the teachers' accuracy, top-1 agreement and KL(teacher || student) at temperature 1 (the
+definitions of the run's own eval, `steps.eval_step`). `--predictions=FILE` also writes each
+example's prediction as a JSON line.
+"""
+
+import json
+
+from absl import flags
+import ml_collections
+import numpy as np
+
+from big_distill import cli, errors, inference, losses, workdir as workdir_lib
+from big_distill.data import input_pipeline
+
+_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name or imagefolder:/path (default: the '
+                               'run\'s).')
+_SPLIT = flags.DEFINE_string('split', None, 'Split, TFDS syntax (default: the run\'s eval split, '
+                             'else test).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: the run\'s).')
+_TEACHERS = flags.DEFINE_bool('teachers', False, 'Also evaluate the run\'s teachers and the '
+                              'student\'s agreement with them.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
+_PREDICTIONS = flags.DEFINE_string('predictions', None, 'Write per-example predictions (JSON '
+                                   'lines: index, label, prediction, probability) here.')
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+  """Sum over equal-width confidence bins of |accuracy - mean confidence| x the bin's share."""
+  confidence, correct = probs.max(-1), probs.argmax(-1) == labels
+  which = np.minimum((confidence * bins).astype(int), bins - 1)
+  return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) *
+                   np.mean(which == b) for b in range(bins) if np.any(which == b)))
+
+
+def metrics(logits: np.ndarray, labels: np.ndarray,
+            teacher_logp: np.ndarray | None = None) -> dict[str, float]:
+  """The evaluation of per-example `logits` against `labels` (and the teachers')."""
+  probs = np.asarray(_softmax(logits))
+  top5 = np.argsort(-logits, -1)[:, :min(5, logits.shape[-1])]
+  out = {'examples': int(len(labels)),
+         'accuracy': float(np.mean(logits.argmax(-1) == labels)),
+         'top5_accuracy': float(np.mean(np.any(top5 == labels[:, None], -1))),
+         'ece': expected_calibration_error(probs, labels)}
+  if teacher_logp is not None:
+    out.update(teacher_accuracy=float(np.mean(teacher_logp.argmax(-1) == labels)),
+               agreement=float(np.mean(losses.agreement(teacher_logp, logits, 1))),
+               kl=float(np.mean(losses.kl_divergence(teacher_logp, logits))))
+  return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def collect(classifier: inference.Classifier, builder, split: str, batch_size: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+  """(index, label, logits, teacher log-probabilities or None) of every example of `split`."""
+  cfg = ml_collections.ConfigDict(dict(**classifier.input, eval_batch_size=batch_size,
+                                       cache=False))
+  parts = []
+  for batch in input_pipeline.eval_batches(cfg, builder, split=split).as_numpy_iterator():
+    real = batch['mask'] == 1
+    images = batch['image']
+    part = [batch['index'][real], batch['label'][real], classifier.logits(images)[real]]
+    if classifier.teacher_logits:
+      part.append(classifier.teacher_logits(images)[real])
+    parts.append(part)
+  columns = [np.concatenate(c) for c in zip(*parts)]
+  return (*columns[:3], columns[3] if len(columns) > 3 else None)
+
+
+def _dataset(classifier: inference.Classifier) -> tuple[str, str, str | None]:
+  run = classifier.config.input if classifier.config else None
+  dataset = _DATASET.value or (run and run.dataset)
+  if not dataset:
+    raise errors.BadInput('--dataset is needed for a model that is not a run\'s.')
+  split = _SPLIT.value or (run.eval_split if run and dataset == run.dataset else 'test')
+  return dataset, split, _DATA_DIR.value or (run and run.data_dir)
+
+
+def main(argv):
+  del argv
+  if _BATCH_SIZE.value < 1:
+    raise errors.BadInput(f'--batch_size={_BATCH_SIZE.value}; use a positive integer.')
+  if _PREDICTIONS.value:
+    output = workdir_lib.path(_PREDICTIONS.value)
+    if output.is_dir():
+      raise errors.BadInput(f'--predictions={_PREDICTIONS.value} is a directory; name a file.')
+    workdir_lib.check_writable(output.parent, '--predictions')
+  classifier = inference.from_flags(teachers=_TEACHERS.value)
+  dataset, split, data_dir = _dataset(classifier)
+  builder = input_pipeline.get_builder(dataset, data_dir)
+  input_pipeline.num_examples(builder, split)
+  for what, want, have in (
+      ('classes', classifier.num_classes, input_pipeline.num_classes(builder)),
+      ('channels', classifier.channels, input_pipeline.channels(builder))):
+    if want != have:
+      raise errors.BadInput(f'{classifier.description} takes {want} {what}; {dataset} has '
+                            f'{have}.')
+  index, labels, logits, teacher_logp = collect(classifier, builder, split, _BATCH_SIZE.value)
+  result = {'model': classifier.description, 'dataset': dataset, 'split': split,
+            **metrics(logits, labels, teacher_logp)}
+  if _PREDICTIONS.value:
+    probs = _softmax(logits)
+    lines = [json.dumps({'index': int(i), 'label': int(l), 'prediction': int(p.argmax()),
+                         'probability': float(p.max())})
+             for i, l, p in zip(index, labels, probs)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text('\n'.join(lines) + '\n')
+  width = max(map(len, result))
+  for key, value in result.items():
+    shown = f'{value:.2%}' if key.endswith(('accuracy', 'agreement')) else (
+        f'{value:.4f}' if isinstance(value, float) else value)
+    print(f'{key:<{width}}  {shown}')
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,125 @@
+"""A trained classifier from any source, as one function of eval-preprocessed images.
+
+Sources (exactly one, from the command-line flags below, shared by `evaluate` and `predict`):
+a run's workdir (its student at `--step`; its teachers too where asked), a weights file
+(BiT/big_vision `.npz`, timm `.safetensors`/`.pth`) with `--model` naming its architecture, or a
+model written by `export` (a SavedModel directory or a `.tflite` file, with its metadata). Every
+source sees images as the run's eval does (`input_pipeline.eval_image` at its resolution and
+central crop); an exported model gets them as the uint8 pixels a deployed app would pass.
+"""
+
+import dataclasses
+from typing import Callable
+
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+from big_distill import build, checkpoint, errors, models, teachers as teachers_lib
+from big_distill.models import loading
+
+Logits = Callable[[np.ndarray], np.ndarray]
+
+WORKDIR = flags.DEFINE_string('workdir', None, 'A run: its student (and teachers, --teachers).')
+STEP = flags.DEFINE_string('step', 'best', 'The run\'s checkpoint: best, latest, or a step.')
+WEIGHTS = flags.DEFINE_string('weights', None, 'A weights file (.npz, .safetensors, .pth); '
+                              '--model names its architecture.')
+MODEL = flags.DEFINE_string('model', None, 'Architecture of --weights: NAME[:k=v,...] or '
+                            'timm:<timm name>.')
+EXPORTED = flags.DEFINE_string('exported', None, 'A SavedModel directory or .tflite file '
+                               'written by big_distill.export.')
+CHANNELS = flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.')
+RESOLUTION = flags.DEFINE_integer('resolution', None, '--weights: input side (default: a ViT '
+                                  'file\'s own grid, else 224).')
+CENTRAL_CROP = flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """`logits(images)`: float32 [batch, R, R, channels] in [-1, 1] (`input_pipeline.eval_image`
+  with `input`) -> [batch, classes]. `teacher_logits`, where asked for and the run has teachers:
+  the same for the teachers' combined prediction (log-probabilities at temperature 1)."""
+  description: str
+  logits: Logits
+  class_names: tuple[str, ...]
+  input: ml_collections.ConfigDict  # resolution and central_crop, as config.input has them.
+  channels: int
+  config: ml_collections.ConfigDict | None = None  # A run's config.
+  teacher_logits: Logits | None = None
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def from_flags(*, teachers: bool = False) -> Classifier:
+  """The classifier the flags name (exactly one source); `teachers` loads a run's teachers."""
+  given = [f.name for f in (WORKDIR, WEIGHTS, EXPORTED) if f.value]
+  if len(given) != 1:
+    raise errors.BadInput('Name one model: --workdir=RUN, --weights=FILE --model=ARCH, or '
+                          f'--exported=PATH (given: {", ".join(given) or "none"}).')
+  if teachers and not WORKDIR.value:
+    raise errors.BadInput('--teachers needs --workdir (a run names its teachers).')
+  if WORKDIR.value:
+    return from_workdir(WORKDIR.value, STEP.value, teachers=teachers)
+  if WEIGHTS.value:
+    if not MODEL.value:
+      raise errors.BadInput('--weights needs --model naming its architecture, e.g. '
+                            '--model=bit:depth=50,width=1 or --model=timm:<name>.')
+    return from_weights(WEIGHTS.value, MODEL.value)
+  return from_export(EXPORTED.value)
+
+
+def _input(resolution: int, central_crop: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(resolution=resolution, central_crop=central_crop))
+
+
+def _names(names: tuple[str, ...] | list[str], count: int) -> tuple[str, ...]:
+  return tuple(names) if len(names) == count else tuple(str(i) for i in range(count))
+
+
+def from_workdir(workdir: str, step: str = 'best', *, teachers: bool = False) -> Classifier:
+  """A run's student at `step` (best, latest or a number), and its teachers if asked for."""
+  run = build.create_run_from_workdir(workdir, teacher_params='load' if teachers else 'abstract')
+  if teachers and not run.distill:
+    raise errors.BadInput(f'--teachers: {workdir} is a supervised run, without teachers.')
+  variables, _, note = checkpoint.read_variables(workdir, step)
+  loading.check_fits(variables, run.abstract_state.variables, f'{workdir} ({note})')
+  student = jax.jit(lambda x: run.student.apply(variables, x))
+  teacher_logits = None
+  if teachers:
+    params = run.teacher_params
+    teacher_logits = jax.jit(lambda x: teachers_lib.combine(run.teachers.logits(params, x), 1.0))
+  cfg = run.config.input
+  return Classifier(
+      f'the student of {note}', lambda x: np.asarray(student(x)),
+      _names(run.data.class_names, run.data.num_classes),
+      _input(cfg.resolution, cfg.central_crop), run.data.channels, run.config,
+      teacher_logits and (lambda x: np.asarray(teacher_logits(x))))
+
+
+def from_weights(path: str, model: str) -> Classifier:
+  """A weights file and its architecture (`models.parse_spec`), at `--resolution`."""
+  net, family, variables, side = loading.model_from_file(
+      path, models.parse_spec(model, '--model'), channels=CHANNELS.value,
+      resolution=RESOLUTION.value)
+  apply = jax.jit(lambda x: net.apply(variables, x))
+  return Classifier(f'the {family} model of {path}', lambda x: np.asarray(apply(x)),
+                    _names((), net.num_classes), _input(side, CENTRAL_CROP.value),
+                    CHANNELS.value)
+
+
+def from_export(path: str) -> Classifier:
+  """A model written by `big_distill.export --format=savedmodel|tflite`."""
+  from big_distill import serving  # pylint: disable=g-import-not-at-top  # TF's converter stack.
+  exported = serving.load(path)
+  meta = exported.metadata
+
+  def logits(images: np.ndarray) -> np.ndarray:
+    pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return exported.logits_from_pixels(pixels)
+
+  return Classifier(f'the exported model {path}', logits,
+                    _names(meta['class_names'], len(meta['class_names'])),
+                    _input(meta['resolution'], meta['central_crop']), meta['channels'])
