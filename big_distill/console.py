@@ -1,6 +1,6 @@
 """What a person sees while a command runs.
 
-On a terminal: a progress bar per stage (tqdm: steps, rate, ETA, and the latest loss and eval as
+On a terminal or in a notebook (Jupyter, Colab): a progress bar per stage (tqdm: steps, rate, ETA, and the latest loss and eval as
 postfix), warnings and errors on stderr, and the full absl log in `WORKDIR/log.txt` once the
 command knows its workdir (`log_to`); records logged before that are kept and written first.
 Without a terminal (CI, a cluster's log) the absl log goes to stderr as always, no bars are drawn,
@@ -15,6 +15,7 @@ from absl import logging
 from etils import epath
 import jax
 import tqdm
+import tqdm.auto
 
 _QUIET = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 # Orbax warnings that say nothing wrong: a save without eval metrics while the best checkpoint is
@@ -48,9 +49,16 @@ class _Buffer(std_logging.Handler):
 _state: dict[str, Any] = {}
 
 
+def in_notebook() -> bool:
+  """Whether this runs in a notebook's kernel (Jupyter's or Colab's IPython shell)."""
+  ipython = sys.modules.get('IPython')
+  shell = ipython.get_ipython() if ipython else None
+  return type(shell).__name__ in ('ZMQInteractiveShell', 'Shell')
+
+
 def interactive() -> bool:
-  """Whether this process draws progress bars: process 0 with stderr on a terminal."""
-  return sys.stderr.isatty() and jax.process_index() == 0
+  """Whether this process draws progress bars: process 0, on a terminal or in a notebook."""
+  return (sys.stderr.isatty() or in_notebook()) and jax.process_index() == 0
 
 
 def start() -> None:
@@ -90,8 +98,9 @@ class Bar:
 
   def __init__(self, stage: str, total: int | None, initial: int = 0, unit: str = 'step',
                leave: bool = True):
-    self._bar = tqdm.tqdm(total=total, initial=initial, desc=stage, unit=unit, leave=leave,
-                          dynamic_ncols=True, file=sys.stderr) if interactive() else None
+    bar = tqdm.auto.tqdm if in_notebook() else tqdm.tqdm  # Widgets where the notebook has them.
+    self._bar = bar(total=total, initial=initial, desc=stage, unit=unit, leave=leave,
+                    dynamic_ncols=True, file=sys.stderr) if interactive() else None
     self._postfix: dict[str, Any] = {}
 
   def update(self, n: int = 1, **postfix: Any) -> None:

@@ -1,6 +1,7 @@
 """notebooks/colab_small_dataset.ipynb runs headless in its tiny setting and draws its curves; its
 install cell, unchanged, installs the checkout it sits in, or asks for REPO_URL."""
 
+from importlib import metadata
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from nbclient import NotebookClient
 from tests.helpers import ROOT
 
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'colab_small_dataset.ipynb')
-PIP = [sys.executable, '-m', 'pip', 'install', '-q', '-e']
+PIP = [sys.executable, '-m', 'pip', 'install', '-q']
 
 
 @pytest.fixture
@@ -37,21 +38,43 @@ def install_cell(monkeypatch):
   return run
 
 
+def _requirement_names(command: list[str]) -> set[str]:
+  return {re.split(r'[<>=!~ ]', r)[0].lower() for r in command[len(PIP):]}
+
+
 def test_install_cell_installs_the_checkout_it_sits_in(install_cell):
-  """Jupyter runs a notebook in its folder: notebooks/ of this checkout. No clone, no REPO_URL."""
+  """Jupyter runs a notebook in its folder: notebooks/ of this checkout. No clone, no REPO_URL;
+  the package without its dependencies, then those the kernel lacks, never its TF or JAX."""
   variables, commands = install_cell(os.path.join(ROOT, 'notebooks'))
-  assert commands == [[*PIP, ROOT]]
+  assert commands[0] == [*PIP, '--no-deps', '-e', ROOT]
+  assert commands[1][:len(PIP)] == PIP
+  names = _requirement_names(commands[1])
+  assert {'flax', 'optax', 'orbax-checkpoint', 'clu'} <= names
+  assert not names & {'tensorflow', 'tensorflow-cpu', 'jax', 'jaxlib', 'pytest', 'torch'}
   assert variables['REPO_DIR'] == ROOT and sys.path[0] == ROOT  # This kernel imports it now.
 
 
-def test_install_cell_without_a_checkout_asks_for_repo_url(install_cell, tmp_path):
-  with pytest.raises(RuntimeError, match='set REPO_URL in the first code cell') as error:
+def test_install_cell_on_colab_keeps_its_tensorflow_and_jax(install_cell, tmp_path, monkeypatch):
+  """Without a checkout: asks for REPO_URL or WHEEL; installs from either; where the kernel has
+  no TensorFlow or JAX of its own (unlike Colab), they are installed too."""
+  with pytest.raises(RuntimeError, match='set REPO_URL .* or WHEEL') as error:
     install_cell(str(tmp_path))
   assert '\n' not in str(error.value)
-  clone = str(tmp_path / 'clone')
-  _, commands = install_cell(str(tmp_path), f'REPO_URL, REPO_DIR = "https://x/bd.git", {clone!r}')
-  assert commands == [['git', 'clone', '-q', '--depth=1', 'https://x/bd.git', clone],
-                      [*PIP, clone]]
+  _, commands = install_cell(str(tmp_path), 'REPO_URL = "https://x/bd.git"')
+  assert commands[0] == [*PIP, '--no-deps', 'big_distill @ git+https://x/bd.git']
+  assert not _requirement_names(commands[1]) & {'tensorflow', 'tensorflow-cpu', 'jax'}
+  commands.clear()
+  real_version = metadata.version
+
+  def version(name):
+    if name.startswith(('tensorflow', 'tf-', 'jax')):
+      raise metadata.PackageNotFoundError(name)
+    return real_version(name)
+
+  monkeypatch.setattr(metadata, 'version', version)
+  _, commands = install_cell(str(tmp_path), 'WHEEL = "/content/big_distill-0.1.0.whl"')
+  assert commands[0] == [*PIP, '--no-deps', '/content/big_distill-0.1.0.whl']
+  assert {'jax', 'tensorflow-cpu'} <= _requirement_names(commands[1])
 
 
 def test_notebook_distils_and_plots(tmp_path, monkeypatch, fmnist_builder):
@@ -72,6 +95,8 @@ def test_notebook_distils_and_plots(tmp_path, monkeypatch, fmnist_builder):
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
   stdout = ''.join(o.text for o in outputs if o.output_type == 'stream' and o.name == 'stdout')
   assert f'kernel: {sys.executable}' in stdout
+  stderr = ''.join(o.text for o in outputs if o.output_type == 'stream' and o.name == 'stderr')
+  assert re.search(r'train: .*10/10', stderr), 'no progress bar'  # Text bars: no ipywidgets.
   assert sum('image/png' in o.get('data', {}) for o in outputs) == 2  # Teacher, student.
   for name in ('teacher test accuracy', 'student test accuracy', 'top-1 agreement'):
     value = float(re.search(rf'{name}[^:]*: ([\d.]+)%', stdout).group(1))
