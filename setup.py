@@ -28,6 +28,7 @@ setup(
         'absl-py',
         'tqdm',  # Progress bars on a terminal.
         'safetensors',  # timm's weight files, read without torch.
+        'ai-edge-litert>=1.2,<3',  # The TFLite interpreter (serving.load); tf.lite's is deprecated.
         'numpy',
         'matplotlib',
     ],

@@ -1,0 +1,258 @@
+r"""A run's student for deployment: TF SavedModel and TFLite files, their metadata, and loading
+them back for inference.
+
+  module = serving.StudentModule(run, variables)   # the tf.Module of the student's forward pass
+  serving.save(run, variables, 'student_savedmodel', 'savedmodel', checkpoint=...)
+  serving.save(run, variables, 'student.tflite', 'tflite', int8=True, checkpoint=...)
+  exported = serving.load('student.tflite')        # either format
+  logits = exported.logits_from_pixels(images)     # uint8 [b, R, R, C] -> float32 [b, classes]
+
+Why jax2tf: it serialises the student's own JAX computation (StableHLO inside TF's
+`XlaCallModule`), so the exported model computes what the run evaluated, with no second
+implementation of the architecture to keep in step; TF Serving, TF's C API and the TFLite
+converter all read the result. The batch dimension is symbolic (`polymorphic_shapes`): one
+model for every batch size. The forward pass is `jax.vmap`ped over single images, so that every
+shape inside the model is static: with a symbolic batch, jnp's strided slices (BiT's strided 1x1
+convolutions) lower to dynamic gathers, which the TFLite converter refuses.
+
+A SavedModel has three signatures, each with outputs `logits` and `probabilities` (float32
+[batch, classes]), all computing exactly what the run's eval computes:
+
+- `serving_default(images)`: encoded images (tf.string [batch], PNG or JPEG), decoded to the run's
+  channels and preprocessed per image by `input_pipeline.eval_image`, the eval pipeline's own TF
+  code (short side resized to resolution / central_crop, centre crop, scaled to [-1, 1]).
+- `pixels(images)`: uint8 [batch, height, width, channels] of any size, the same preprocessing.
+- `pixels_at_resolution(images)`: uint8 [batch, R, R, channels] already at the run's resolution;
+  only scaled to [-1, 1].
+
+A TFLite file is the `pixels_at_resolution` signature converted with TFLite's builtin ops, in
+float32, or with `int8=True` with dynamic-range quantisation (int8 weights, float activations).
+Metadata (`METADATA` inside a SavedModel directory, `<file>.json` beside a TFLite file) names the
+classes, the input, the preprocessing, the signatures and the checkpoint exported.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+from ai_edge_litert import interpreter as litert
+from etils import epath
+import jax
+from jax.experimental import jax2tf
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from big_distill import build, errors, workdir as workdir_lib
+from big_distill.data import input_pipeline
+
+METADATA = 'big_distill.json'  # Inside a SavedModel directory.
+FORMATS = ('savedmodel', 'tflite')
+OUTPUTS = {'logits': 'float32 [batch, classes]: the student\'s logits',
+           'probabilities': 'float32 [batch, classes]: their softmax'}
+# The platforms a SavedModel runs on; a TFLite file is converted from a CPU lowering.
+SAVEDMODEL_PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+def metadata_path(path: str | os.PathLike, fmt: str) -> epath.Path:
+  """Where the metadata of an exported model at `path` is: inside a SavedModel, beside a file."""
+  p = epath.Path(path)
+  return p / METADATA if fmt == 'savedmodel' else p.parent / f'{p.name}.json'
+
+
+def signatures(resolution: int, channels: int) -> dict[str, str]:
+  """The SavedModel's signatures and their input, in words."""
+  return {
+      'serving_default': 'images: tf.string [batch], PNG or JPEG files, decoded to '
+                         f'{channels} channel(s) and preprocessed as in eval',
+      'pixels': f'images: uint8 [batch, height, width, {channels}], any size, preprocessed as '
+                'in eval',
+      'pixels_at_resolution': f'images: uint8 [batch, {resolution}, {resolution}, {channels}], '
+                              'only scaled to [-1, 1]',
+  }
+
+
+def preprocessing(cfg: ml_collections.ConfigDict) -> str:
+  """The eval preprocessing of `config.input` (`input_pipeline.eval_image`), in words."""
+  side = cfg.resolution / cfg.central_crop
+  return (f'uint8 pixels; the short side resized to {side:g} px (bilinear, antialiased), the '
+          f'centre {cfg.resolution}x{cfg.resolution} cropped, scaled to [-1, 1] as x / 127.5 - 1 '
+          '(the model normalises inside)')
+
+
+def _to_float(images: tf.Tensor) -> tf.Tensor:
+  """uint8 -> float32 in [-1, 1], as `input_pipeline.eval_image` scales."""
+  return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+class StudentModule(tf.Module):
+  """A run's student with its variables (tf.Variables), as the three signatures above."""
+
+  def __init__(self, run: build.Run, variables: dict[str, Any],
+               platforms: tuple[str, ...] = SAVEDMODEL_PLATFORMS):
+    super().__init__()
+    cfg = run.config.input
+    side, channels = cfg.resolution, run.data.channels
+    self._variables = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), variables)
+
+    def forward(v: dict[str, Any], images: jax.Array) -> jax.Array:
+      one = lambda image: run.student.apply(v, image[None], train=False)[0]
+      return jax.vmap(one)(images)
+
+    self._forward = jax2tf.convert(forward, polymorphic_shapes=[None, '(b, ...)'],
+                                   with_gradient=False, native_serialization_platforms=platforms)
+    image_spec = tf.TensorSpec([side, side, channels], tf.float32)
+
+    def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
+      logits = self._forward(self._variables, images)
+      return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+
+    def preprocess(image: tf.Tensor) -> tf.Tensor:
+      return input_pipeline.eval_image(image, cfg)
+
+    def decode(encoded: tf.Tensor) -> tf.Tensor:
+      image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+      return preprocess(image)
+
+    self.serving_default = tf.function(
+        lambda images: outputs(tf.map_fn(decode, images, fn_output_signature=image_spec)),
+        input_signature=[tf.TensorSpec([None], tf.string, name='images')], autograph=False)
+    self.pixels = tf.function(
+        lambda images: outputs(tf.map_fn(preprocess, images, fn_output_signature=image_spec)),
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name='images')],
+        autograph=False)
+    self.pixels_at_resolution = tf.function(
+        lambda images: outputs(_to_float(images)),
+        input_signature=[tf.TensorSpec([None, side, side, channels], tf.uint8, name='images')],
+        autograph=False)
+
+  def save(self, path: str | os.PathLike) -> None:
+    tf.saved_model.save(self, os.fspath(path), signatures={
+        name: getattr(self, name) for name in ('serving_default', 'pixels',
+                                               'pixels_at_resolution')})
+
+
+def metadata(run: build.Run, fmt: str, *, int8: bool, checkpoint: dict[str, Any]
+             ) -> dict[str, Any]:
+  """What a deployment needs to know besides the model; `checkpoint`: its workdir, step, note."""
+  cfg = run.config.input
+  names = list(run.data.class_names) or [str(i) for i in range(run.data.num_classes)]
+  sigs = signatures(cfg.resolution, run.data.channels)
+  return {
+      'format': fmt,
+      'quantization': 'dynamic_range_int8' if int8 else 'none',
+      'model': {k: v for k, v in run.config.student.items() if k != 'init'},
+      'num_classes': run.data.num_classes,
+      'class_names': names,
+      'resolution': cfg.resolution,
+      'central_crop': cfg.central_crop,
+      'channels': run.data.channels,
+      'preprocessing': preprocessing(cfg),
+      'signatures': sigs if fmt == 'savedmodel' else {
+          'pixels_at_resolution': sigs['pixels_at_resolution']},
+      'outputs': OUTPUTS,
+      'checkpoint': checkpoint,
+  }
+
+
+def tflite_bytes(saved_model: str | os.PathLike, int8: bool) -> bytes:
+  """The `pixels_at_resolution` signature of a SavedModel as a TFLite flatbuffer."""
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      os.fspath(saved_model), signature_keys=['pixels_at_resolution'])
+  if int8:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  return converter.convert()
+
+
+def save(run: build.Run, variables: dict[str, Any], path: str | os.PathLike, fmt: str, *,
+         checkpoint: dict[str, Any], int8: bool = False) -> epath.Path:
+  """Writes the student as `fmt` (a SavedModel directory or a TFLite file) at `path` and its
+  metadata (`metadata_path`); returns the metadata's path. The caller checks `path` first."""
+  if fmt not in FORMATS or (int8 and fmt != 'tflite'):
+    raise ValueError(f'format {fmt!r}, int8={int8}: use one of {FORMATS}, int8 for tflite only.')
+  info = metadata(run, fmt, int8=int8, checkpoint=checkpoint)
+  out = workdir_lib.path(path)
+  if fmt == 'savedmodel':
+    StudentModule(run, variables).save(out)
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      StudentModule(run, variables, platforms=('cpu',)).save(tmp)
+      flatbuffer = tflite_bytes(tmp, int8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(flatbuffer)
+  meta = metadata_path(out, fmt)
+  meta.write_text(json.dumps(info, indent=2))
+  return meta
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+  """An exported student loaded for inference (`load`): `metadata` is its JSON metadata."""
+  path: str
+  format: str  # One of `FORMATS`.
+  metadata: dict[str, Any]
+  _pixels: Callable[[np.ndarray], np.ndarray]
+  _encoded: Callable[[list[bytes]], np.ndarray] | None  # SavedModels only.
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    side = self.metadata['resolution']
+    return (side, side, self.metadata['channels'])
+
+  def logits_from_pixels(self, images: np.ndarray) -> np.ndarray:
+    """float32 [b, classes] logits of uint8 [b, R, R, C] images already at the resolution
+    (`pixels_at_resolution` makes them from any image)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.shape[1:] != self.input_shape:
+      raise errors.BadInput(f'{self.path} takes uint8 images of shape [batch, '
+                            f'{", ".join(map(str, self.input_shape))}], not {images.dtype} '
+                            f'{list(images.shape)}; serving.pixels_at_resolution resizes them.')
+    return self._pixels(images)
+
+  def logits_from_encoded(self, images: list[bytes]) -> np.ndarray:
+    """float32 [b, classes] logits of encoded images (PNG or JPEG file contents) of any size,
+    preprocessed as the run's eval preprocesses; SavedModels only."""
+    if self._encoded is None:
+      raise errors.BadInput(f'{self.path} is a {self.format} model, which takes pixels at its '
+                            'resolution: decode the images and use logits_from_pixels '
+                            '(serving.pixels_at_resolution resizes them).')
+    return self._encoded(list(images))
+
+
+def load(path: str | os.PathLike, num_threads: int | None = None) -> Exported:
+  """An exported student (a SavedModel directory or a TFLite file) with its metadata.
+  `num_threads`: the TFLite interpreter's (LiteRT's `ai_edge_litert`, the successor of
+  `tf.lite.Interpreter`, the same outputs bit for bit; None: its default)."""
+  p = workdir_lib.path(path)
+  fmt = 'savedmodel' if p.is_dir() else 'tflite'
+  meta = metadata_path(p, fmt)
+  if not p.exists() or not meta.exists():
+    raise errors.BadInput(f'{path} is not a model written by big_distill.export (no {meta}).')
+  info = json.loads(meta.read_text())
+  if fmt == 'savedmodel':
+    model = tf.saved_model.load(os.fspath(p))
+    at_resolution, encoded = model.signatures['pixels_at_resolution'], model.signatures[
+        'serving_default']
+    return Exported(
+        os.fspath(path), fmt, info,
+        lambda x: at_resolution(images=tf.constant(x))['logits'].numpy(),
+        lambda x: encoded(images=tf.constant(x, tf.string))['logits'].numpy())
+  runner = litert.Interpreter(model_path=os.fspath(p), num_threads=num_threads
+                              ).get_signature_runner('pixels_at_resolution')
+  return Exported(os.fspath(path), fmt, info, lambda x: runner(images=x)['logits'], None)
+
+
+def pixels_at_resolution(image: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:
+  """uint8 [R, R, C] of a uint8 [height, width, C] image: the eval resize and centre crop of the
+  exported model's metadata (in TF, as `input_pipeline.eval_image`), rounded to uint8."""
+  image = np.asarray(image)
+  channels = metadata['channels']
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != channels:
+    raise errors.BadInput(f'Expected a uint8 [height, width, {channels}] image, not '
+                          f'{image.dtype} {list(image.shape)}.')
+  cfg = ml_collections.ConfigDict(dict(resolution=metadata['resolution'],
+                                       central_crop=metadata['central_crop']))
+  scaled = input_pipeline.eval_image(tf.constant(image), cfg).numpy()
+  return np.clip(np.round((scaled + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,174 @@
+"""`big_distill.export` to SavedModel and TFLite (`serving`): the exported models compute the
+run's logits, read back by plain TensorFlow in a fresh process; bad input writes nothing."""
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from big_distill import build, checkpoint, errors, serving
+from big_distill.data import input_pipeline
+from tests.helpers import command, error_lines, run, snapshot
+
+# What a deployment runs: only TensorFlow (no big_distill) reads the SavedModel.
+PLAIN_TF = '''
+import sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+files = [tf.io.read_file(f'{sys.argv[2]}/{i}.png') for i in range(7)]
+pixels = np.load(f'{sys.argv[2]}/pixels.npy')
+other = np.load(f'{sys.argv[2]}/other_size.npy')
+outputs = {
+    'encoded': model.signatures['serving_default'](images=tf.stack(files)),
+    'pixels': model.signatures['pixels'](images=tf.constant(pixels)),
+    'other_size': model.signatures['pixels'](images=tf.constant(other)),
+}
+assert not any(m.startswith('big_distill') for m in sys.modules)
+np.savez(f'{sys.argv[2]}/out.npz', **{f'{k}_{o}': v[o].numpy() for k, v in outputs.items()
+                                      for o in ('logits', 'probabilities')})
+'''
+
+
+def _export(workdir: str, output: str, *args: str) -> subprocess.CompletedProcess:
+  return run(command('big_distill.export', f'--workdir={workdir}', f'--output={output}', *args))
+
+
+@pytest.fixture(scope='module')
+def exported(teacher_run, fmnist_builder, tmp_path_factory):
+  """The tiny run's student as a SavedModel, a float32 TFLite and an int8 TFLite file (the real
+  command, two at a time), with 7 eval images and the JAX model's logits on them."""
+  out = tmp_path_factory.mktemp('exported')
+  paths = {'savedmodel': str(out / 'student'), 'tflite': str(out / 'student.tflite'),
+           'int8': str(out / 'student_int8.tflite')}
+  flags_ = {'savedmodel': ['--format=savedmodel'], 'tflite': ['--format=tflite'],
+            'int8': ['--format=tflite', '--int8']}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    procs = dict(zip(paths, pool.map(lambda k: _export(teacher_run, paths[k], *flags_[k]),
+                                     paths)))
+  state = build.create_run_from_workdir(teacher_run)
+  variables, step, _ = checkpoint.read_variables(teacher_run, 'best')
+  cfg = state.config.input
+  raw = next(fmnist_builder.as_dataset(
+      split=cfg.eval_split, shuffle_files=False).batch(7).as_numpy_iterator())
+  pixels = raw['image']
+  # Another size (not square, not the resolution): resized and cropped inside the model.
+  other = tf.cast(tf.round(tf.image.resize(pixels, (36, 30))), tf.uint8).numpy()
+  forward = jax.jit(lambda images: state.student.apply(variables, images, train=False))
+  eval_images = lambda images: np.stack([input_pipeline.eval_image(i, cfg) for i in images])
+  return dict(paths=paths, procs=procs, step=step, pixels=pixels, other_size=other,
+              labels=raw['label'], logits=np.asarray(forward(eval_images(pixels))),
+              other_logits=np.asarray(forward(eval_images(other))), run=state)
+
+
+def test_command_says_what_it_wrote(exported):
+  for name, proc in exported['procs'].items():
+    path = exported['paths'][name]
+    assert proc.stdout.startswith(f'Wrote the student of the latest checkpoint, step 10 to {path} ')
+    metadata = json.loads(serving.metadata_path(path, 'savedmodel' if name == 'savedmodel' else
+                                                'tflite').read_text())
+    assert metadata['checkpoint']['step'] == exported['step'] == 10
+    assert metadata['class_names'][:2] == ['T-shirt/top', 'Trouser']
+    assert (metadata['resolution'], metadata['channels'], metadata['central_crop']) == (28, 1, 1.0)
+    assert metadata['quantization'] == ('dynamic_range_int8' if name == 'int8' else 'none')
+    assert set(metadata['signatures']) == ({'serving_default', 'pixels', 'pixels_at_resolution'}
+                                           if name == 'savedmodel' else {'pixels_at_resolution'})
+
+
+def test_savedmodel_in_plain_tensorflow_computes_the_runs_logits(exported, tmp_path):
+  for i, image in enumerate(exported['pixels']):
+    tf.io.write_file(str(tmp_path / f'{i}.png'), tf.io.encode_png(image))
+  np.save(tmp_path / 'pixels.npy', exported['pixels'])
+  np.save(tmp_path / 'other_size.npy', exported['other_size'])
+  run([sys.executable, '-c', PLAIN_TF, exported['paths']['savedmodel'], str(tmp_path)])
+  out = dict(np.load(tmp_path / 'out.npz'))
+  want = exported['logits']
+  for key in ('encoded', 'pixels'):
+    np.testing.assert_allclose(out[f'{key}_logits'], want, rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(out[f'{key}_probabilities'], tf.nn.softmax(want), rtol=1e-4,
+                               atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(out['other_size_logits'], exported['other_logits'], rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_load_runs_both_formats_at_batch_1_and_7(exported):
+  want = exported['logits']
+  saved = serving.load(exported['paths']['savedmodel'])
+  lite = serving.load(exported['paths']['tflite'])
+  images = exported['pixels']
+  for model, tolerance in ((saved, 1e-4), (lite, 1e-3)):
+    np.testing.assert_allclose(model.logits_from_pixels(images), want, rtol=tolerance,
+                               atol=tolerance / 10, err_msg=model.format)
+    np.testing.assert_allclose(model.logits_from_pixels(images[:1]), want[:1], rtol=tolerance,
+                               atol=tolerance / 10, err_msg=model.format)
+  encoded = [tf.io.encode_png(i).numpy() for i in images]
+  np.testing.assert_allclose(saved.logits_from_encoded(encoded), want, rtol=1e-4, atol=1e-5)
+  with pytest.raises(errors.BadInput, match='takes pixels at its resolution'):
+    lite.logits_from_encoded(encoded)
+  with pytest.raises(errors.BadInput, match=r'uint8 images of shape \[batch, 28, 28, 1\]'):
+    lite.logits_from_pixels(exported['other_size'])
+  # An image of another size, brought to the resolution as the eval does, then rounded.
+  resized = np.stack([serving.pixels_at_resolution(i, lite.metadata)
+                      for i in exported['other_size']])
+  np.testing.assert_allclose(lite.logits_from_pixels(resized), exported['other_logits'],
+                             atol=0.05 * np.abs(want).max())
+  np.testing.assert_array_equal(serving.pixels_at_resolution(images[0], lite.metadata), images[0])
+
+
+def test_int8_tflite_is_smaller_and_close(exported):
+  float_size = os.path.getsize(exported['paths']['tflite'])
+  assert os.path.getsize(exported['paths']['int8']) < 0.4 * float_size
+  logits = serving.load(exported['paths']['int8']).logits_from_pixels(exported['pixels'])
+  want = exported['logits']  # A 10-step run's logits are close together: argmax may differ.
+  np.testing.assert_allclose(logits, want, atol=0.1 * np.abs(want).max())
+  assert np.mean(logits.argmax(-1) == want.argmax(-1)) >= 5 / 7
+
+
+def test_bad_input_one_line_and_nothing_written(teacher_run, tmp_path):
+  d = tmp_path
+  (d / 'full').mkdir()
+  (d / 'full' / 'x').write_text('x')
+  (d / 'a_dir.tflite').mkdir()
+  mobilenet = d / 'mobilenet_run'
+  mobilenet.mkdir()
+  with open(os.path.join(teacher_run, 'config.json')) as f:
+    config = json.load(f)
+  config['student'] = dict(model='mobilenet_v3', variant='small', width=0.5, init='')
+  (mobilenet / 'config.json').write_text(json.dumps(config))
+  shutil.copy(os.path.join(teacher_run, 'data.json'), mobilenet / 'data.json')
+  new = str(d / 'new' / 'student')
+  cases = [  # (flags, output, the error)
+      (['--format=onnx'], new, '--format=onnx; use one of npz, savedmodel, tflite.'),
+      (['--format=savedmodel', '--int8'], new,
+       '--int8 quantises a TFLite export; add --format=tflite (not savedmodel).'),
+      (['--format=savedmodel'], str(d / 'full'),
+       f'--output={d}/full exists; a SavedModel is written into a new or empty directory.'),
+      (['--format=tflite'], str(d / 'a_dir.tflite'),
+       f'--output={d}/a_dir.tflite is a directory; name the .tflite file to write.'),
+      (['--format=tflite', f'--workdir={d}/no_run'], new,
+       f'{d}/no_run holds no big_distill run (no config.json).'),
+      (['--format=npz', f'--workdir={mobilenet}'], new,
+       '--format=npz: a mobilenet_v3 student has no .npz layout; use --format=savedmodel or '
+       '--format=tflite.'),
+  ]
+  before = snapshot(str(d)), snapshot(teacher_run)
+
+  def attempt(case):
+    flags_, output, _ = case
+    workdir = [] if any(f.startswith('--workdir') for f in flags_) else [f'--workdir={teacher_run}']
+    return run(command('big_distill.export', *workdir, f'--output={output}', *flags_),
+               check=False)
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    procs = list(pool.map(attempt, cases))
+  for (flags_, _, expected), proc in zip(cases, procs):
+    assert proc.returncode == errors.BAD_INPUT, (flags_, proc.stderr[-2000:])
+    assert error_lines(proc.stderr) == [f'big_distill: error: {expected}'], flags_
+  assert (snapshot(str(d)), snapshot(teacher_run)) == before
