@@ -115,3 +115,46 @@ def test_restore_puts_the_state_back_split_over_fsdp(tmp_path):
     assert specs[f"{prefix}['bias']"] == [str(P('fsdp'))] * 2 + [[4]]
     assert specs[f"{prefix}['odd']"] == [str(P())] * 2 + [[5]]
   assert specs['.step'][:2] == [str(P())] * 2
+
+
+FAMILIES_UNDER_FSDP = r'''
+import json, jax, numpy as np
+import ml_collections
+from big_distill import build
+from tests.helpers import get_config
+out = {}
+for student, teacher in (('mobilenet_v3', dict(model='vit', patch_size=8, width=32, depth=2,
+                                                num_heads=2, mlp_dim=64)),):
+  losses = {}
+  for fsdp in (1, 2):
+    config = get_config('fashion_mnist_funmatch.py', f'runlocal=True,student={student}')
+    config.teachers[0] = ml_collections.ConfigDict({**teacher, 'checkpoint': '', 'resolution': None})
+    config.input.resolution = 32
+    config.optimizer.name = 'sgd'
+    config.mesh.fsdp = fsdp
+    run = build.create_run(config, data=build.Data(10, 1, 64), teacher_params='random')
+    state = run.init_state(jax.random.PRNGKey(0))
+    split = {'fsdp' in str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params)}
+    teacher_split = {'fsdp' in str(x.sharding.spec)
+                     for x in jax.tree_util.tree_leaves(run.teacher_params)}
+    rng = np.random.default_rng(0)
+    losses[fsdp] = []
+    for step in range(3):
+      batch = {'image': rng.uniform(-1, 1, (32, 32, 32, 1)).astype(np.float32),
+               'label': rng.integers(0, 10, 32).astype(np.int32)}
+      state, metrics = run.train_step(state, run.teacher_params, batch, jax.random.PRNGKey(step))
+      losses[fsdp].append(float(metrics['loss']))
+    out[f'{student}_{fsdp}'] = dict(losses=losses[fsdp], split=sorted(split),
+                                    teacher_split=sorted(teacher_split))
+print(json.dumps(out))
+'''
+
+
+def test_mobilenet_student_and_vit_teacher_train_alike_split_over_fsdp():
+  """A MobileNetV3 student (with BatchNorm) and a ViT teacher, split over fsdp=2 of 4 devices,
+  take the replicated run's steps (BiT is `test_fsdp_run_matches_the_replicated_run`)."""
+  out = json.loads(run([sys.executable, '-c', FAMILIES_UNDER_FSDP], devices=4).stdout)
+  replicated, split = out['mobilenet_v3_1'], out['mobilenet_v3_2']
+  assert replicated['split'] == replicated['teacher_split'] == [False]
+  assert True in split['split'] and True in split['teacher_split']
+  np.testing.assert_allclose(split['losses'], replicated['losses'], rtol=1e-5)
