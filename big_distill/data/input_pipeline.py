@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import errors, variants
-from big_distill.data import offline
+from big_distill.data import folders, offline
 
 Batch = dict[str, np.ndarray]
 AUGMENTATIONS = ('crop_flip', 'inception_crop', 'none')
@@ -43,10 +43,14 @@ def check_input(cfg: ml_collections.ConfigDict) -> None:
                           f'input.data_shards={slices}.')
 
 
-def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def get_builder(name: str, data_dir: str | None = None, *,
+                labels: bool = True) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder of `name`; prepares it (offline where possible) on first use, once
   even when several processes of a host start together (TFDS's own preparation would fail in all
-  but the first to finish)."""
+  but the first to finish). `imagefolder:/path` is a folder of images (`folders`): split and class
+  folders, or with `labels=False` (extra data, whose labels are not used) unlabelled images."""
+  if folders.is_folder(name):
+    return folders.get_builder(name, data_dir, labels=labels)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
