@@ -2,13 +2,21 @@ r"""Tables and plots of finished (or running) runs, from their workdirs.
 
   python -m big_distill.report --workdirs=DIR1,DIR2,... --output=OUTDIR [--labels=A,B,...]
 
-Reads each workdir's `config.json` and `metrics.jsonl` and writes to OUTDIR, for each dataset:
-- `results.md`: the final student accuracy and top-1 agreement with the teacher per variant
-  (rows) and schedule length (columns), the teacher's accuracy, and one line per run;
-- `accuracy_<dataset>.png`: student accuracy against epochs, one colour per variant: every run's
-  eval curve (thin) and the final accuracy of each schedule length (markers on a line), the
-  teacher's accuracy dashed;
-- `agreement_<dataset>.png`: final top-1 agreement against final student accuracy, one point
+Reads each workdir's `config.json` and `metrics.jsonl` and writes to OUTDIR, for each section
+(a dataset, and the training split where it is not the whole `train` split, e.g. `train[:1000]`):
+- `results.md`: the final student accuracy and top-1 agreement with the teacher per setup
+  (rows: the variant, with the optimizer where it is not Adam) and schedule length (columns),
+  mean ± half the range over the runs of a cell (seeds); the teacher's accuracy; the supervised
+  baseline (the best schedule of the supervised runs, trained from scratch on the same split) and
+  the share of the teacher's lead over it that each student recovers; one line per run;
+- `accuracy_<section>.png`: student accuracy against epochs, one colour per setup: every run's
+  eval curve (thin) and each schedule length's final accuracy (markers on a line, min-max error
+  bars over seeds), the teacher's accuracy dashed, the supervised baseline dotted;
+- `teacher_fit_<section>.png`: top-1 agreement and KL with the teacher against epochs, on the eval
+  split and, next to it, on the run's own training examples where the runs evaluate them
+  (`train_eval/*`: `config.evals='train_eval=<train split>'`): agreement on the training examples
+  that keeps rising while that on the eval split stalls is overfitting to the teacher;
+- `agreement_<section>.png`: final top-1 agreement against final student accuracy, one point
   per distillation run.
 
 Supervised runs (`eval/accuracy`) count as the variant `supervised`. Epochs are
@@ -19,6 +27,7 @@ without either, lengths and x axes are in steps.
 
 import dataclasses
 import os
+import re
 
 from absl import flags
 import matplotlib
@@ -30,6 +39,8 @@ from big_distill import cli, errors, variants, workdir as workdir_lib
 STUDENT_KEYS = ('eval/student_accuracy', 'eval/accuracy')
 AGREEMENT = 'eval/agreement_top1'
 TEACHER = 'eval/teacher_accuracy'
+TRAIN_EVAL = 'train_eval'  # The metrics prefix of a run's eval on its own training examples.
+SUPERVISED = 'supervised'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +57,29 @@ class Run:
     return self.config.get('input', {}).get('dataset', '?')
 
   @property
+  def section(self) -> str:
+    """The dataset, and the training split where it is not all of `train`."""
+    split = self.config.get('input', {}).get('train_split', 'train')
+    return self.dataset if split == 'train' else f'{self.dataset}, {split}'
+
+  @property
   def variant(self) -> str:
     if self.config.get('mode') == 'supervised':
-      return 'supervised'
+      return SUPERVISED
     return self.config.get('variant', 'funmatch')
+
+  @property
+  def optimizer(self) -> str:
+    return self.config.get('optimizer', {}).get('name', 'adam')
+
+  @property
+  def setup(self) -> str:
+    """The variant, with the optimizer where it is not Adam: 'funmatch (shampoo)'."""
+    return self.variant if self.optimizer == 'adam' else f'{self.variant} ({self.optimizer})'
+
+  @property
+  def seed(self) -> int:
+    return self.config.get('seed', 0)
 
   @property
   def student_key(self) -> str:
@@ -65,6 +95,12 @@ class Run:
     if self.config.get('total_steps'):
       return self.config['total_steps'] / self.steps_per_epoch if self.steps_per_epoch else None
     return self.config.get('total_epochs')
+
+  def x_length(self, in_epochs: bool) -> float:
+    """The schedule's length on an x axis in epochs or steps."""
+    if in_epochs and self.epochs is not None:
+      return self.epochs
+    return self.config.get('total_steps') or self.last_step
 
   @property
   def length(self) -> str:
@@ -122,8 +158,22 @@ def _percent(value: float | None) -> str:
   return '—' if value is None else f'{100 * value:.2f}%'
 
 
-def _mean(values: list[float | None]) -> float | None:
-  values = [v for v in values if v is not None]
+def _spread(values: list[float]) -> str:
+  """'71.00%', or '71.00 ± 1.00%' (mean ± half the range) for several values; '—' for none."""
+  if not values:
+    return '—'
+  if len(values) == 1:
+    return _percent(values[0])
+  return f'{100 * np.mean(values):.2f} ± {50 * (max(values) - min(values)):.2f}%'
+
+
+def _finals(runs: list[Run], key: str | None = None) -> list[float]:
+  """The final value of `key` (default: the student's accuracy) of each run that has one."""
+  values = [r.final(key or r.student_key) for r in runs]
+  return [v for v in values if v is not None]
+
+
+def _mean(values: list[float]) -> float | None:
   return float(np.mean(values)) if values else None
 
 
@@ -131,42 +181,83 @@ def _sort_key(run: Run) -> tuple:
   return (run.epochs is None, run.epochs or 0, run.config.get('total_steps') or run.last_step)
 
 
-def _by_dataset(runs: list[Run]) -> dict[str, list[Run]]:
+def _by_section(runs: list[Run]) -> dict[str, list[Run]]:
   groups = {}
   for run in runs:
-    groups.setdefault(run.dataset, []).append(run)
+    groups.setdefault(run.section, []).append(run)
   return groups
 
 
-def _variants(runs: list[Run]) -> list[str]:
-  """The runs' variants in the paper's order, then any others, then 'supervised'."""
+def _by_length(runs: list[Run]) -> dict[str, list[Run]]:
+  """The runs grouped by schedule length, shortest first."""
+  groups = {}
+  for run in sorted(runs, key=_sort_key):
+    groups.setdefault(run.length, []).append(run)
+  return groups
+
+
+def _setups(runs: list[Run]) -> list[str]:
+  """The runs' setups in the paper's order of variants (Adam before other optimizers), then any
+  others, then the supervised ones."""
   order = variants.NAMES
-  return sorted({r.variant for r in runs}, key=lambda v: (
-      v == 'supervised', order.index(v) if v in order else len(order), v))
+  first = {}
+  for r in runs:
+    first.setdefault(r.setup, r)
+  return sorted(first, key=lambda s: (
+      first[s].variant == SUPERVISED,
+      order.index(first[s].variant) if first[s].variant in order else len(order),
+      first[s].optimizer != 'adam', s))
+
+
+def _colors(runs: list[Run]) -> dict[str, tuple]:
+  """One colour per setup, the same in every plot of a section."""
+  return dict(zip(_setups(runs), matplotlib.colormaps['tab10'].colors))
+
+
+def baseline(runs: list[Run]) -> tuple[float, str] | None:
+  """The supervised baseline: the best seed-mean final accuracy of the supervised runs over their
+  setups and schedule lengths, and which one that is; None without supervised runs."""
+  cells = []
+  for setup in _setups([r for r in runs if r.variant == SUPERVISED]):
+    for length, cell in _by_length([r for r in runs if r.setup == setup]).items():
+      if _finals(cell):
+        cells.append((_mean(_finals(cell)),
+                      length if setup == SUPERVISED else f'{setup}, {length}'))
+  return max(cells) if cells else None
+
+
+def _recovered(run: Run, base: float) -> float | None:
+  """(student - baseline) / (teacher - baseline): the share of the teacher's lead over the
+  supervised baseline that the student recovers."""
+  student, teacher = run.final(run.student_key), run.final(TEACHER)
+  if student is None or teacher is None or teacher <= base:
+    return None
+  return (student - base) / (teacher - base)
 
 
 def results_markdown(runs: list[Run]) -> str:
-  """`results.md`: per dataset, a variant x schedule-length table, the teacher, the runs."""
+  """`results.md`: per section, a setup x schedule-length table, the teacher, the supervised
+  baseline and what the students recover of the teacher's lead over it, the runs."""
   lines = ['# Results', '',
-           'Cells: final student accuracy (top-1 agreement with the teacher) on the eval split; '
-           'the mean where several runs share a cell (their count in square brackets).']
-  for dataset, group in _by_dataset(runs).items():
-    lengths = list(dict.fromkeys(r.length for r in sorted(group, key=_sort_key)))
-    lines += ['', f'## {dataset}', '', '| variant | ' + ' | '.join(lengths) + ' |',
+           'Cells: final student accuracy on the eval split (top-1 agreement with the teacher); '
+           'where several runs (seeds) share a cell, their mean ± half their range (min to max) '
+           'and their count in square brackets.']
+  for section, group in _by_section(runs).items():
+    lengths = _by_length(group)
+    setups = _setups(group)
+    lines += ['', f'## {section}', '', '| setup | ' + ' | '.join(lengths) + ' |',
               '|---' * (len(lengths) + 1) + '|']
-    for variant in _variants(group):
+    for setup in setups:
       cells = []
-      for length in lengths:
-        cell = [r for r in group if r.variant == variant and r.length == length]
-        accuracy = _mean([r.final(r.student_key) for r in cell])
-        agreement = _mean([r.final(AGREEMENT) for r in cell])
-        text = _percent(accuracy) if cell else '—'
-        if agreement is not None:
-          text += f' ({_percent(agreement)})'
+      for cell in ([r for r in c if r.setup == setup] for c in lengths.values()):
+        text = _spread(_finals(cell))
+        agreement = _finals(cell, AGREEMENT)
+        if agreement:
+          text += f' ({_percent(_mean(agreement))})'
         if len(cell) > 1:
           text += f' [{len(cell)}]'
         cells.append(text)
-      lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {setup} | ' + ' | '.join(cells) + ' |')
     teachers = {}
     for r in group:
       if r.final(TEACHER) is not None:
@@ -176,42 +267,111 @@ def results_markdown(runs: list[Run]) -> str:
     elif teachers:
       lines += ['', 'Teacher accuracy: ' + '; '.join(
           f'{value} ({", ".join(labels)})' for value, labels in teachers.items()) + '.']
-    lines += ['', '| run | variant | length | steps | student accuracy | agreement top-1 | '
-              'teacher accuracy | workdir |', '|---|---|---|---|---|---|---|---|']
-    for r in sorted(group, key=lambda r: (_variants(group).index(r.variant), _sort_key(r))):
-      lines.append(f'| {r.label} | {r.variant} | {r.length} | {r.last_step} | '
+    base = baseline(group)
+    distilled = list(dict.fromkeys(r.setup for r in sorted(
+        group, key=lambda r: setups.index(r.setup)) if r.variant != SUPERVISED))
+    if base is not None:
+      lines += ['', f'Supervised baseline (from scratch on the same training examples, its best '
+                f'schedule): {_percent(base[0])} ({base[1]}).']
+    if base is not None and teachers and distilled:
+      lines += ['', 'Share of the teacher\'s lead over the supervised baseline that the student '
+                'recovers, (student - baseline) / (teacher - baseline), mean over the cell\'s '
+                'runs:', '', '| setup | ' + ' | '.join(lengths) + ' |',
+                '|---' * (len(lengths) + 1) + '|']
+      for setup in distilled:
+        shares = [[v for v in (_recovered(r, base[0]) for r in c if r.setup == setup)
+                   if v is not None] for c in lengths.values()]
+        lines.append(f'| {setup} | ' + ' | '.join(
+            f'{100 * np.mean(v):.0f}%' if v else '—' for v in shares) + ' |')
+    lines += ['', '| run | setup | length | seed | steps | student accuracy | agreement top-1 | '
+              'train agreement top-1 | teacher accuracy | workdir |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+    for r in sorted(group, key=lambda r: (setups.index(r.setup), _sort_key(r), r.seed)):
+      lines.append(f'| {r.label} | {r.setup} | {r.length} | {r.seed} | {r.last_step} | '
                    f'{_percent(r.final(r.student_key))} | {_percent(r.final(AGREEMENT))} | '
+                   f'{_percent(r.final(f"{TRAIN_EVAL}/agreement_top1"))} | '
                    f'{_percent(r.final(TEACHER))} | {r.workdir} |')
   return '\n'.join(lines) + '\n'
 
 
-def plot_accuracy(runs: list[Run], path: str) -> None:
-  """Student accuracy against epochs (or steps): curves, final points per variant, teacher."""
-  in_epochs = all(r.steps_per_epoch for r in runs)
-  fig = Figure(figsize=(7, 4.5))
-  ax = fig.subplots()
-  for color, variant in zip(matplotlib.colormaps['tab10'].colors, _variants(runs)):
-    members = sorted((r for r in runs if r.variant == variant), key=_sort_key)
-    finals = []
-    for r in members:
-      x, y = r.curve(r.student_key, in_epochs)
-      ax.plot(x, 100 * y, color=color, alpha=0.3, linewidth=1)
-      if len(y):
-        finals.append((x[-1], 100 * y[-1]))
-    if finals:
-      ax.plot(*zip(*finals), 'o-', color=color, label=variant)
-  for i, value in enumerate(sorted({r.final(TEACHER) for r in runs} - {None})):
-    ax.axhline(100 * value, color='red', linestyle='--', label='teacher' if i == 0 else None)
+def _draw(ax, runs: list[Run], key: str, in_epochs: bool, color: tuple, label: str,
+          scale: float = 100.0) -> None:
+  """Each run's curve of `key` (thin) and, per schedule length, the mean final value with min-max
+  error bars over the runs (markers on a line)."""
+  points = []
+  for r in runs:
+    x, y = r.curve(key, in_epochs)
+    ax.plot(x, scale * y, color=color, alpha=0.3, linewidth=1)
+  for cell in _by_length(runs).values():
+    values = _finals(cell, key)
+    if values:
+      points.append((cell[0].x_length(in_epochs), scale * np.mean(values),
+                     scale * min(values), scale * max(values)))
+  if points:
+    x, mean, low, high = map(np.array, zip(*points))
+    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt='o-', color=color, label=label,
+                capsize=3)
+
+
+def _finish(ax, runs: list[Run], in_epochs: bool, ylabel: str) -> None:
+  """Log x axis where the runs span more than 20x, labels, grid, legend."""
   xs = [x for r in runs for x in r.curve(r.student_key, in_epochs)[0] if x > 0]
   if xs and max(xs) / min(xs) > 20:
     ax.set_xscale('log')
   ax.set_xlabel('epochs' if in_epochs else 'steps')
-  ax.set_ylabel('student accuracy (%)')
-  ax.set_title(runs[0].dataset)
+  ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
-  ax.legend()
+
+
+def plot_accuracy(runs: list[Run], path: str) -> None:
+  """Student accuracy against epochs (or steps) per setup; the teacher; the supervised baseline."""
+  in_epochs = all(r.steps_per_epoch for r in runs)
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  for setup, color in _colors(runs).items():
+    members = [r for r in runs if r.setup == setup]
+    _draw(ax, members, members[0].student_key, in_epochs, color, setup)
+  for i, value in enumerate(sorted({r.final(TEACHER) for r in runs} - {None})):
+    ax.axhline(100 * value, color='red', linestyle='--', label='teacher' if i == 0 else None)
+  base = baseline(runs)
+  if base is not None:
+    ax.axhline(100 * base[0], color='black', linestyle=':',
+               label=f'supervised baseline ({base[1]})')
+  _finish(ax, runs, in_epochs, 'student accuracy (%)')
+  ax.set_title(runs[0].section)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+
+
+def plot_teacher_fit(runs: list[Run], path: str) -> bool:
+  """Top-1 agreement (top) and KL (bottom) with the teacher against epochs, on the eval split and
+  on the runs' own training examples where logged; False if no run has an agreement."""
+  colors = _colors(runs)
+  runs = [r for r in runs if r.final(AGREEMENT) is not None]
+  if not runs:
+    return False
+  splits = [(prefix, title) for prefix, title in (
+      ('eval', 'eval split'), (TRAIN_EVAL, 'training examples'))
+            if any(r.final(f'{prefix}/agreement_top1') is not None for r in runs)]
+  metrics = (('agreement_top1', 'top-1 agreement with the teacher (%)', 100.0),
+             ('kl', 'KL(teacher || student)', 1.0))
+  in_epochs = all(r.steps_per_epoch for r in runs)
+  fig = Figure(figsize=(5 * len(splits) + 1, 8))
+  axes = fig.subplots(len(metrics), len(splits), sharex=True, sharey='row', squeeze=False)
+  for column, (prefix, title) in enumerate(splits):
+    for row, (name, ylabel, scale) in enumerate(metrics):
+      ax = axes[row][column]
+      for setup in _setups(runs):
+        _draw(ax, [r for r in runs if r.setup == setup], f'{prefix}/{name}', in_epochs,
+              colors[setup], setup, scale)
+      _finish(ax, runs, in_epochs, ylabel)
+      if row == 0:
+        ax.set_title(f'{runs[0].section}: {title}')
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
 
 
 def plot_agreement(runs: list[Run], path: str) -> bool:
@@ -219,20 +379,20 @@ def plot_agreement(runs: list[Run], path: str) -> bool:
   fig = Figure(figsize=(5.5, 4.5))
   ax = fig.subplots()
   drawn = False
-  for color, variant in zip(matplotlib.colormaps['tab10'].colors, _variants(runs)):
+  for setup, color in _colors(runs).items():
     points = [(100 * r.final(AGREEMENT), 100 * r.final(r.student_key), r.length)
-              for r in runs if r.variant == variant
+              for r in runs if r.setup == setup
               and r.final(AGREEMENT) is not None and r.final(r.student_key) is not None]
     if points:
       x, y, _ = zip(*points)
-      ax.scatter(x, y, color=color, label=variant)
+      ax.scatter(x, y, color=color, label=setup)
       for xi, yi, length in points:
         ax.annotate(length, (xi, yi), textcoords='offset points', xytext=(4, 4), fontsize=7)
       drawn = True
   if drawn:
     ax.set_xlabel('top-1 agreement with the teacher (%)')
     ax.set_ylabel('student accuracy (%)')
-    ax.set_title(runs[0].dataset)
+    ax.set_title(runs[0].section)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -241,7 +401,7 @@ def plot_agreement(runs: list[Run], path: str) -> bool:
 
 
 def write_report(runs: list[Run], output_dir: str) -> list[str]:
-  """Writes `results.md` and the plots of every dataset to `output_dir`; returns their paths."""
+  """Writes `results.md` and the plots of every section to `output_dir`; returns their paths."""
   if not runs:
     raise errors.BadInput('No runs to report.')
   workdir_lib.check_writable(output_dir, '--output')
@@ -249,13 +409,14 @@ def write_report(runs: list[Run], output_dir: str) -> list[str]:
   paths = [os.path.join(output_dir, 'results.md')]
   with open(paths[0], 'w') as f:
     f.write(results_markdown(runs))
-  for dataset, group in _by_dataset(runs).items():
-    name = dataset.replace('/', '_')
+  for section, group in _by_section(runs).items():
+    name = re.sub(r'[^\w.-]+', '_', section).strip('_')
     paths.append(os.path.join(output_dir, f'accuracy_{name}.png'))
     plot_accuracy(group, paths[-1])
-    agreement = os.path.join(output_dir, f'agreement_{name}.png')
-    if plot_agreement(group, agreement):
-      paths.append(agreement)
+    for prefix, plot in (('teacher_fit', plot_teacher_fit), ('agreement', plot_agreement)):
+      path = os.path.join(output_dir, f'{prefix}_{name}.png')
+      if plot(group, path):
+        paths.append(path)
   return paths
 
 

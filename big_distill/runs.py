@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 
-from big_distill import errors
+import ml_collections
+
+from big_distill import checkpoint, configlib, errors, workdir as workdir_lib
 
 
 def _configs_dir() -> str:
@@ -40,3 +42,13 @@ def run_stage(name: str, config: str, workdir: str, *overrides: str) -> float:
   """`run_command` of one training run."""
   return run_command(name, 'big_distill.main', f'--config={config}', f'--workdir={workdir}',
                      *overrides)
+
+
+def finished(workdir: str) -> bool:
+  """Whether `workdir` holds a run that has saved the checkpoint of its last step (False for no
+  run, or one that predates `data.json`, which records its training examples)."""
+  data = workdir_lib.read_data(workdir) if os.path.isdir(workdir) else None
+  if data is None or not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
+    return False
+  config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
+  return configlib.total_steps(config, data['num_train']) in checkpoint.saved_steps(workdir)

@@ -17,12 +17,15 @@ FLOWERS_TRAIN = 1020  # Examples in oxford_flowers102's train split.
 
 def _workdir(path, *, variant='funmatch', mode='distill', epochs=None, steps=None,
              batch_size=512, dataset='oxford_flowers102', data_dir=None, accuracy=0.5,
-             agreement=None, teacher=None, num_train=FLOWERS_TRAIN, log_epoch=True):
+             agreement=None, teacher=None, num_train=FLOWERS_TRAIN, log_epoch=True,
+             train_split='train', seed=0, optimizer='adam', train_agreement=None):
   """A workdir as the trainer leaves it: config.json and metrics.jsonl (train records with an
-  `epoch` field if `log_epoch`, four evals ending at `accuracy` / `agreement`)."""
+  `epoch` field if `log_epoch`, four evals ending at `accuracy` / `agreement` and, on the
+  training examples, `train_agreement`)."""
   os.makedirs(path)
-  config = dict(mode=mode, variant=variant, total_epochs=epochs, total_steps=steps,
-                input=dict(dataset=dataset, data_dir=data_dir, train_split='train',
+  config = dict(mode=mode, variant=variant, total_epochs=epochs, total_steps=steps, seed=seed,
+                optimizer=dict(name=optimizer),
+                input=dict(dataset=dataset, data_dir=data_dir, train_split=train_split,
                            batch_size=batch_size))
   with open(os.path.join(path, workdir_lib.CONFIG), 'w') as f:
     json.dump(config, f)
@@ -38,7 +41,10 @@ def _workdir(path, *, variant='funmatch', mode='distill', epochs=None, steps=Non
       evals = {'step': step, key: accuracy - 0.1 * (4 - i)}
       if agreement is not None:
         evals.update({'eval/agreement_top1': agreement - 0.1 * (4 - i),
-                      'eval/teacher_accuracy': teacher})
+                      'eval/kl': 0.1 * (5 - i), 'eval/teacher_accuracy': teacher})
+      if train_agreement is not None:
+        evals.update({'train_eval/agreement_top1': train_agreement - 0.01 * (4 - i),
+                      'train_eval/kl': 0.01 * (5 - i)})
       f.write(json.dumps(evals) + '\n')
   return str(path)
 
@@ -78,18 +84,21 @@ def test_variants_by_schedule_length(tmp_path):
 
   paths = report.write_report(runs, str(tmp_path / 'out'))
   assert sorted(os.path.basename(p) for p in paths) == [
-      'accuracy_oxford_flowers102.png', 'agreement_oxford_flowers102.png', 'results.md']
+      'accuracy_oxford_flowers102.png', 'agreement_oxford_flowers102.png', 'results.md',
+      'teacher_fit_oxford_flowers102.png']
   with open(tmp_path / 'out' / 'results.md') as f:
     markdown = f.read()
   assert _table(markdown, 'oxford_flowers102') == {
       'consistent': {'100 epochs': '78.00% (82.00%)', '1000 epochs': '—'},
-      'fixed': {'100 epochs': '71.00% (76.00%) [2]', '1000 epochs': '—'},
+      'fixed': {'100 epochs': '71.00 ± 1.00% (76.00%) [2]', '1000 epochs': '—'},
       'funmatch': {'100 epochs': '80.00% (85.00%)', '1000 epochs': '90.00% (93.00%)'},
   }
   assert 'Teacher accuracy: 97.82%.' in markdown
   assert markdown.index('| fixed |') < markdown.index('| consistent |') < markdown.index(
       '| funmatch |')  # The paper's order.
-  assert '| fm1000 | funmatch | 1000 epochs | 1992 | 90.00% | 93.00% | 97.82% |' in markdown
+  assert ('| fm1000 | funmatch | 1000 epochs | 0 | 1992 | 90.00% | 93.00% | — | 97.82% |'
+          in markdown)
+  assert 'Supervised baseline' not in markdown
   for path in paths[1:]:
     _assert_png(path)
 
@@ -112,13 +121,14 @@ def test_command_line_on_a_supervised_run_and_a_run_without_epochs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(out)) == ['accuracy_fashion_mnist.png',
                                      'accuracy_no_such_dataset.png',
-                                     'agreement_no_such_dataset.png', 'results.md']
+                                     'agreement_no_such_dataset.png', 'results.md',
+                                     'teacher_fit_no_such_dataset.png']
   markdown = (out / 'results.md').read_text()
   assert _table(markdown, 'fashion_mnist') == {'supervised': {'5 epochs': '91.00%'}}
   assert _table(markdown, 'no_such_dataset') == {
       'funmatch': {'30 steps': '40.00% (60.00%)', '60 steps': '40.00% (60.00%)'}}
   assert 'Teacher accuracy: 51.00% (a); 52.00% (b).' in markdown
-  assert '| teacher | supervised | 5 epochs | 20 | 91.00% | — | — |' in markdown
+  assert '| teacher | supervised | 5 epochs | 0 | 20 | 91.00% | — | — | — |' in markdown
   for name in os.listdir(out):
     if name.endswith('.png'):
       _assert_png(out / name)
@@ -137,3 +147,59 @@ def test_curve_of_a_resumed_run_takes_each_steps_last_record():
   steps, values = run.curve('eval/student_accuracy', in_epochs=False)
   assert steps.tolist() == [10, 20, 30] and values.tolist() == [0.5, 0.61, 0.7]
   assert run.curve('eval/student_accuracy', in_epochs=True)[0].tolist() == [1, 2, 3]
+
+
+def test_small_data_study_seeds_baseline_and_fit_to_the_teacher(tmp_path):
+  """A study on `train[:1000]`: its own section beside the full split's, seeds as mean ± half the
+  range, Shampoo as its own setup, the supervised baseline with what the students recover, and
+  the fit to the teacher on the training examples next to the eval split's."""
+  n, teacher = 1000, 0.90
+
+  def d(name, **kw):
+    kw.setdefault('train_split', f'train[:{n}]')
+    kw.setdefault('num_train', n)
+    return _workdir(tmp_path / name, dataset='fashion_mnist', batch_size=128, **kw)
+
+  distill = dict(teacher=teacher, agreement=0.85)
+  runs = report.load_runs([
+      d('fm30_s0', epochs=30, accuracy=0.80, train_agreement=0.95, **distill),
+      d('fm30_s1', epochs=30, accuracy=0.82, seed=1, train_agreement=0.96, **distill),
+      d('fm300_s0', epochs=300, accuracy=0.86, train_agreement=0.99, **distill),
+      d('fm300_shampoo', epochs=300, accuracy=0.87, optimizer='shampoo', **distill),
+      d('fix300', variant='fixed', epochs=300, accuracy=0.70, train_agreement=1.0, **distill),
+      d('sup30', mode='supervised', epochs=30, accuracy=0.78),
+      d('sup300', mode='supervised', epochs=300, accuracy=0.75),
+      d('full', epochs=3, accuracy=0.88, train_split='train', num_train=60000, **distill),
+  ])
+  assert runs[2].epochs == 300 and runs[2].steps_per_epoch == pytest.approx(n / 128)
+  paths = report.write_report(runs, str(tmp_path / 'out'))
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ['accuracy_fashion_mnist.png', 'accuracy_fashion_mnist_train_1000.png',
+                   'agreement_fashion_mnist.png', 'agreement_fashion_mnist_train_1000.png',
+                   'results.md', 'teacher_fit_fashion_mnist.png',
+                   'teacher_fit_fashion_mnist_train_1000.png']
+  markdown = (tmp_path / 'out' / 'results.md').read_text()
+  section = 'fashion_mnist, train[:1000]'
+  assert _table(markdown, section) == {
+      'fixed': {'30 epochs': '—', '300 epochs': '70.00% (85.00%)'},
+      'funmatch': {'30 epochs': '81.00 ± 1.00% (85.00%) [2]', '300 epochs': '86.00% (85.00%)'},
+      'funmatch (shampoo)': {'30 epochs': '—', '300 epochs': '87.00% (85.00%)'},
+      'supervised': {'30 epochs': '78.00%', '300 epochs': '75.00%'},
+  }
+  assert _table(markdown, 'fashion_mnist') == {'funmatch': {'3 epochs': '88.00% (85.00%)'}}
+  body = markdown.split(f'## {section}\n', 1)[1].split('## fashion_mnist\n')[0]
+  assert ('Supervised baseline (from scratch on the same training examples, its best '
+          'schedule): 78.00% (30 epochs).') in body
+  # (student - 0.78) / (0.90 - 0.78): funmatch 30 epochs (0.03 / 0.12), 300 epochs (0.08 / 0.12).
+  recovered = body.split('(teacher - baseline)', 1)[1]
+  assert '| funmatch | 25% | 67% |' in recovered and '| fixed | — | -67% |' in recovered
+  assert '| funmatch (shampoo) | — | 75% |' in recovered
+  assert '| fm30_s1 | funmatch | 30 epochs | 1 | 234 | 82.00% | 85.00% | 96.00% | 90.00% |' in body
+  # The fit to the teacher: eval split and training examples side by side where logged.
+  widths = {name: matplotlib.image.imread(tmp_path / 'out' / name).shape[1] for name in names
+            if name.startswith('teacher_fit')}
+  assert widths['teacher_fit_fashion_mnist_train_1000.png'] == 1100  # Two columns at 100 dpi.
+  assert widths['teacher_fit_fashion_mnist.png'] == 600  # The eval split only.
+  for name in names[:-1]:
+    if name.endswith('.png'):
+      _assert_png(tmp_path / 'out' / name)

@@ -67,10 +67,12 @@ def _np_shampoo(grads, *, beta2, epsilon, b1, nesterov, graft_type, start, every
                     d = pm
             if b1 > 0:
                 s["mu"] = b1 * s["mu"] + (1 - b1) * d
+                # Bias correction with the (bias-corrected) Adam graft only.
+                debias = (lambda k: 1 - b1 ** k) if graft_type == "adam" else (lambda k: 1.0)
                 if nesterov:
-                    d = b1 * s["mu"] / (1 - b1 ** (t + 1)) + (1 - b1) * d / (1 - b1 ** t)
+                    d = b1 * s["mu"] / debias(t + 1) + (1 - b1) * d / debias(t)
                 else:
-                    d = s["mu"] / (1 - b1 ** t)
+                    d = s["mu"] / debias(t)
             upd[name] = d
         out.append(upd)
     return out
@@ -106,6 +108,7 @@ def _grads(shapes, steps, seed=0):
     dict(graft_type="adam", b1=0.9, nesterov=True, start=1, every=2),
     dict(graft_type="rmsprop", b1=0.5, nesterov=False, start=0, every=1),
     dict(graft_type="sgd", b1=0.0, nesterov=False, start=3, every=1),
+    dict(graft_type="sgd", b1=0.9, nesterov=True, start=2, every=2),
 ])
 def test_matches_dense_numpy(kw):
     shapes = {"w": (6, 5), "conv": (2, 3, 1, 4), "b": (5,), "col": (7, 1)}
@@ -120,6 +123,41 @@ def test_matches_dense_numpy(kw):
         for name in shapes:
             assert g_step[name].shape == shapes[name]
             assert _rel(g_step[name], w_step[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize("graft_type", sh.GRAFT_TYPES)
+def test_first_steps_have_the_size_of_the_reference(graft_type):
+    """A constant rank-1 gradient keeps every direction parallel, so the update's norm has a
+    closed form: the graft's norm (for 'none' the raw preconditioned norm) averaged by the
+    momentum EMA, bias corrected over the Adam graft only, as in distributed Shampoo
+    (google-research/precondition, `moving_average_for_momentum=True`) for the others."""
+    beta2, b1, eps, steps = 0.999, 0.9, 1e-4, 4
+    rng = np.random.default_rng(7)
+    u, v, b = rng.normal(size=6), rng.normal(size=4), rng.normal(size=4)
+    g = {"w": 3.0 * np.outer(u, v) / np.linalg.norm(u) / np.linalg.norm(v), "b": b}
+    tx = sh.scale_by_shampoo(beta2=beta2, b1=b1, epsilon=eps, graft_type=graft_type,
+                             start_preconditioning_step=0, preconditioning_compute_steps=1)
+    got, _ = _run(tx, [{k: jnp.asarray(x, jnp.float32) for k, x in g.items()}] * steps)
+
+    def direction_norm(name, t):  # Of step t's grafted direction.
+        x = g[name]
+        if graft_type == "adam":
+            return np.linalg.norm(x / (np.abs(x) + 1e-8))
+        if graft_type == "rmsprop":
+            return np.linalg.norm(x / (np.sqrt(1 - beta2 ** t) * np.abs(x) + 1e-8))
+        if graft_type == "none" and name == "w":  # (c s^2 (1 + eps))^(-1/2) s, c = 1 - beta2^t.
+            return 1 / np.sqrt((1 - beta2 ** t) * (1 + eps))
+        return np.linalg.norm(x)
+
+    for name in g:
+        mu = 0.0
+        for t, update in enumerate(got, start=1):
+            mu = b1 * mu + (1 - b1) * direction_norm(name, t)
+            want = mu / (1 - b1 ** t) if graft_type == "adam" else mu
+            assert float(np.linalg.norm(update[name])) == pytest.approx(want, rel=1e-4), (name, t)
+    if graft_type == "rmsprop":  # The first step: (1 - b1) / sqrt(1 - beta2) per entry, ~3.2.
+        assert np.linalg.norm(got[0]["b"]) == pytest.approx(
+            (1 - b1) / np.sqrt(1 - beta2) * 2.0, rel=1e-4)
 
 
 def test_blocking_equals_separate_blocks():

@@ -52,9 +52,14 @@ rescaled to the Frobenius norm of the grafted optimizer's direction
 without bias correction, `'sgd'`: the gradient, `'none'`: no rescaling and
 the gradient as the direction of unpreconditioned parameters). For the first
 `start_preconditioning_step` steps every parameter uses the grafted direction.
-Finally an exponential moving average of the update with rate `b1` (bias
-corrected, optionally Nesterov as in `optax.adam`) is applied; the momentum
-thus averages the normalised directions, so before preconditioning
+Finally an exponential moving average of the update with rate `b1` (optionally
+Nesterov as in `optax.adam`) is applied. It is bias corrected as Adam's first
+moment over the `'adam'` graft, whose second moment is bias corrected too;
+over `'rmsprop'`, `'sgd'` and `'none'`, whose grafts are not, it is a plain
+EMA, as the reference distributed Shampoo's momentum with
+`moving_average_for_momentum=True` (google-research/precondition), so the
+first steps are not `1 / (1 - b1^t)` times larger than the reference's. The
+momentum averages the normalised directions, so before preconditioning
 `graft_type='adam'` with `b1=0` is exactly `optax.adam(b1=0)` and with
 `b1 > 0` it is close to, not identical with, Adam.
 """
@@ -258,7 +263,8 @@ def scale_by_shampoo(
     preconditioning_compute_steps: steps between recomputations of the inverse roots.
     start_preconditioning_step: number of initial steps that use the grafted update only.
     graft_type: 'adam', 'rmsprop', 'sgd' or 'none' (no norm grafting).
-    b1: momentum EMA rate applied to the final direction; 0 disables momentum.
+    b1: momentum EMA rate applied to the final direction (bias corrected with the 'adam'
+      graft only); 0 disables momentum.
     nesterov: use Nesterov momentum.
     graft_eps: epsilon of the 'adam'/'rmsprop' graft denominator.
     statistics_dtype: dtype (or its name) of stored statistics and roots.
@@ -349,7 +355,7 @@ def scale_by_shampoo(
       graft = grads
       graft_nu = state.graft_nu
 
-  # Shampoo direction, grafted per parameter.
+    # Shampoo direction, grafted per parameter.
     preconditioning = count >= start_preconditioning_step
     directions = []
     for g, gr, b, lay, r in zip(grads, graft, blocks, layouts, treedef.flatten_up_to(roots)):
@@ -365,15 +371,17 @@ def scale_by_shampoo(
         d = d * ratio
       directions.append(jnp.where(preconditioning, d, gr))
 
-  # Momentum.
+    # Momentum.
     if b1 > 0:
       mu = [b1 * m + (1.0 - b1) * d
             for d, m in zip(directions, treedef.flatten_up_to(state.mu))]
+      # Bias correction only over the bias-corrected 'adam' graft (see the module docstring).
+      debias = (lambda k: 1.0 - b1 ** k) if graft_type == 'adam' else (lambda k: 1.0)
       if nesterov:
-        out = [b1 * m / (1.0 - b1 ** (tf + 1.0)) + (1.0 - b1) * d / (1.0 - b1 ** tf)
+        out = [b1 * m / debias(tf + 1.0) + (1.0 - b1) * d / debias(tf)
                for d, m in zip(directions, mu)]
       else:
-        out = [m / (1.0 - b1 ** tf) for m in mu]
+        out = [m / debias(tf) for m in mu]
       mu_tree = treedef.unflatten(mu)
     else:
       out, mu_tree = directions, state.mu
