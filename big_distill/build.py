@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from big_distill import configlib, console, errors, parallel, steps, variants
 from big_distill import workdir as workdir_lib
 from big_distill import teachers as teachers_lib
-from big_distill.data import input_pipeline
+from big_distill.data import folders, input_pipeline
 from big_distill.models import compute_dtype, from_config, loading
 from big_distill.optim import make_optimizer
 
@@ -202,6 +202,10 @@ def check_teacher_files(config: ml_collections.ConfigDict) -> None:
 def dataset_shape(config: ml_collections.ConfigDict) -> Data:
   """The classes and channels of the config's dataset from TFDS's metadata, without preparing or
   reading it (for measurements on random images); `num_train` is one batch."""
+  if folders.is_folder(config.input.dataset):  # Only its metadata: the folder's TFDS copy.
+    builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
+    return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder),
+                config.input.batch_size)
   try:
     info = tfds.builder(config.input.dataset, data_dir=config.input.data_dir).info
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -219,16 +223,17 @@ def create_data(config: ml_collections.ConfigDict) -> Data:
   input_pipeline.num_examples(builder, cfg.eval_split)
   extra = None
   if cfg.extra_data.dataset:
-    extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir)
+    extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir,
+                                       labels=False)
     input_pipeline.num_examples(extra, cfg.extra_data.split)
   evals = {}
   for name, (split, dataset) in parse_evals(config.evals).items():
     other = input_pipeline.get_builder(dataset, cfg.data_dir) if dataset else builder
     input_pipeline.num_examples(other, split)
-    for what, get in (('classes', input_pipeline.num_classes),
+    for what, get in (('classes', input_pipeline.class_names),
                       ('channels', input_pipeline.channels)):
       if get(other) != get(builder):
-        raise errors.BadInput(f'config.evals: {name} ({dataset}) has {get(other)} {what}, '
+        raise errors.BadInput(f'config.evals: {name} ({dataset}) has the {what} {get(other)}, '
                               f'{cfg.dataset} {get(builder)}; an eval set needs the same.')
     evals[name] = (other, split)
   return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder), num_train,

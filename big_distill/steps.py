@@ -142,7 +142,7 @@ def eval_step(variables: dict[str, Any], teacher_params: tuple[Any, ...], batch:
       'student_accuracy': total(jnp.argmax(logits, -1) == batch['label']),
       'teacher_accuracy': total(jnp.argmax(teacher_logp, -1) == batch['label']),
       'agreement_top1': total(losses.agreement(teacher_logp, logits, 1)),
-      'agreement_top5': total(losses.agreement(teacher_logp, logits, 5)),
+      'agreement_top5': total(losses.agreement(teacher_logp, logits, min(5, logits.shape[-1]))),
       'kl': total(losses.kl_divergence(teacher_logp, logits)),
       'count': jnp.sum(mask),
   }

@@ -103,7 +103,7 @@ def test_eval_batches_cover_the_split_once_with_padding(fmnist_builder):
 def test_unknown_dataset_and_split(fmnist_builder):
   with pytest.raises(ValueError, match="Unknown TFDS dataset 'no_such_dataset'"):
     input_pipeline.get_builder('no_such_dataset')
-  with pytest.raises(ValueError, match="Unknown split 'validation' of fashion_mnist"):
+  with pytest.raises(ValueError, match="Split 'validation' of fashion_mnist: Unknown split"):
     input_pipeline.num_examples(fmnist_builder, 'validation')
 
 

@@ -181,7 +181,7 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
       ('dataset', *main(distill, '--config.input.dataset=no_such_dataset'),
        "Unknown TFDS dataset 'no_such_dataset'"),
       ('split', *main(distill, '--config.input.eval_split=validation'),
-       "Unknown split 'validation' of fashion_mnist"),
+       "Split 'validation' of fashion_mnist: Unknown split"),
       ('model', *main(distill, '--config.student.model=resnet'), "Unknown model 'resnet'"),
       ('dtype', *main(distill, '--config.teacher_dtype=half'),
        "config.teacher_dtype='half'; use one of float32, bfloat16, float16."),

@@ -94,8 +94,10 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise errors.BadInput(f'Unknown split {split!r} of {builder.name}; '
-                          f'available: {", ".join(builder.info.splits)}.') from e
+    sizes = ', '.join(f'{name} ({info.num_examples} examples)'
+                      for name, info in builder.info.splits.items())
+    raise errors.BadInput(f'Split {split!r} of {builder.name}: '
+                          f'{str(e).strip(chr(39)).splitlines()[0]} Its splits: {sizes}.') from e
 
 
 def num_classes(builder: tfds.core.DatasetBuilder) -> int:
