@@ -15,8 +15,8 @@ Adam grafting, at Adam's learning rate); `--override` sets a config key of every
 The small-data regime, `--train_examples=N`: the students (baseline included) train on
 `train[:N]`, the first N examples of the train split in TFDS's order, the same images for every
 run and invocation; the teacher still learns from the whole split. A run's warm-up is then at
-most a tenth of its steps, and where the config has `evals` the run also evaluates on its N
-training examples (`train_eval/*`, for the report's fit to the teacher).
+most a tenth of its steps, and the run also evaluates on its N training examples
+(`config.evals`: `train_eval/*`, for the report's fit to the teacher).
 Every student run evaluates about `EVALS_PER_RUN` times (at least `MIN_EVAL_INTERVAL` steps
 apart) and saves a checkpoint at every eval and every 500 steps.
 
@@ -135,8 +135,7 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
                             f'examples of {student.input.dataset}\'s {split} split.')
     split = f'{split}[:{train_examples}]'
     common.append(f'--config.input.train_split={split}')
-    if 'evals' in student:
-      common.append(f'--config.evals={TRAIN_EVAL}={split}')
+    common.append(f'--config.evals={TRAIN_EVAL}={split}')
   suffix = (f'_n{train_examples}' if train_examples else '') + (
       f'_{optimizer}' if optimizer != 'adam' else '')
   cache = workdir_lib.TEACHER_LOGITS if train_examples is None else (
