@@ -73,14 +73,19 @@ def test_evaluate_gives_the_runs_own_eval_and_predict_agrees_per_example(
         (t['probability'] for t in s['top']), reverse=True)
 
 
-def test_a_weights_file_evaluates_as_its_run(tmp_path, teacher_run):
-  npz = str(tmp_path / 'teacher.npz')
+def test_a_weights_file_and_a_tflite_export_evaluate_as_their_run(tmp_path, teacher_run):
+  npz, tflite = str(tmp_path / 'teacher.npz'), str(tmp_path / 'teacher.tflite')
   run(command('big_distill.export', f'--workdir={teacher_run}', f'--output={npz}'))
+  run(command('big_distill.export', f'--workdir={teacher_run}', f'--output={tflite}',
+              '--format=tflite'))
   from_run = _evaluate(f'--workdir={teacher_run}', f'--split={SPLIT}')
   from_file = _evaluate(f'--weights={npz}', '--model=bit:depth=14,width=0.25', '--channels=1',
                         '--resolution=28', '--dataset=fashion_mnist', f'--split={SPLIT}')
+  exported = _evaluate(f'--exported={tflite}', '--dataset=fashion_mnist', f'--split={SPLIT}')
   assert from_file['accuracy'] == from_run['accuracy'] == _last(teacher_run, 'eval/accuracy')
-  assert from_file['ece'] == pytest.approx(from_run['ece'], abs=1e-6)
+  assert exported['accuracy'] == from_run['accuracy']
+  for other in (from_file, exported):
+    assert other['ece'] == pytest.approx(from_run['ece'], abs=1e-4)
 
 
 def test_eval_sets_are_logged_under_their_names(tmp_path):
