@@ -1,6 +1,7 @@
 """Image folders as datasets (`imagefolder:/path`): preparation, the pipeline, end to end."""
 
 import concurrent.futures
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from big_distill import configlib, errors
 from big_distill import workdir as workdir_lib
 from big_distill.data import folders, input_pipeline
 from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
-                           error_lines, main_command, metric, params, read_metrics, run,
+                           command, error_lines, main_command, metric, params, read_metrics, run,
                            run_main, saved_steps, snapshot)
 
 # Five classes: the distillation eval's top-5 agreement needs at least five.
@@ -215,6 +216,18 @@ def test_distillation_with_an_extra_folder_and_with_cached_logits(students, teac
     assert 0 <= evals['eval/agreement_top1'] <= 1 and saved_steps(workdir)[-1] == 10
   logits = np.load(workdir_lib.teacher_logits(workdirs['fixed'], workdir_lib.TEACHER_LOGITS))
   assert logits.shape == (TRAIN, 1, 5)
+
+
+def test_evaluate_on_the_folder_gives_the_runs_final_eval(students):
+  workdir = students[0]['extra']
+  final = [r for r in read_metrics(workdir) if 'eval/agreement_top1' in r][-1]
+  got = json.loads(run(command('big_distill.evaluate', f'--workdir={workdir}', '--step=latest',
+                               '--teachers')).stdout.splitlines()[-1])
+  assert got['examples'] == TEST
+  # The run's eval sums in float32: 18/30 is 0.6000000238 there.
+  assert got['accuracy'] == pytest.approx(final['eval/student_accuracy'], abs=1e-7)
+  assert got['agreement'] == pytest.approx(final['eval/agreement_top1'], abs=1e-7)
+  assert got['kl'] == pytest.approx(final['eval/kl'], rel=1e-5)
 
 
 def test_resumed_run_is_bit_identical(students, teacher, tmp_path):
