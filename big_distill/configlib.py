@@ -121,13 +121,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def teacher_entry(checkpoint: str, *, depth: int, width: float,
-                  model: str = 'bit') -> ml_collections.ConfigDict:
-  """A `config.teachers` entry; `resolution` None (the student's) can be set to an int from the
-  command line (`--config.teachers[0].resolution=384`)."""
+def teacher_entry(checkpoint: str, model: str = 'bit', **kwargs: Any) -> ml_collections.ConfigDict:
+  """A `config.teachers` entry: the model (a registry name and its arguments, e.g. BiT's `depth`
+  and `width`), its `checkpoint`, and `resolution` None (the student's), which can be set to an
+  int from the command line (`--config.teachers[0].resolution=384`)."""
   return ml_collections.ConfigDict(dict(
-      model=model, depth=depth, width=width, checkpoint=checkpoint,
+      model=model, **kwargs, checkpoint=checkpoint,
       resolution=ml_collections.FieldReference(None, field_type=int)))
+
+
+# The demo's teachers by family (`configs/fashion_mnist_teacher.py:model=`, the student configs'
+# `teacher_model=`), at 56 px.
+DEMO_TEACHERS = {
+    'bit': dict(model='bit', depth=14, width=0.25),  # 0.51 M parameters.
+    'vit': dict(model='vit', patch_size=8, width=128, depth=6, num_heads=4, mlp_dim=256,
+                pool_type='gap'),  # 49 tokens; 0.81 M parameters.
+}
 
 
 def teacher_entries(checkpoints: str, **model: Any) -> list[ml_collections.ConfigDict]:
@@ -176,7 +185,7 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
   if tiny_models:
     config.input.resolution = 32
     config.student.update(depth=14, width=0.125)
-    config.teachers = [teacher_entry(t.checkpoint, depth=14, width=0.25, model=t.model)
+    config.teachers = [teacher_entry(t.checkpoint, model=t.model, depth=14, width=0.25)
                        for t in config.teachers]
 
 

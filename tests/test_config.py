@@ -93,3 +93,17 @@ def test_an_ensemble_of_teachers_from_the_config_argument(name, monkeypatch):
   second = flag_values.config.teachers[1]
   assert (second.checkpoint, second.resolution, second.depth) == ('b.npz', 384, 50)
   assert flag_values.config.teachers[0].resolution is None
+
+
+def test_the_demo_teacher_of_each_family_trains_and_teaches_as_one_entry():
+  """`model=` of the teacher config and `teacher_model=` of the student config name the same
+  model, and only the models of `configlib.DEMO_TEACHERS`."""
+  for family, model in configlib.DEMO_TEACHERS.items():
+    trained = get_config('fashion_mnist_teacher.py', f'model={family}').student.to_dict()
+    teaching = get_config('fashion_mnist_funmatch.py', f'teacher_model={family},teacher=t')
+    assert trained == {**model, 'init': ''}
+    assert teaching.teachers[0].to_dict() == {**model, 'checkpoint': 't', 'resolution': None}
+  for name, arg in (('fashion_mnist_teacher.py', 'model=resnet'),
+                    ('fashion_mnist_funmatch.py', 'teacher_model=resnet')):
+    with pytest.raises(errors.BadInput, match=f"{arg.split('=')[0]}='resnet'; use one of bit, vit"):
+      get_config(name, arg)
