@@ -155,6 +155,22 @@ def distillation(config: ml_collections.ConfigDict, variant: str) -> None:
     config.teacher_logits_cache = workdir.TEACHER_LOGITS
 
 
+def demo_recipe(config: ml_collections.ConfigDict, epochs: float, runlocal: bool) -> None:
+  """The demo's training (both stages, `configs/fashion_mnist_*.py`): `epochs` of Adam at lr 3e-3,
+  weight decay 1e-4, cosine decay after 200 warm-up steps, inputs cached, eval and checkpoint
+  every 500 steps; `runlocal` shrinks it (`shrink_for_local_run`)."""
+  config.input.cache = True
+  config.total_epochs = epochs
+  config.optimizer = dict(name='adam')
+  config.lr = 3e-3
+  config.wd = 1e-4
+  config.schedule = dict(name='cosine', warmup_steps=200)
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  if runlocal:
+    shrink_for_local_run(config)
+
+
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
   """`config.total_steps`, or `config.total_epochs` converted with the global batch size."""
   if config.total_steps:

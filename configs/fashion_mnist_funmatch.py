@@ -45,14 +45,5 @@ def get_config(arg=None):
   config.student = ml_collections.ConfigDict({**STUDENTS[arg.student], 'init': ''})
   config.temperature = 1.0
   config.mixup_alpha = 1.0
-  config.input.cache = True
-  config.total_epochs = arg.epochs
-  config.optimizer = dict(name='adam')
-  config.lr = 3e-3
-  config.wd = 1e-4
-  config.schedule = dict(name='cosine', warmup_steps=200)
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
-  if arg.runlocal:
-    configlib.shrink_for_local_run(config)
+  configlib.demo_recipe(config, arg.epochs, arg.runlocal)
   return config

@@ -22,14 +22,5 @@ def get_config(arg=None):
   config.mode = 'supervised'
   config.input.resolution = 56  # Upsampled: BiT's stride-32 trunk needs more than 28 pixels.
   config.student = ml_collections.ConfigDict({**configlib.DEMO_TEACHERS[arg.model], 'init': ''})
-  config.input.cache = True
-  config.total_epochs = arg.epochs
-  config.optimizer = dict(name='adam')
-  config.lr = 3e-3
-  config.wd = 1e-4
-  config.schedule = dict(name='cosine', warmup_steps=200)
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
-  if arg.runlocal:
-    configlib.shrink_for_local_run(config)
+  configlib.demo_recipe(config, arg.epochs, arg.runlocal)
   return config
