@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from big_distill import configlib, errors, reproduce, runs, workdir as workdir_lib
+from big_distill import configlib, errors, runs, workdir as workdir_lib
 from tests.helpers import command, error_lines, read_metrics, run, saved_steps, snapshot
 
 
@@ -14,7 +14,7 @@ def test_plan_of_a_small_data_study(tmp_path):
   with the student's size, a fixed teacher's logits cached per N, Shampoo, and about 20 evals per
   run with a warm-up of at most a tenth of it."""
   root, teacher = str(tmp_path), str(tmp_path / 'teacher')
-  stages = reproduce.plan(root, teacher, epochs=['30', '3000'], variant_names=['fixed', 'funmatch'],
+  stages = runs.plan(root, teacher, epochs=['30', '3000'], variant_names=['fixed', 'funmatch'],
                           seeds=['0', '1'], train_examples=1000, baseline=True)
   names = [os.path.basename(s.workdir) for s in stages]
   assert names == [f'{v}_{e}ep_n1000_s{s}' for s in (0, 1) for e in (30, 3000)
@@ -36,7 +36,7 @@ def test_plan_of_a_small_data_study(tmp_path):
   assert supervised.config.endswith('fashion_mnist_teacher.py:epochs=30.0')
   assert {'--config.student.depth=14', '--config.student.width=0.125',
           '--config.input.train_split=train[:1000]'} <= set(supervised.overrides)
-  shampoo = reproduce.plan(root, teacher, epochs=['1'], variant_names=['funmatch'], seeds=['0'],
+  shampoo = runs.plan(root, teacher, epochs=['1'], variant_names=['funmatch'], seeds=['0'],
                            optimizer='shampoo', overrides=['input.batch_size=256'])
   assert os.path.basename(shampoo[0].workdir) == 'funmatch_1ep_shampoo_s0'
   assert shampoo[0].overrides[-2:] == ('--config.optimizer.name=shampoo',
@@ -50,7 +50,7 @@ def test_plan_of_a_small_data_study(tmp_path):
       (dict(overrides=['input.batch_sise=3']), "--override: 'batch_sise' Did you mean"),
   ):
     with pytest.raises(errors.BadInput, match=message.replace('[', r'\[')):
-      reproduce.plan(root, teacher, **{**dict(epochs=['1'], variant_names=['fixed'],
+      runs.plan(root, teacher, **{**dict(epochs=['1'], variant_names=['fixed'],
                                               seeds=['0']), **kw})
   assert os.listdir(root) == []
 

@@ -67,11 +67,16 @@ def test_sweep_steps_equal_the_training_steps_of_each_setting(fmnist_builder):
     got = jax.tree_util.tree_map(lambda x: x[k], states.params)
     assert optax.tree.norm(optax.tree.sub(got, state.params)) < 1e-2 * optax.tree.norm(
         optax.tree.sub(state.params, start)), k
+    # Leaves whose whole update rounds away in float32 (SGD grafting's momentum is a plain EMA,
+    # so its first steps are small): the sweep must leave them as they are too.
+    still = 0
     for (path, g), w, s0 in zip(jax.tree_util.tree_leaves_with_path(got),
                                 jax.tree_util.tree_leaves(state.params),
                                 jax.tree_util.tree_leaves(start)):
       moved = np.linalg.norm(w - s0)
-      assert moved > 0 and np.linalg.norm(g - w) < 0.25 * moved + 1e-6 * np.sqrt(w.size), (k, path)
+      still += moved == 0
+      assert np.linalg.norm(g - w) < 0.25 * moved + 1e-6 * np.sqrt(w.size), (k, path)
+    assert still <= 2, (k, still)
 
   # Evaluation: every setting's accuracy as the training loop's eval computes it alone.
   accuracy, teacher_accuracy = sweep.evaluate(states.variables)
