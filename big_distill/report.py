@@ -35,12 +35,11 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from big_distill import cli, errors, variants, workdir as workdir_lib
+from big_distill.runs import SUPERVISED, TRAIN_EVAL
 
 STUDENT_KEYS = ('eval/student_accuracy', 'eval/accuracy')
 AGREEMENT = 'eval/agreement_top1'
 TEACHER = 'eval/teacher_accuracy'
-TRAIN_EVAL = 'train_eval'  # The metrics prefix of a run's eval on its own training examples.
-SUPERVISED = 'supervised'
 
 
 @dataclasses.dataclass(frozen=True)

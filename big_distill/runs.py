@@ -61,10 +61,10 @@ def finished(workdir: str) -> bool:
   return configlib.total_steps(config, data['num_train']) in checkpoint.saved_steps(workdir)
 
 
-TRAIN_EVAL = 'train_eval'  # The eval set of a run's own training examples (`report.TRAIN_EVAL`).
+TRAIN_EVAL = 'train_eval'  # The eval set (metrics prefix) of a run's own training examples.
 EVALS_PER_RUN = 20
 MIN_EVAL_INTERVAL = 100  # Steps.
-SUPERVISED = 'supervised'
+SUPERVISED = 'supervised'  # The setup name of a run on labels (the baseline).
 
 
 @dataclasses.dataclass(frozen=True)
