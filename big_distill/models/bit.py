@@ -35,7 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import normalization
+from big_distill.models import matching, normalization
 
 # Units per stage for each depth (depth = 3 * sum(units) + 2).
 BLOCK_UNITS = {
@@ -302,18 +302,14 @@ def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_h
     if skip_head and path[0] == 'head':
       continue
     key, want = bit_npz_key(path), _npz_shape(path, spec.shape)
-    if key not in arrays:
-      problems.append(f'{key}: missing from file, model expects {want}')
-    elif tuple(np.shape(arrays[key])) != want:
-      problems.append(f'{key}: file has {tuple(np.shape(arrays[key]))}, model expects {want}')
+    wrong = matching.problem(key, arrays.get(key), want)
+    if wrong:
+      problems.append(wrong)
     else:
       flat[path] = np.asarray(arrays[key], dtype=spec.dtype).reshape(spec.shape)
   known = {bit_npz_key(path) for path in expected} | (set(HEAD_KEYS) if skip_head else set())
-  problems += [f'{key}: in file with shape {tuple(np.shape(arrays[key]))}, not in model'
-               for key in sorted(set(arrays) - known)]
-  if problems:
-    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
-    raise errors.BadInput(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
+  matching.check(problems, {k: arrays[k] for k in set(arrays) - known},
+             f'{source} does not match {_describe(model)}')
   params = traverse_util.unflatten_dict(flat)
   return replace_head(params, model) if skip_head else params
 
@@ -413,20 +409,16 @@ def params_from_timm(state_dict: Mapping[str, np.ndarray], model: ResNetV2, abst
     if value is not None and path == ('conv_root', 'kernel') and value.shape[1] == 3 and (
         want[1] == 1):
       value = np.sum(value, axis=1, keepdims=True)
-    if value is None:
-      problems.append(f'{key}: missing from file, model expects {want}')
-    elif tuple(value.shape) != tuple(want):
-      problems.append(f'{key}: file has {tuple(value.shape)}, model expects {tuple(want)}')
+    wrong = matching.problem(key, value, want)
+    if wrong:
+      problems.append(wrong)
     else:
       value = np.asarray(value, np.float32)
       flat[path] = (value[:, :, 0, 0].T if path == ('head', 'kernel') else
                     value.transpose(2, 3, 1, 0) if value.ndim == 4 else value)
   known = {timm_key(path) for path in expected} | (
       {TIMM_HEAD, 'head.fc.bias'} if skip_head else set())
-  problems += [f'{key}: in file with shape {tuple(np.shape(state_dict[key]))}, not in model'
-               for key in sorted(set(state_dict) - known)]
-  if problems:
-    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
-    raise errors.BadInput(f'{source} does not match {_describe(model)}: {problems[0]}{more}')
+  matching.check(problems, {k: state_dict[k] for k in set(state_dict) - known},
+             f'{source} does not match {_describe(model)}')
   params = traverse_util.unflatten_dict(flat)
   return replace_head(params, model) if skip_head else params

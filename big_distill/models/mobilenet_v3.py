@@ -28,7 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import normalization
+from big_distill.models import matching, normalization
 
 # timm's arch strings: block type, r repeats, k depthwise kernel, s stride (of the first block
 # of a stage), e expansion, c output channels (times `width`), se squeeze-excite, nre ReLU (else
@@ -298,21 +298,19 @@ def variables_from_timm(state_dict: Mapping[str, np.ndarray], model: MobileNetV3
     if skip_head and path[0] == 'head':
       flat[collection][path] = np.zeros(spec.shape, spec.dtype)
       continue
-    if key not in arrays:
-      problems.append(f'{key}: missing from file, model expects {want}')
-      continue
-    value = np.asarray(arrays[key], spec.dtype)
-    if path == ('conv_stem', 'kernel') and want[1] == 1 and value.shape == (want[0], 3) + want[2:]:
-      value = value.sum(axis=1, keepdims=True)  # timm's `adapt_input_conv` for grey images.
-    if value.shape != want:
-      problems.append(f'{key}: file has {value.shape}, model expects {want}')
+    value = arrays.get(key)
+    if value is not None:
+      value = np.asarray(value, spec.dtype)
+      if (path == ('conv_stem', 'kernel') and want[1] == 1
+          and value.shape == (want[0], 3) + want[2:]):
+        value = value.sum(axis=1, keepdims=True)  # timm's `adapt_input_conv` for grey images.
+    wrong = matching.problem(key, value, want)
+    if wrong:
+      problems.append(wrong)
     elif len(spec.shape) == 4:
       flat[collection][path] = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
     else:  # Dense kernels from (O, I) or 1x1 convs (O, I, 1, 1); vectors as they are.
       flat[collection][path] = value.reshape(value.shape[:2]).T if value.ndim > 1 else value
-  problems += [f'{key}: in file with shape {tuple(np.shape(arrays[key]))}, not in model'
-               for key in sorted(set(arrays) - set(expected))]
-  if problems:
-    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
-    raise errors.BadInput(f'{source} does not fit {_describe(model)}: {problems[0]}{more}')
+  matching.check(problems, {k: arrays[k] for k in set(arrays) - set(expected)},
+             f'{source} does not fit {_describe(model)}')
   return {collection: traverse_util.unflatten_dict(f) for collection, f in flat.items()}

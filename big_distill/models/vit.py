@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import normalization
+from big_distill.models import matching, normalization
 
 # width, depth, mlp_dim, num_heads of the 'Ti/16'-style variants.
 VARIANTS = {'Ti': (192, 12, 768, 3), 'S': (384, 12, 1536, 6), 'B': (768, 12, 3072, 12),
@@ -195,17 +195,8 @@ def _fit(arrays: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], mod
   posemb, want = arrays.get(posemb_key), expected[posemb_key]
   if posemb is not None and posemb.ndim == 3 and posemb.shape[::2] == want[::2]:
     arrays[posemb_key] = resample_posemb(posemb, want[1])
-  problems = []
-  for key, want in expected.items():
-    if key not in arrays:
-      problems.append(f'{key}: missing from file, model expects {want}')
-    elif arrays[key].shape != want:
-      problems.append(f'{key}: file has {arrays[key].shape}, model expects {want}')
-  problems += [f'{key}: in file with shape {arrays[key].shape}, not in model'
-               for key in sorted(set(arrays) - set(expected))]
-  if problems:
-    more = f' (and {len(problems) - 1} more mismatching keys)' if len(problems) > 1 else ''
-    raise errors.BadInput(f'{fits}: {problems[0]}{more}')
+  problems = [p for p in (matching.problem(k, arrays.get(k), w) for k, w in expected.items()) if p]
+  matching.check(problems, {k: arrays[k] for k in set(arrays) - set(expected)}, fits)
   return arrays
 
 
