@@ -49,7 +49,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
 def metrics(logits: np.ndarray, labels: np.ndarray,
             teacher_logp: np.ndarray | None = None) -> dict[str, float]:
   """The evaluation of per-example `logits` against `labels` (and the teachers')."""
-  probs = np.asarray(_softmax(logits))
+  probs = inference.softmax(logits)
   top5 = np.argsort(-logits, -1)[:, :min(5, logits.shape[-1])]
   out = {'examples': int(len(labels)),
          'accuracy': float(np.mean(logits.argmax(-1) == labels)),
@@ -60,11 +60,6 @@ def metrics(logits: np.ndarray, labels: np.ndarray,
                agreement=float(np.mean(losses.agreement(teacher_logp, logits, 1))),
                kl=float(np.mean(losses.kl_divergence(teacher_logp, logits))))
   return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
 
 
 def collect(classifier: inference.Classifier, builder, split: str, batch_size: int
@@ -116,7 +111,7 @@ def main(argv):
   result = {'model': classifier.description, 'dataset': dataset, 'split': split,
             **metrics(logits, labels, teacher_logp)}
   if _PREDICTIONS.value:
-    probs = _softmax(logits)
+    probs = inference.softmax(logits)
     lines = [json.dumps({'index': int(i), 'label': int(l), 'prediction': int(p.argmax()),
                          'probability': float(p.max())})
              for i, l, p in zip(index, labels, probs)]

@@ -53,6 +53,12 @@ class Classifier:
     return len(self.class_names)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Probabilities of per-row `logits` (NumPy, max-shifted)."""
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
 def from_flags(*, teachers: bool = False) -> Classifier:
   """The classifier the flags name (exactly one source); `teachers` loads a run's teachers."""
   given = [f.name for f in (WORKDIR, WEIGHTS, EXPORTED) if f.value]
@@ -116,10 +122,7 @@ def from_export(path: str) -> Classifier:
   exported = serving.load(path)
   meta = exported.metadata
 
-  def logits(images: np.ndarray) -> np.ndarray:
-    pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return exported.logits_from_pixels(pixels)
-
-  return Classifier(f'the exported model {path}', logits,
+  return Classifier(f'the exported model {path}',
+                    lambda images: exported.logits_from_pixels(serving.to_pixels(images)),
                     _names(meta['class_names'], len(meta['class_names'])),
                     _input(meta['resolution'], meta['central_crop']), meta['channels'])

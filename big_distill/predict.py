@@ -63,8 +63,7 @@ def load_image(path: str, classifier: inference.Classifier) -> np.ndarray:
 
 def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
   """Per row, the k most probable classes and their probabilities."""
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
+  probs = inference.softmax(logits)
   order = np.argsort(-probs, -1, kind='stable')[:, :k]
   return [[(int(c), float(p[c])) for c in row] for row, p in zip(order, probs)]
 

@@ -82,9 +82,9 @@ def preprocessing(cfg: ml_collections.ConfigDict) -> str:
           '(the model normalises inside)')
 
 
-def _to_float(images: tf.Tensor) -> tf.Tensor:
-  """uint8 -> float32 in [-1, 1], as `input_pipeline.eval_image` scales."""
-  return tf.cast(images, tf.float32) / 127.5 - 1.0
+def to_pixels(images: np.ndarray) -> np.ndarray:
+  """float32 in [-1, 1] -> uint8, rounded: the inverse of `input_pipeline.to_float`."""
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class StudentModule(tf.Module):
@@ -124,7 +124,7 @@ class StudentModule(tf.Module):
         input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name='images')],
         autograph=False)
     self.pixels_at_resolution = tf.function(
-        lambda images: outputs(_to_float(images)),
+        lambda images: outputs(input_pipeline.to_float(images)),
         input_signature=[tf.TensorSpec([None, side, side, channels], tf.uint8, name='images')],
         autograph=False)
 
@@ -254,5 +254,4 @@ def pixels_at_resolution(image: np.ndarray, metadata: dict[str, Any]) -> np.ndar
                           f'{image.dtype} {list(image.shape)}.')
   cfg = ml_collections.ConfigDict(dict(resolution=metadata['resolution'],
                                        central_crop=metadata['central_crop']))
-  scaled = input_pipeline.eval_image(tf.constant(image), cfg).numpy()
-  return np.clip(np.round((scaled + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return to_pixels(input_pipeline.eval_image(tf.constant(image), cfg).numpy())

@@ -113,7 +113,8 @@ def channels(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['image'].shape[-1]
 
 
-def _to_float(image: tf.Tensor) -> tf.Tensor:
+def to_float(image: tf.Tensor) -> tf.Tensor:
+  """uint8 pixels -> float32 in [-1, 1], as every image enters the models."""
   return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
@@ -130,7 +131,7 @@ def _match_channels(image: tf.Tensor, num_channels: int) -> tf.Tensor:
 
 def eval_image(image: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
   """Un-augmented: short side resized to `resolution / central_crop`, centre crop, float32."""
-  image = _to_float(image)
+  image = to_float(image)
   shape = tf.shape(image)
   scale = cfg.resolution / cfg.central_crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
   size = tf.maximum(cfg.resolution, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale),
@@ -145,7 +146,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
   """Random crop (padded, or inception-style; `cfg.augment`, see `check_input`) and flip of one
   uint8 HWC image -> float32."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  image = _to_float(image)
+  image = to_float(image)
   if cfg.augment == 'crop_flip':
     shape = tf.shape(image)
     p = cfg.crop_padding
