@@ -5,15 +5,19 @@ them back for inference.
   serving.save(run, variables, 'student_savedmodel', 'savedmodel', checkpoint=...)
   serving.save(run, variables, 'student.tflite', 'tflite', int8=True, checkpoint=...)
   exported = serving.load('student.tflite')        # either format
-  logits = exported.logits_from_pixels(images)     # uint8 [b, R, R, C] -> float32 [b, classes]
+  logits = exported.logits_from_pixels(images)     # uint8 [n, R, R, C] -> float32 [n, classes]
 
 Why jax2tf: it serialises the student's own JAX computation (StableHLO inside TF's
 `XlaCallModule`), so the exported model computes what the run evaluated, with no second
 implementation of the architecture to keep in step; TF Serving, TF's C API and the TFLite
-converter all read the result. The batch dimension is symbolic (`polymorphic_shapes`): one
-model for every batch size. The forward pass is `jax.vmap`ped over single images, so that every
-shape inside the model is static: with a symbolic batch, jnp's strided slices (BiT's strided 1x1
-convolutions) lower to dynamic gathers, which the TFLite converter refuses.
+converter all read the result. A SavedModel's batch dimension is symbolic (`polymorphic_shapes`):
+one model for every batch size. Its forward pass is `jax.vmap`ped over single images, so that
+the shapes inside the model are static: with a symbolic batch, jnp's strided slices (BiT's
+strided 1x1 convolutions) lower to dynamic gathers. A TFLite model has a fixed batch size
+instead (1 by default, as on a phone): the converter turns a symbolic batch into shape
+arithmetic around every layer, which TFLite runs about 7 times slower than the same model at a
+fixed batch, where convolutions stay the runtime's own optimised kernels (`Exported` feeds it
+larger inputs in chunks of that size).
 
 A SavedModel has three signatures, each with outputs `logits` and `probabilities` (float32
 [batch, classes]), all computing exactly what the run's eval computes:
@@ -25,8 +29,9 @@ A SavedModel has three signatures, each with outputs `logits` and `probabilities
 - `pixels_at_resolution(images)`: uint8 [batch, R, R, channels] already at the run's resolution;
   only scaled to [-1, 1].
 
-A TFLite file is the `pixels_at_resolution` signature converted with TFLite's builtin ops, in
-float32, or with `int8=True` with dynamic-range quantisation (int8 weights, float activations).
+A TFLite file is the `pixels_at_resolution` signature at a fixed batch size, converted with
+TFLite's builtin ops, in float32, or with `int8=True` with dynamic-range quantisation (int8
+weights, float activations).
 Metadata (`METADATA` inside a SavedModel directory, `<file>.json` beside a TFLite file) names the
 classes, the input, the preprocessing, the signatures and the checkpoint exported.
 """
@@ -62,15 +67,15 @@ def metadata_path(path: str | os.PathLike, fmt: str) -> epath.Path:
   return p / METADATA if fmt == 'savedmodel' else p.parent / f'{p.name}.json'
 
 
-def signatures(resolution: int, channels: int) -> dict[str, str]:
-  """The SavedModel's signatures and their input, in words."""
+def signatures(resolution: int, channels: int, batch: str = 'batch') -> dict[str, str]:
+  """The exported signatures and their input, in words (`batch`: a TFLite model's batch size)."""
   return {
       'serving_default': 'images: tf.string [batch], PNG or JPEG files, decoded to '
                          f'{channels} channel(s) and preprocessed as in eval',
       'pixels': f'images: uint8 [batch, height, width, {channels}], any size, preprocessed as '
                 'in eval',
-      'pixels_at_resolution': f'images: uint8 [batch, {resolution}, {resolution}, {channels}], '
-                              'only scaled to [-1, 1]',
+      'pixels_at_resolution': f'images: uint8 [{batch}, {resolution}, {resolution}, '
+                              f'{channels}], only scaled to [-1, 1]',
   }
 
 
@@ -88,21 +93,26 @@ def to_pixels(images: np.ndarray) -> np.ndarray:
 
 
 class StudentModule(tf.Module):
-  """A run's student with its variables (tf.Variables), as the three signatures above."""
+  """A run's student with its variables (tf.Variables), as the three signatures above
+  (`signature_functions`); with a `batch` size (for TFLite), `pixels_at_resolution` alone, taking
+  exactly that many images."""
 
   def __init__(self, run: build.Run, variables: dict[str, Any],
-               platforms: tuple[str, ...] = SAVEDMODEL_PLATFORMS):
+               platforms: tuple[str, ...] = SAVEDMODEL_PLATFORMS, batch: int | None = None):
     super().__init__()
     cfg = run.config.input
     side, channels = cfg.resolution, run.data.channels
     self._variables = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), variables)
 
     def forward(v: dict[str, Any], images: jax.Array) -> jax.Array:
+      if batch:
+        return run.student.apply(v, images, train=False)
       one = lambda image: run.student.apply(v, image[None], train=False)[0]
       return jax.vmap(one)(images)
 
-    self._forward = jax2tf.convert(forward, polymorphic_shapes=[None, '(b, ...)'],
-                                   with_gradient=False, native_serialization_platforms=platforms)
+    self._forward = jax2tf.convert(
+        forward, polymorphic_shapes=None if batch else [None, '(b, ...)'], with_gradient=False,
+        native_serialization_platforms=platforms)
     image_spec = tf.TensorSpec([side, side, channels], tf.float32)
 
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -116,33 +126,36 @@ class StudentModule(tf.Module):
       image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
       return preprocess(image)
 
-    self.serving_default = tf.function(
-        lambda images: outputs(tf.map_fn(decode, images, fn_output_signature=image_spec)),
-        input_signature=[tf.TensorSpec([None], tf.string, name='images')], autograph=False)
-    self.pixels = tf.function(
-        lambda images: outputs(tf.map_fn(preprocess, images, fn_output_signature=image_spec)),
-        input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name='images')],
-        autograph=False)
-    self.pixels_at_resolution = tf.function(
+    self.signature_functions = {'pixels_at_resolution': tf.function(
         lambda images: outputs(input_pipeline.to_float(images)),
-        input_signature=[tf.TensorSpec([None, side, side, channels], tf.uint8, name='images')],
-        autograph=False)
+        input_signature=[tf.TensorSpec([batch, side, side, channels], tf.uint8,
+                                       name='images')],
+        autograph=False)}
+    if not batch:
+      self.signature_functions['serving_default'] = tf.function(
+          lambda images: outputs(tf.map_fn(decode, images, fn_output_signature=image_spec)),
+          input_signature=[tf.TensorSpec([None], tf.string, name='images')], autograph=False)
+      self.signature_functions['pixels'] = tf.function(
+          lambda images: outputs(tf.map_fn(preprocess, images, fn_output_signature=image_spec)),
+          input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8,
+                                         name='images')],
+          autograph=False)
 
   def save(self, path: str | os.PathLike) -> None:
-    tf.saved_model.save(self, os.fspath(path), signatures={
-        name: getattr(self, name) for name in ('serving_default', 'pixels',
-                                               'pixels_at_resolution')})
+    tf.saved_model.save(self, os.fspath(path), signatures=self.signature_functions)
 
 
-def metadata(run: build.Run, fmt: str, *, int8: bool, checkpoint: dict[str, Any]
-             ) -> dict[str, Any]:
-  """What a deployment needs to know besides the model; `checkpoint`: its workdir, step, note."""
+def metadata(run: build.Run, fmt: str, *, int8: bool, checkpoint: dict[str, Any],
+             batch: int | None = None) -> dict[str, Any]:
+  """What a deployment needs to know besides the model; `checkpoint`: its workdir, step, note;
+  `batch`: a TFLite model's batch size."""
   cfg = run.config.input
   names = list(run.data.class_names) or [str(i) for i in range(run.data.num_classes)]
-  sigs = signatures(cfg.resolution, run.data.channels)
+  sigs = signatures(cfg.resolution, run.data.channels, str(batch or 'batch'))
   return {
       'format': fmt,
       'quantization': 'dynamic_range_int8' if int8 else 'none',
+      **({'batch_size': batch} if batch else {}),
       'model': {k: v for k, v in run.config.student.items() if k != 'init'},
       'num_classes': run.data.num_classes,
       'class_names': names,
@@ -167,18 +180,21 @@ def tflite_bytes(saved_model: str | os.PathLike, int8: bool) -> bytes:
 
 
 def save(run: build.Run, variables: dict[str, Any], path: str | os.PathLike, fmt: str, *,
-         checkpoint: dict[str, Any], int8: bool = False) -> epath.Path:
-  """Writes the student as `fmt` (a SavedModel directory or a TFLite file) at `path` and its
-  metadata (`metadata_path`); returns the metadata's path. The caller checks `path` first."""
-  if fmt not in FORMATS or (int8 and fmt != 'tflite'):
-    raise ValueError(f'format {fmt!r}, int8={int8}: use one of {FORMATS}, int8 for tflite only.')
-  info = metadata(run, fmt, int8=int8, checkpoint=checkpoint)
+         checkpoint: dict[str, Any], int8: bool = False, batch: int = 1) -> epath.Path:
+  """Writes the student as `fmt` (a SavedModel directory or a TFLite file of `batch` images a
+  call) at `path` and its metadata (`metadata_path`); returns the metadata's path. The caller
+  checks `path` first."""
+  if fmt not in FORMATS or (int8 and fmt != 'tflite') or batch < 1:
+    raise ValueError(f'format {fmt!r}, int8={int8}, batch={batch}: use one of {FORMATS}, int8 '
+                     'for tflite only, a batch of at least 1.')
+  info = metadata(run, fmt, int8=int8, checkpoint=checkpoint,
+                  batch=batch if fmt == 'tflite' else None)
   out = workdir_lib.path(path)
   if fmt == 'savedmodel':
     StudentModule(run, variables).save(out)
   else:
     with tempfile.TemporaryDirectory() as tmp:
-      StudentModule(run, variables, platforms=('cpu',)).save(tmp)
+      StudentModule(run, variables, platforms=('cpu',), batch=batch).save(tmp)
       flatbuffer = tflite_bytes(tmp, int8)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(flatbuffer)
@@ -202,8 +218,8 @@ class Exported:
     return (side, side, self.metadata['channels'])
 
   def logits_from_pixels(self, images: np.ndarray) -> np.ndarray:
-    """float32 [b, classes] logits of uint8 [b, R, R, C] images already at the resolution
-    (`pixels_at_resolution` makes them from any image)."""
+    """float32 [n, classes] logits of uint8 [n, R, R, C] images already at the resolution
+    (`pixels_at_resolution` makes them from any image), any n."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != self.input_shape:
       raise errors.BadInput(f'{self.path} takes uint8 images of shape [batch, '
@@ -241,7 +257,21 @@ def load(path: str | os.PathLike, num_threads: int | None = None) -> Exported:
         lambda x: encoded(images=tf.constant(x, tf.string))['logits'].numpy())
   runner = litert.Interpreter(model_path=os.fspath(p), num_threads=num_threads
                               ).get_signature_runner('pixels_at_resolution')
-  return Exported(os.fspath(path), fmt, info, lambda x: runner(images=x)['logits'], None)
+  batch = info.get('batch_size')  # None: a file of an earlier version, any batch size.
+
+  def in_chunks(images: np.ndarray) -> np.ndarray:
+    """The fixed-batch model's logits of any number of images: the last chunk zero-padded."""
+    if batch is None:
+      return runner(images=images)['logits']
+    chunks = []
+    for start in range(0, len(images), batch):
+      chunk = images[start:start + batch]
+      padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]),
+                                               chunk.dtype)])
+      chunks.append(runner(images=padded)['logits'][:len(chunk)])
+    return np.concatenate(chunks)
+
+  return Exported(os.fspath(path), fmt, info, in_chunks, None)
 
 
 def pixels_at_resolution(image: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:

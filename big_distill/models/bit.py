@@ -64,7 +64,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
   """
   k = kernel.shape[0]
   if k == 1 and padding == (0, 0):
-    return x[:, ::stride, ::stride] @ kernel[0, 0]
+    return _dot(x[:, ::stride, ::stride], kernel[0, 0])
   out = [(n + sum(padding) - k) // stride + 1 for n in x.shape[1:3]]
   if min(out) >= k:
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
@@ -75,7 +75,17 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
   cols = [x[:, dy:dy + stride * (out[0] - 1) + 1:stride, dx:dx + stride * (out[1] - 1) + 1:stride]
           for dy in taps[0] for dx in taps[1]]
   w = jnp.concatenate([kernel[dy, dx] for dy in taps[0] for dx in taps[1]], axis=0)
-  return jnp.concatenate(cols, axis=-1) @ w
+  return _dot(jnp.concatenate(cols, axis=-1), w)
+
+
+def _dot(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+  """[b, h, w, C] x [C, D] over the last axis. A single position ([1, 1, 1, C]: batch-1
+  inference where a late stage is down to 1x1) is computed as a 1x1 convolution: TFLite's
+  converter rejects that product (an invalid batch matmul) but converts the convolution."""
+  if x.size == x.shape[-1]:
+    return jax.lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return x @ w
 
 
 class StdConv(nn.Module):

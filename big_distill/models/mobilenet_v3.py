@@ -145,10 +145,12 @@ class SqueezeExcite(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    # Pooled to [batch, C], not [batch, 1, 1, C]: TFLite's converter rejects a [1, 1, 1, C] x
+    # [C, D] product (a batch-1 export).
+    s = jnp.mean(x, axis=(1, 2))
     s = nn.relu(nn.Dense(self.features, dtype=self.dtype, name='conv_reduce')(s))
     s = nn.Dense(x.shape[-1], dtype=self.dtype, name='conv_expand')(s)
-    return x * nn.hard_sigmoid(s)
+    return x * nn.hard_sigmoid(s)[:, None, None, :]
 
 
 class Block(nn.Module):
