@@ -35,7 +35,7 @@ import optax
 from ml_collections import config_flags
 
 from benchmarks import comparison
-from big_distill import build, cli, configlib, errors, steps, variants
+from big_distill import build, cli, configlib, errors, parallel, steps, variants
 from big_distill.optim import make_optimizer, make_schedule
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -98,7 +98,9 @@ class Sweep:
     self.rngs = self.seed_rngs[self.of_seed]
     self.settings = jnp.arange(len(hps))
     self.axes = _state_axes(jax.eval_shape(self._init, self.rngs[0], self.settings[0]))
-    self.init = jax.jit(self._init_all)  # Compiled: op by op, init took half a minute on a CPU.
+    # Compiled: op by op, init took half a minute on a CPU. Replicated over the run's mesh, as
+    # the step returns the states: states of another sharding would compile the step again.
+    self.init = jax.jit(self._init_all, out_shardings=parallel.replicated(run.mesh))
     self.step = jax.jit(self._step, donate_argnums=0)
     self.eval_sums = jax.jit(self._eval_sums)
 
