@@ -24,7 +24,8 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   pipeline to global device batches), with `img_per_sec` and, for compiled steps, XLA's FLOPs
   per image and the achieved FLOP/s.
 - `summary`: `step_efficiency` (distill step time / (teacher forward + student step time); <= 1
-  means nothing is wasted), `cached_logits_over_student_step`, `input_over_step` (pipeline
+  means nothing is wasted; the median over rounds of each round's ratio, so that the three parts
+  of a ratio are timed under the same load, and `step_efficiency_range`, its lowest and highest), `cached_logits_over_student_step`, `input_over_step` (pipeline
   images/s / distill step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
   `distill_compile_s`, `peak_rss_mb`.
 """
@@ -72,10 +73,13 @@ _PROFILE = flags.DEFINE_string('profile_dir', None,
 
 
 def emit(record: dict[str, Any]) -> None:
-  """Prints `record` as one JSON line, floats to 6 significant digits (ratios of small figures
-  stay exact to 1e-5 relative; decimal places would not)."""
-  print(json.dumps({k: float(f'{v:.6g}') if isinstance(v, float) else v
-                    for k, v in record.items()}), flush=True)
+  """Prints `record` as one JSON line, floats (also in lists) to 6 significant digits (ratios
+  of small figures stay exact to 1e-5 relative; decimal places would not)."""
+  def rounded(v):
+    if isinstance(v, list):
+      return [rounded(x) for x in v]
+    return float(f'{v:.6g}') if isinstance(v, float) else v
+  print(json.dumps({k: rounded(v) for k, v in record.items()}), flush=True)
 
 
 class Timer:
@@ -232,10 +236,12 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
           'step_ms': 1e3 * seconds, **record,
           'gflop_per_sec': record['gflop_per_image'] * img_s[name], **setting})
 
+  per_round = [d / (t + s) for d, t, s in zip(
+      *(timer.times[k] for k in ('distill_step', 'teacher_forward', 'student_step')))]
   summary = {
       'measure': 'summary',
-      'step_efficiency': img_s['teacher_forward'] * img_s['student_step'] / img_s[
-          'distill_step'] / (img_s['teacher_forward'] + img_s['student_step']),
+      'step_efficiency': statistics.median(per_round),
+      'step_efficiency_range': [min(per_round), max(per_round)],
       'cached_logits_over_student_step': img_s['student_step'] / img_s[
           'distill_step_cached_logits'],
       'distill_img_per_sec': img_s['distill_step'],

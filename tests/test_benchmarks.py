@@ -27,8 +27,9 @@ def test_step_throughput_reports_every_part_and_consistent_ratios():
                            'student_step', 'teacher_forward']
   assert all(v > 0 for v in img_s.values())
   seconds = {k: 1 / v for k, v in img_s.items()}
-  assert summary['step_efficiency'] == pytest.approx(
+  assert summary['step_efficiency'] == pytest.approx(  # One round: its ratio.
       seconds['distill_step'] / (seconds['teacher_forward'] + seconds['student_step']), rel=1e-3)
+  assert summary['step_efficiency_range'] == [summary['step_efficiency']] * 2
   assert summary['cached_logits_over_student_step'] == pytest.approx(
       seconds['distill_step_cached_logits'] / seconds['student_step'], rel=1e-3)
   assert summary['input_over_step'] == pytest.approx(
