@@ -53,6 +53,7 @@ def test_sweep_steps_equal_the_training_steps_of_each_setting(fmnist_builder):
   for _ in range(6):
     states, _ = sweep.step(states, next(batches), teacher_params)
   assert int(states.step) == 6
+  assert sweep.step._cache_size() == 1  # pylint: disable=protected-access  # Compiled once.
   for k, hp in enumerate(hps):
     alone = build.create_run(sweep_lib.setting_config(config, optimizer, hp),
                              data=run.data, teacher_params='random')
