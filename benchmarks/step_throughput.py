@@ -25,8 +25,9 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   per image and the achieved FLOP/s.
 - `summary`: `step_efficiency` (distill step time / (teacher forward + student step time); <= 1
   means nothing is wasted; the median over rounds of each round's ratio, so that the three parts
-  of a ratio are timed under the same load, and `step_efficiency_range`, its lowest and highest), `cached_logits_over_student_step`, `input_over_step` (pipeline
-  images/s / distill step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
+  of a ratio are timed under the same load, and `step_efficiency_range`, its lowest and
+  highest), `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
+  step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
   `distill_compile_s`, `peak_rss_mb`.
 """
 

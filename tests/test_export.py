@@ -96,7 +96,8 @@ def test_tflite_has_a_fixed_batch_and_no_shape_arithmetic(exported):
     (details,) = interpreter.get_signature_runner('pixels_at_resolution').get_input_details(
         ).values()
     assert list(details['shape']) == list(details['shape_signature']) == [batch, 28, 28, 1]
-    ops = {op['op_name'] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    ops = {op['op_name'] for op in interpreter._get_ops_details()}
     assert 'CONV_2D' in ops and not ops & {'SHAPE', 'GATHER', 'UNSORTED_SEGMENT_PROD'}, (
         name, sorted(ops))
 
