@@ -20,21 +20,28 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
 - `matmul`: FLOP/s of a large float32 matmul in this process: the machine's practical limit.
 - `component` (one per part): `teacher_forward`, `student_step` (supervised train step),
   `distill_step` (views, mixup, teachers, student, KL, update), `distill_step_cached_logits`
-  (fixed teacher with precomputed logits: no teacher pass), `input_pipeline` (the config's TFDS
-  pipeline to global device batches), with `img_per_sec` and, for compiled steps, XLA's FLOPs
-  per image and the achieved FLOP/s.
+  (fixed teacher with precomputed logits: no teacher pass), `teacher_forward_then_student_step`
+  (the two programs called in turn, as a loop without the fused step would), `input_pipeline`
+  (the config's TFDS pipeline to global device batches), with `img_per_sec` and, for compiled
+  steps, XLA's FLOPs per image and the achieved FLOP/s.
 - `summary`: `step_efficiency` (distill step time / (teacher forward + student step time); <= 1
   means nothing is wasted; the median over rounds of each round's ratio, so that the three parts
   of a ratio are timed under the same load, and `step_efficiency_range`, its lowest and
-  highest), `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
+  highest), `step_efficiency_in_turn` (the same against the parts called in turn, so that
+  neither side keeps its weights in cache from one call to the next; and its range),
+  `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
   step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
   `distill_compile_s`, `peak_rss_mb`.
+- With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
+  `profile_summary` (the distill step's span and op time over the sums of its parts').
 """
 
 import contextlib
 import copy
 import dataclasses
 import functools
+import glob
+import gzip
 import json
 import os
 import resource
@@ -69,8 +76,9 @@ _STANDIN = flags.DEFINE_integer(
 _STANDIN_SIZE = flags.DEFINE_list('standin_size', ['384', '512'],
                                   'Height, width of the stand-in\'s images.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference float32 matmul.')
-_PROFILE = flags.DEFINE_string('profile_dir', None,
-                               'Write a jax.profiler trace of one round of distillation steps.')
+_PROFILE = flags.DEFINE_string(
+    'profile_dir', None, 'Trace one more round of the distillation step, teacher forward and '
+    'student step with jax.profiler there (a directory each), and print their times in XLA ops.')
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -98,6 +106,35 @@ class Timer:
 
   def seconds(self, name: str) -> float:
     return statistics.median(self.times[name])
+
+
+def op_times(trace_dir: str) -> dict[str, float]:
+  """Ms per traced call inside XLA ops, from the trace `jax.profiler` wrote in `trace_dir`.
+
+  `span_ms`: first op's start to last op's end; `op_ms`: the ops' durations summed (more than
+  the span where ops run concurrently); `idle_ms`: the part of the span where no op runs. Read
+  from the Chrome trace file (events with `hlo_op` and `run_id` arguments): neither jax nor the
+  profiler plugin exposes these sums as an API.
+  """
+  path, = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  runs: dict[str, list[tuple[float, float]]] = {}
+  for e in events:
+    if e.get('ph') == 'X' and 'hlo_op' in e.get('args', {}):
+      runs.setdefault(e['args']['run_id'], []).append((e['ts'], e['ts'] + e['dur']))
+  if not runs:
+    raise ValueError(f'{path}: no XLA op in the trace')
+  records = []
+  for ops in (sorted(r) for r in runs.values()):
+    busy, end = 0.0, ops[0][0]  # The union of the ops' intervals.
+    for start, stop in ops:
+      busy += max(0.0, stop - max(start, end))
+      end = max(end, stop)
+    span = end - ops[0][0]
+    records.append((span, sum(b - a for a, b in ops), span - busy))
+  return {key: float(np.mean(values)) / 1e3
+          for key, values in zip(('span_ms', 'op_ms', 'idle_ms'), zip(*records))}
 
 
 def compile_step(jitted: Callable, *args) -> tuple[Callable, float, float]:
@@ -208,6 +245,9 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       states[name], _ = compiled[name](states[name], *args)  # Warm-up.
 
   def call(name):
+    if name == 'teacher_forward_then_student_step':  # Two programs in turn, as a loop runs them.
+      call('teacher_forward')
+      return call('student_step')
     fn, args = compiled[name], components[name][1]
     if name not in states:
       return fn(*args)
@@ -218,11 +258,20 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   matmul = matmul_flops_per_second(_MATMUL.value, timer)
   emit({'measure': 'matmul', 'size': _MATMUL.value, 'gflop_per_sec': matmul / 1e9})
   for _ in range(_ROUNDS.value):
-    for name in components:
+    for name in (*components, 'teacher_forward_then_student_step'):
       timer.time(name, functools.partial(call, name), _STEPS.value)
   if _PROFILE.value:
-    with jax.profiler.trace(_PROFILE.value):
-      timer.time('profiled', functools.partial(call, 'distill_step'), _STEPS.value)
+    profiled = {}
+    for name in ('distill_step', 'teacher_forward', 'student_step'):  # One trace each.
+      with jax.profiler.trace(os.path.join(_PROFILE.value, name)):
+        timer.time(f'profiled_{name}', functools.partial(call, name), _STEPS.value)
+      profiled[name] = op_times(os.path.join(_PROFILE.value, name))
+    for name, record in profiled.items():
+      emit({'measure': 'profile', 'name': name, **record})
+    emit({'measure': 'profile_summary', **{
+        f'{key}_efficiency': profiled['distill_step'][key] / (
+            profiled['teacher_forward'][key] + profiled['student_step'][key])
+        for key in ('span_ms', 'op_ms')}})
 
   setting = dict(student=describe(config.student),
                  teachers=[describe(t) for t in config.teachers],
@@ -237,12 +286,19 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
           'step_ms': 1e3 * seconds, **record,
           'gflop_per_sec': record['gflop_per_image'] * img_s[name], **setting})
 
+  in_turn_s = timer.seconds('teacher_forward_then_student_step')
+  emit({'measure': 'component', 'name': 'teacher_forward_then_student_step',
+        'img_per_sec': bs / in_turn_s, 'step_ms': 1e3 * in_turn_s, **setting})
   per_round = [d / (t + s) for d, t, s in zip(
       *(timer.times[k] for k in ('distill_step', 'teacher_forward', 'student_step')))]
+  in_turn = [d / p for d, p in zip(timer.times['distill_step'],
+                                     timer.times['teacher_forward_then_student_step'])]
   summary = {
       'measure': 'summary',
       'step_efficiency': statistics.median(per_round),
       'step_efficiency_range': [min(per_round), max(per_round)],
+      'step_efficiency_in_turn': statistics.median(in_turn),
+      'step_efficiency_in_turn_range': [min(in_turn), max(in_turn)],
       'cached_logits_over_student_step': img_s['student_step'] / img_s[
           'distill_step_cached_logits'],
       'distill_img_per_sec': img_s['distill_step'],

@@ -18,18 +18,28 @@ def _run(benchmark: str, *args: str) -> list[dict]:
   return [json.loads(line) for line in proc.stdout.splitlines()]  # Nothing but JSON lines.
 
 
-def test_step_throughput_reports_every_part_and_consistent_ratios():
-  lines = _run('step_throughput', '--steps=2', '--rounds=1', '--standin=64', *TINY)
+def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
+  lines = _run('step_throughput', '--steps=2', '--rounds=1', '--standin=64',
+               f'--profile_dir={tmp_path}', *TINY)
   matmul, = [l for l in lines if l['measure'] == 'matmul']
   summary, = [l for l in lines if l['measure'] == 'summary']
   img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
   assert sorted(img_s) == ['distill_step', 'distill_step_cached_logits', 'input_pipeline',
-                           'student_step', 'teacher_forward']
+                           'student_step', 'teacher_forward', 'teacher_forward_then_student_step']
   assert all(v > 0 for v in img_s.values())
   seconds = {k: 1 / v for k, v in img_s.items()}
   assert summary['step_efficiency'] == pytest.approx(  # One round: its ratio.
       seconds['distill_step'] / (seconds['teacher_forward'] + seconds['student_step']), rel=1e-3)
   assert summary['step_efficiency_range'] == [summary['step_efficiency']] * 2
+  assert summary['step_efficiency_in_turn'] == pytest.approx(
+      seconds['distill_step'] / seconds['teacher_forward_then_student_step'], rel=1e-3)
+  profiled = {l['name']: l for l in lines if l['measure'] == 'profile'}
+  assert sorted(profiled) == ['distill_step', 'student_step', 'teacher_forward']
+  for part in profiled.values():  # The ops' summed time covers at least the busy part of the span.
+    assert 0 <= part['idle_ms'] < part['span_ms'] <= (part['op_ms'] + part['idle_ms']) * 1.0001
+  profile_summary, = [l for l in lines if l['measure'] == 'profile_summary']
+  assert profile_summary['op_ms_efficiency'] == pytest.approx(profiled['distill_step']['op_ms'] / (
+      profiled['teacher_forward']['op_ms'] + profiled['student_step']['op_ms']), rel=1e-4)
   assert summary['cached_logits_over_student_step'] == pytest.approx(
       seconds['distill_step_cached_logits'] / seconds['student_step'], rel=1e-3)
   assert summary['input_over_step'] == pytest.approx(
