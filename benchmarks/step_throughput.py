@@ -109,14 +109,15 @@ class Timer:
 
 
 def op_times(trace_dir: str) -> dict[str, float]:
-  """Ms per traced call inside XLA ops, from the trace `jax.profiler` wrote in `trace_dir`.
+  """Ms per traced call inside XLA ops, from the newest trace `jax.profiler` wrote in `trace_dir`.
 
   `span_ms`: first op's start to last op's end; `op_ms`: the ops' durations summed (more than
   the span where ops run concurrently); `idle_ms`: the part of the span where no op runs. Read
   from the Chrome trace file (events with `hlo_op` and `run_id` arguments): neither jax nor the
   profiler plugin exposes these sums as an API.
   """
-  path, = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
+  path = max(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True),
+             key=os.path.getmtime)  # The newest: a directory may hold earlier runs' traces.
   with gzip.open(path) as f:
     events = json.load(f)['traceEvents']
   runs: dict[str, list[tuple[float, float]]] = {}
