@@ -30,7 +30,8 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   highest), `step_efficiency_in_turn` (the same against the parts called in turn, so that
   neither side keeps its weights in cache from one call to the next; and its range),
   `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
-  step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s),
+  step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
+  `distill_fraction_of_peak`: achieved / the chip's peak),
   `distill_compile_s`, `peak_rss_mb`.
 - With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
   `profile_summary` (the distill step's span and op time over the sums of its parts').
@@ -76,6 +77,9 @@ _STANDIN = flags.DEFINE_integer(
 _STANDIN_SIZE = flags.DEFINE_list('standin_size', ['384', '512'],
                                   'Height, width of the stand-in\'s images.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference float32 matmul.')
+_PEAK = flags.DEFINE_float(
+    'peak_tflops', 0.0, 'The chip\'s peak TFLOP/s in the step\'s dtype (e.g. 989 for an H100 or '
+    'H200 in bfloat16): if > 0, the summary gives the distillation step\'s fraction of it.')
 _PROFILE = flags.DEFINE_string(
     'profile_dir', None, 'Trace one more round of the distillation step, teacher forward and '
     'student step with jax.profiler there (a directory each), and print their times in XLA ops.')
@@ -308,6 +312,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'distill_compile_s': records['distill_step']['compile_s'],
   }
   summary['distill_fraction_of_matmul'] = summary['distill_gflop_per_sec'] / (matmul / 1e9)
+  if _PEAK.value > 0:
+    summary['distill_fraction_of_peak'] = summary['distill_gflop_per_sec'] / (_PEAK.value * 1e3)
   if _INPUT.value or _STANDIN.value:
     with_data = run if run.data.builder else dataclasses.replace(run,
                                                                  data=build.create_data(config))

@@ -8,7 +8,7 @@ from typing import Any
 
 import ml_collections
 
-from big_distill import errors, variants, workdir
+from big_distill import errors, models, variants, workdir
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -139,6 +139,16 @@ DEMO_TEACHERS = {
 }
 
 
+# The paper's teacher, BiT-M-R152x2 (the paper configs' `teacher_model` default), and the tiny
+# model of each family that `runlocal=True` swaps in for a paper config's teachers, at 32 px.
+PAPER_TEACHER = 'bit:depth=152,width=2'
+TINY_TEACHERS = {
+    'bit': dict(depth=14, width=0.25),
+    'vit': dict(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pool_type='gap'),
+    'mobilenet_v3': dict(variant='small', width=0.25),
+}
+
+
 def teacher_entries(checkpoints: str, **model: Any) -> list[ml_collections.ConfigDict]:
   """One `teacher_entry` per checkpoint of `checkpoints` joined by '+' (the config argument
   `teacher=A.npz+B.npz` makes an ensemble; each entry can then be changed from the command line,
@@ -201,15 +211,23 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
   if tiny_models:
     config.input.resolution = 32
     config.student.update(depth=14, width=0.125)
-    config.teachers = [teacher_entry(t.checkpoint, model=t.model, depth=14, width=0.25)
-                       for t in config.teachers]
+    config.teachers = [tiny_teacher(t) for t in config.teachers]
+
+
+def tiny_teacher(entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`entry` with its family's `TINY_TEACHERS` model (a timm name keeps its normalisation)."""
+  family, kwargs = models.resolve(entry.model)
+  norm = {'normalization': kwargs['normalization']} if 'normalization' in kwargs else {}
+  return teacher_entry(entry.checkpoint, model=family, **TINY_TEACHERS[family], **norm)
 
 
 def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, wd: float,
                    temperature: float, warmup_steps: int) -> ml_collections.ConfigDict:
-  """What all the paper's configs share: R152x2 (`arg.teacher`) -> R50x1 by `arg.variant`
-  (function matching by default), the same inception crop + flip for both, mixup ratios
-  ~ Beta(1, 1), Adam (bfloat16 first moment), clipping at 1, warm-up then cosine decay.
+  """What all the paper's configs share: R152x2 (`arg.teacher`; another architecture with
+  `arg.teacher_model`, a `models.parse_spec` string such as `timm:<name>` or `vit:variant=B/16`)
+  -> R50x1 by `arg.variant` (function matching by default), the same inception crop + flip for
+  both, mixup ratios ~ Beta(1, 1), Adam (bfloat16 first moment), clipping at 1, warm-up then
+  cosine decay.
 
   `wd` is the paper's, as its big_vision code applies it: each step decays by wd x the schedule's
   multiplier. `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
@@ -218,7 +236,9 @@ def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, 
   distillation(config, arg.variant)
   config.input.update(augment='inception_crop', flip=True)
   config.student.update(depth=50, width=1.0)
-  config.teachers = teacher_entries(arg.teacher, depth=152, width=2)
+  teacher_model = models.parse_spec(arg.teacher_model, 'teacher_model')
+  models.resolve(**teacher_model)  # An unknown name is refused here, before any run starts.
+  config.teachers = teacher_entries(arg.teacher, **teacher_model)
   config.temperature = temperature
   config.mixup_alpha = 1.0
   config.total_epochs = float(epochs)
@@ -237,9 +257,10 @@ def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, e
   """The paper's 128 px recipe for Flowers, Pets, Food and SUN (`paper_funmatch`, batch 512,
   1500 warm-up steps); `schedules` gives each length's epochs, lr, wd and T.
 
-  Arguments after the config file's `:`: schedule, variant, teacher, runlocal.
+  Arguments after the config file's `:`: schedule, variant, teacher, teacher_model, runlocal.
   """
-  arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher, runlocal=False)
+  arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher,
+                  teacher_model=PAPER_TEACHER, runlocal=False)
   if arg.schedule not in schedules:
     raise errors.BadInput(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
   config = paper_funmatch(arg, warmup_steps=1500, **schedules[arg.schedule])

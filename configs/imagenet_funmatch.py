@@ -26,19 +26,22 @@ at 9600 epochs). Here that is a second teacher with `resolution=384`, which sees
 resized to 384 px: `teacher=R152x2_T_224.npz+R152x2_T_384.npz`, then
 `--config.teachers[1].resolution=384`.
 
-Arguments: `epochs` (1200; the paper goes up to 9600), `variant` (fixed | independent | consistent
-| funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
-(the teacher's BiT .npz), `runlocal`: 10 steps on a slice with tiny models (teacher R14 x1/4,
-student R14 x1/8, 32 px) instead of R152x2 / R50x1 at 224 px, so `teacher` must then be an R14 x1/4
-file with 1000 classes.
+Arguments: `epochs` (1200; the paper goes up to 9600), `variant` (fixed | independent | consistent |
+funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
+(the teacher's weights, a BiT .npz or a timm .safetensors; several joined by `+` are an ensemble),
+`teacher_model` (its architecture where it is not BiT-M-R152x2: a timm name,
+`timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family with one argument,
+`vit:variant=B/16`), `runlocal`: 10 steps on a slice with tiny models (student R14 x1/8, the
+teacher's family's `configlib.TINY_TEACHERS` model, e.g. R14 x1/4, 32 px) instead of the real ones
+at 224 px, so `teacher` must then be a file of that tiny model with 1000 classes.
 """
 
 from big_distill import configlib
 
 
 def get_config(arg=None):
-  arg = configlib.parse_arg(arg, epochs=1200.0, variant='funmatch',
-                            teacher='R152x2_T_224.npz', runlocal=False)
+  arg = configlib.parse_arg(arg, epochs=1200.0, variant='funmatch', teacher='R152x2_T_224.npz',
+                            teacher_model=configlib.PAPER_TEACHER, runlocal=False)
   config = configlib.paper_funmatch(arg, epochs=arg.epochs, lr=0.03, wd=3e-4, temperature=1.0,
                                     warmup_steps=5000)
   config.input.update(dataset='imagenet2012', train_split='train[:98%]', eval_split='validation',

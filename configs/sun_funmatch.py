@@ -29,9 +29,12 @@ table, whose run gave the accuracy above.
 
 Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
 funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
-(the teacher's BiT .npz), `runlocal`: 10 steps on a slice with tiny models (teacher R14 x1/4,
-student R14 x1/8, 32 px) instead of R152x2 / R50x1 at 128 px, so `teacher` must then be an R14 x1/4
-file with 397 classes.
+(the teacher's weights, a BiT .npz or a timm .safetensors; several joined by `+` are an ensemble),
+`teacher_model` (its architecture where it is not BiT-M-R152x2: a timm name,
+`timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family with one argument,
+`vit:variant=B/16`), `runlocal`: 10 steps on a slice with tiny models (student R14 x1/8, the
+teacher's family's `configlib.TINY_TEACHERS` model, e.g. R14 x1/4, 32 px) instead of the real ones
+at 128 px, so `teacher` must then be a file of that tiny model with 397 classes.
 """
 
 from big_distill import configlib

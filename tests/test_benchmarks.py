@@ -20,7 +20,7 @@ def _run(benchmark: str, *args: str) -> list[dict]:
 
 def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
   lines = _run('step_throughput', '--steps=2', '--rounds=1', '--standin=64',
-               f'--profile_dir={tmp_path}', *TINY)
+               f'--profile_dir={tmp_path}', '--peak_tflops=0.5', *TINY)
   matmul, = [l for l in lines if l['measure'] == 'matmul']
   summary, = [l for l in lines if l['measure'] == 'summary']
   img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
@@ -51,6 +51,8 @@ def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
       rel=0.1)
   assert summary['distill_fraction_of_matmul'] == pytest.approx(
       summary['distill_gflop_per_sec'] / matmul['gflop_per_sec'], rel=1e-3)
+  assert summary['distill_fraction_of_peak'] == pytest.approx(
+      summary['distill_gflop_per_sec'] / 500, rel=1e-3)
   assert summary['distill_compile_s'] > 0 and summary['peak_rss_mb'] > 100
   assert summary['image_shape'] == [28, 28, 1] and summary['batch_size'] == 16
   input_line, = [l for l in lines if l.get('name') == 'input_pipeline']

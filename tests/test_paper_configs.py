@@ -1,5 +1,6 @@
 """The paper's configs: values checked against the paper, arguments, and a `runlocal=True` run of
-each on a synthetic stand-in of its dataset with a tiny BiT teacher."""
+each on a synthetic stand-in of its dataset with a tiny BiT teacher (and one with a ViT teacher in
+timm's layout)."""
 
 import os
 
@@ -11,10 +12,11 @@ import pytest
 from safetensors import numpy as safetensors_numpy
 import tensorflow_datasets as tfds
 
+from big_distill import configlib, models
 from big_distill import workdir as workdir_lib
-from big_distill.data import synthetic
+from big_distill.data import input_pipeline, synthetic
 from big_distill.optim import make_optimizer
-from big_distill.models import bit
+from big_distill.models import bit, vit
 from tests.helpers import ROOT, get_config, read_metrics, run_main
 
 # Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
@@ -154,6 +156,76 @@ def test_a_timm_format_teacher_teaches_as_its_npz_does(tmp_path, standins):
 
   npz, timm_layout = (computed(read_metrics(runs[s])) for s in ('.npz', '.safetensors'))
   assert npz == timm_layout and any('eval/teacher_accuracy' in r for r in npz)
+
+
+VIT_B16 = 'timm:vit_base_patch16_224.augreg2_in21k_ft_in1k'
+
+
+def _eval_images(config) -> tuple[np.ndarray, np.ndarray]:
+  """The eval split's images and labels as the run's eval pipeline gives them."""
+  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
+  batches = list(input_pipeline.eval_batches(config.input, builder).as_numpy_iterator())
+  mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
+  return (np.concatenate([b['image'] for b in batches])[mask],
+          np.concatenate([b['label'] for b in batches])[mask])
+
+
+def test_teacher_model_picks_another_architecture():
+  """`teacher_model=`: a timm name or a family with an argument, for every teacher of an
+  ensemble; `runlocal=True` swaps in the family's tiny model and keeps the input normalisation."""
+  config = get_config('imagenet_funmatch.py', f'teacher=a.safetensors+b.safetensors,'
+                      f'teacher_model={VIT_B16}')
+  assert [(t.model, t.checkpoint) for t in config.teachers] == [
+      (VIT_B16, 'a.safetensors'), (VIT_B16, 'b.safetensors')]
+  teacher = models.from_config(config.teachers[0], num_classes=1000)
+  assert (teacher.dims(), teacher.pool_type, teacher.normalization) == (
+      (16, 768, 12, 3072, 12), 'tok', 'minus_one_to_one')  # ViT-B/16, AugReg's inputs in [-1, 1].
+  pets = get_config('pets_funmatch.py', 'teacher=t.npz,teacher_model=vit:variant=S/32')
+  assert pets.teachers[0].to_dict() == dict(model='vit', variant='S/32', checkpoint='t.npz',
+                                            resolution=None)
+  local = get_config('imagenet_funmatch.py', f'teacher=t.safetensors,teacher_model={VIT_B16},'
+                     'runlocal=True')
+  assert local.teachers[0].to_dict() == dict(
+      model='vit', **configlib.TINY_TEACHERS['vit'], normalization='minus_one_to_one',
+      checkpoint='t.safetensors', resolution=None)
+  with pytest.raises(ValueError, match="Unknown model 'resnet'"):
+    get_config('imagenet_funmatch.py', 'teacher_model=resnet')
+  with pytest.raises(ValueError, match="Unknown timm model 'convnext_tiny'"):
+    get_config('food_funmatch.py', 'teacher_model=timm:convnext_tiny')
+
+
+def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
+  """`configs/imagenet_funmatch.py:teacher=VIT.safetensors,teacher_model=timm:<ViT>` with
+  `runlocal=True`: the tiny ViT teacher loads from timm's layout and teaches; the run's eval KL
+  between it and the final student is that of both models' logits computed here."""
+  data_dir, _ = standins
+  model = models.from_config(configlib.tiny_teacher(get_config(
+      'imagenet_funmatch.py', f'teacher_model={VIT_B16}').teachers[0]), num_classes=1000)
+  params = jax.tree_util.tree_map(np.asarray, model.init(
+      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))['params'])
+  params['head']['kernel'] = np.random.default_rng(0).normal(
+      size=params['head']['kernel'].shape).astype(np.float32)
+  teacher = str(tmp_path / 'vit.safetensors')
+  safetensors_numpy.save_file(vit.params_to_timm(params, model), teacher)
+  workdir = str(tmp_path / 'run')
+  run_main(f'{os.path.join(ROOT, "configs", "imagenet_funmatch.py")}:runlocal=True,'
+           f'teacher={teacher},teacher_model={VIT_B16}', workdir,
+           f'--config.input.data_dir={data_dir}', '--config.total_steps=3',
+           '--config.eval_every_steps=3', '--config.log_every_steps=3')
+  assert workdir_lib.read_config(workdir)['teachers'][0]['model'] == 'vit'
+  final = [r for r in read_metrics(workdir) if 'eval/kl' in r][-1]
+  config = get_config('imagenet_funmatch.py', 'runlocal=True')
+  config.input.data_dir = data_dir
+  images, labels = _eval_images(config)
+  student = models.from_config(config.student, num_classes=1000)
+  student_params = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir_lib.checkpoints(workdir), '3', 'params'))
+  teacher_logp = jax.nn.log_softmax(model.apply({'params': params}, images))
+  student_logp = jax.nn.log_softmax(student.apply({'params': student_params}, images))
+  kl = np.sum(np.exp(teacher_logp) * (teacher_logp - student_logp), -1)
+  assert final['eval/kl'] == pytest.approx(float(np.mean(kl)), rel=1e-4)
+  assert final['eval/teacher_accuracy'] == pytest.approx(
+      float(np.mean(np.argmax(teacher_logp, -1) == labels)), abs=1e-6)
 
 
 @pytest.mark.parametrize('name', CLASSES)

@@ -255,8 +255,10 @@ def _to_timm(flat: Mapping[str, Any], model: ViT, xp: Any) -> dict[str, Any]:
 
 def params_to_timm(params: Mapping[str, Any], model: ViT) -> dict[str, np.ndarray]:
   """Our parameter tree -> timm's `VisionTransformer.state_dict()` (float32 NumPy arrays), e.g. for
-  `safetensors.numpy.save_file`. `params_from_timm` gives `params` back exactly."""
-  return _to_timm({k: np.asarray(v, np.float32) for k, v in _flat(params).items()}, model, np)
+  `safetensors.numpy.save_file`. `params_from_timm` gives `params` back exactly. The arrays are
+  C-contiguous: safetensors writes a transposed view's memory as it lies, not its values."""
+  flat = _to_timm({k: np.asarray(v, np.float32) for k, v in _flat(params).items()}, model, np)
+  return {k: np.ascontiguousarray(v) for k, v in flat.items()}
 
 
 def params_from_timm(state_dict: Mapping[str, np.ndarray], model: ViT, abstract_params: Any, *,
