@@ -215,8 +215,10 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
 
 
 def tiny_teacher(entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`entry` with its family's `TINY_TEACHERS` model (a timm name keeps its normalisation)."""
-  family, kwargs = models.resolve(entry.model)
+  """`entry` with its family's `TINY_TEACHERS` model, keeping its input normalisation (its own
+  or its timm name's)."""
+  family, kwargs = models.resolve(**{k: v for k, v in entry.items()
+                                     if k not in models.LOADING_KEYS})
   norm = {'normalization': kwargs['normalization']} if 'normalization' in kwargs else {}
   return teacher_entry(entry.checkpoint, model=family, **TINY_TEACHERS[family], **norm)
 

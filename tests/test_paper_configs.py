@@ -188,6 +188,8 @@ def test_teacher_model_picks_another_architecture():
   assert local.teachers[0].to_dict() == dict(
       model='vit', **configlib.TINY_TEACHERS['vit'], normalization='minus_one_to_one',
       checkpoint='t.safetensors', resolution=None)
+  own = get_config('sun_funmatch.py', 'teacher_model=vit:normalization=imagenet,runlocal=True')
+  assert own.teachers[0].normalization == 'imagenet'
   with pytest.raises(ValueError, match="Unknown model 'resnet'"):
     get_config('imagenet_funmatch.py', 'teacher_model=resnet')
   with pytest.raises(ValueError, match="Unknown timm model 'convnext_tiny'"):
