@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from big_distill import checkpoint, workdir
+from big_distill.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_teacher.py')
@@ -86,6 +87,14 @@ def saved_steps(workdir_: str) -> list[int]:
 def params(workdir_: str, step: int | str = 'latest') -> list[np.ndarray]:
   """The leaves of a run's student parameters at `step`."""
   return jax.tree_util.tree_leaves(checkpoint.read_variables(workdir_, step)[0]['params'])
+
+
+def eval_images(input_cfg, builder) -> tuple[np.ndarray, np.ndarray]:
+  """The eval split's images and labels as a run's eval pipeline gives them (padding dropped)."""
+  batches = list(input_pipeline.eval_batches(input_cfg, builder).as_numpy_iterator())
+  mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
+  return (np.concatenate([b['image'] for b in batches])[mask],
+          np.concatenate([b['label'] for b in batches])[mask])
 
 
 def error_lines(stderr: str) -> list[str]:

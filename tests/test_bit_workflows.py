@@ -12,7 +12,7 @@ import pytest
 
 from big_distill import workdir as workdir_lib
 from big_distill.models import bit
-from tests.helpers import TEACHER_CONFIG, read_metrics, run_main
+from tests.helpers import TEACHER_CONFIG, eval_images, read_metrics, run_main
 
 
 def _random_bit_npz(path, depth, width, num_classes, channels, seed):
@@ -59,10 +59,7 @@ def test_distill_from_an_ensemble_of_npz_teachers_at_their_own_resolution(tmp_pa
   from big_distill import configlib
   cfg = configlib.base_config().input
   cfg.update(dict(eval_split='test[:256]', eval_batch_size=128, resolution=28))
-  batches = list(input_pipeline.eval_batches(cfg, input_pipeline.get_builder('fashion_mnist'))
-                 .as_numpy_iterator())
-  images = np.concatenate([b['image'] for b in batches])[:256]
-  labels = np.concatenate([b['label'] for b in batches])[:256]
+  images, labels = eval_images(cfg, input_pipeline.get_builder('fashion_mnist'))
   resized = jax.image.resize(images, (256, 40, 40, 1), 'bilinear')
   model = bit.ResNetV2(depth=14, width=0.25, num_classes=10)
   probs = sum(jax.nn.softmax(model.apply({'params': p}, resized)) for p in teacher_params) / 2

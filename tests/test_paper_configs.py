@@ -12,12 +12,12 @@ import pytest
 from safetensors import numpy as safetensors_numpy
 import tensorflow_datasets as tfds
 
-from big_distill import configlib, models
+from big_distill import checkpoint, configlib, models
 from big_distill import workdir as workdir_lib
 from big_distill.data import input_pipeline, synthetic
 from big_distill.optim import make_optimizer
 from big_distill.models import bit, vit
-from tests.helpers import ROOT, get_config, read_metrics, run_main
+from tests.helpers import ROOT, eval_images, get_config, read_metrics, run_main
 
 # Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
 # train split, eval split, {schedule: (epochs, lr, weight decay, temperature)}.
@@ -161,15 +161,6 @@ def test_a_timm_format_teacher_teaches_as_its_npz_does(tmp_path, standins):
 VIT_B16 = 'timm:vit_base_patch16_224.augreg2_in21k_ft_in1k'
 
 
-def _eval_images(config) -> tuple[np.ndarray, np.ndarray]:
-  """The eval split's images and labels as the run's eval pipeline gives them."""
-  builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
-  batches = list(input_pipeline.eval_batches(config.input, builder).as_numpy_iterator())
-  mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
-  return (np.concatenate([b['image'] for b in batches])[mask],
-          np.concatenate([b['label'] for b in batches])[mask])
-
-
 def test_teacher_model_picks_another_architecture():
   """`teacher_model=`: a timm name or a family with an argument, for every teacher of an
   ensemble; `runlocal=True` swaps in the family's tiny model and keeps the input normalisation."""
@@ -218,12 +209,12 @@ def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
   final = [r for r in read_metrics(workdir) if 'eval/kl' in r][-1]
   config = get_config('imagenet_funmatch.py', 'runlocal=True')
   config.input.data_dir = data_dir
-  images, labels = _eval_images(config)
+  images, labels = eval_images(config.input, input_pipeline.get_builder(config.input.dataset,
+                                                                       data_dir))
   student = models.from_config(config.student, num_classes=1000)
-  student_params = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir_lib.checkpoints(workdir), '3', 'params'))
+  student_variables = checkpoint.read_variables(workdir, 3)[0]
   teacher_logp = jax.nn.log_softmax(model.apply({'params': params}, images))
-  student_logp = jax.nn.log_softmax(student.apply({'params': student_params}, images))
+  student_logp = jax.nn.log_softmax(student.apply(student_variables, images))
   kl = np.sum(np.exp(teacher_logp) * (teacher_logp - student_logp), -1)
   assert final['eval/kl'] == pytest.approx(float(np.mean(kl)), rel=1e-4)
   assert final['eval/teacher_accuracy'] == pytest.approx(
