@@ -193,9 +193,9 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
 def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = False) -> None:
   """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute.
 
-  `tiny_models` also swaps in BiT R14 models (student width 1/8, teachers width 1/4, each
-  teacher at the student's resolution) at 32 px, for configs whose real models are too big for
-  a CPU; the teacher checkpoints must then be R14 x1/4 files.
+  `tiny_models` also swaps in tiny models at 32 px, for configs whose real models are too big for
+  a CPU: a BiT R14 x1/8 student and each teacher's family's `TINY_TEACHERS` model (`tiny_teacher`)
+  at the student's resolution, whose files the teacher checkpoints must then be.
   """
   config.input.train_split = f'{config.input.train_split.split("[")[0]}[:1024]'
   config.input.eval_split = f'{config.input.eval_split.split("[")[0]}[:256]'
@@ -233,6 +233,15 @@ def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, 
 
   `wd` is the paper's, as its big_vision code applies it: each step decays by wd x the schedule's
   multiplier. `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
+
+  The arguments every paper config takes after its `:` (in `arg`): `variant` (fixed |
+  independent | consistent | funmatch; `fixed` computes the teacher's logits once, into
+  WORKDIR/teacher_logits.npy), `teacher` (the teacher's weights, a BiT .npz or a timm
+  .safetensors; several joined by `+` are an ensemble), `teacher_model` (its architecture where it
+  is not BiT-M-R152x2: a timm name, `timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family
+  with one argument, `vit:variant=B/16`), `runlocal` (`shrink_for_local_run` with tiny models:
+  10 steps on a slice, student R14 x1/8 and the teacher family's `TINY_TEACHERS` model, e.g.
+  R14 x1/4, at 32 px, so `teacher` must then be a file of that tiny model).
   """
   config = base_config()
   distillation(config, arg.variant)

@@ -24,14 +24,9 @@ The paper's best hyper-parameters per schedule length (its Table 4, big_vision's
 
 (wd as in big_vision: not multiplied by lr; the config holds wd / lr, as `config.wd` is.)
 
-Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
-funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
-(the teacher's weights, a BiT .npz or a timm .safetensors; several joined by `+` are an ensemble),
-`teacher_model` (its architecture where it is not BiT-M-R152x2: a timm name,
-`timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family with one argument,
-`vit:variant=B/16`), `runlocal`: 10 steps on a slice with tiny models (student R14 x1/8, the
-teacher's family's `configlib.TINY_TEACHERS` model, e.g. R14 x1/4, 32 px) instead of the real ones
-at 128 px, so `teacher` must then be a file of that tiny model with 101 classes.
+Arguments: `schedule` (fast | medium | long) and those of every paper config, `variant`, `teacher`,
+`teacher_model` and `runlocal` (`configlib.paper_funmatch`; with `runlocal`, `teacher` is a file of
+the tiny teacher with 101 classes).
 """
 
 from big_distill import configlib

@@ -26,14 +26,9 @@ at 9600 epochs). Here that is a second teacher with `resolution=384`, which sees
 resized to 384 px: `teacher=R152x2_T_224.npz+R152x2_T_384.npz`, then
 `--config.teachers[1].resolution=384`.
 
-Arguments: `epochs` (1200; the paper goes up to 9600), `variant` (fixed | independent | consistent |
-funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
-(the teacher's weights, a BiT .npz or a timm .safetensors; several joined by `+` are an ensemble),
-`teacher_model` (its architecture where it is not BiT-M-R152x2: a timm name,
-`timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family with one argument,
-`vit:variant=B/16`), `runlocal`: 10 steps on a slice with tiny models (student R14 x1/8, the
-teacher's family's `configlib.TINY_TEACHERS` model, e.g. R14 x1/4, 32 px) instead of the real ones
-at 224 px, so `teacher` must then be a file of that tiny model with 1000 classes.
+Arguments: `epochs` (1200; the paper goes up to 9600) and those of every paper config, `variant`,
+`teacher`, `teacher_model` and `runlocal` (`configlib.paper_funmatch`; with `runlocal`, `teacher` is
+a file of the tiny teacher with 1000 classes).
 """
 
 from big_distill import configlib

@@ -27,14 +27,9 @@ accuracy there:
 big_vision's `bigsweep_food_sun.py` has lr 0.001 for `medium`; this config follows the paper's
 table, whose run gave the accuracy above.
 
-Arguments: `schedule` (fast | medium | long), `variant` (fixed | independent | consistent |
-funmatch; `fixed` computes the teacher's logits once, into WORKDIR/teacher_logits.npy), `teacher`
-(the teacher's weights, a BiT .npz or a timm .safetensors; several joined by `+` are an ensemble),
-`teacher_model` (its architecture where it is not BiT-M-R152x2: a timm name,
-`timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family with one argument,
-`vit:variant=B/16`), `runlocal`: 10 steps on a slice with tiny models (student R14 x1/8, the
-teacher's family's `configlib.TINY_TEACHERS` model, e.g. R14 x1/4, 32 px) instead of the real ones
-at 128 px, so `teacher` must then be a file of that tiny model with 397 classes.
+Arguments: `schedule` (fast | medium | long) and those of every paper config, `variant`, `teacher`,
+`teacher_model` and `runlocal` (`configlib.paper_funmatch`; with `runlocal`, `teacher` is a file of
+the tiny teacher with 397 classes).
 """
 
 from big_distill import configlib
