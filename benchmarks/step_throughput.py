@@ -21,7 +21,9 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
 - `component` (one per part): `teacher_forward`, `student_step` (supervised train step),
   `distill_step` (views, mixup, teachers, student, KL, update), `distill_step_cached_logits`
   (fixed teacher with precomputed logits: no teacher pass), `teacher_forward_then_student_step`
-  (the two programs called in turn, as a loop without the fused step would), `input_pipeline`
+  (the two programs called in turn, as a loop without the fused step would),
+  `teacher_forward_and_student_step` (both parts, independent of each other, compiled as one
+  program: what one program costs over two with no distillation in it), `input_pipeline`
   (the config's TFDS pipeline to global device batches), with `img_per_sec` and, for compiled
   steps, XLA's FLOPs per image and the achieved FLOP/s.
 - `summary`: `step_efficiency` (distill step time / (teacher forward + student step time); <= 1
@@ -29,6 +31,7 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   of a ratio are timed under the same load, and `step_efficiency_range`, its lowest and
   highest), `step_efficiency_in_turn` (the same against the parts called in turn, so that
   neither side keeps its weights in cache from one call to the next; and its range),
+  `one_program_efficiency` (`teacher_forward_and_student_step` against the parts, the same way),
   `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
   step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
   `distill_fraction_of_peak`: achieved / the chip's peak),
@@ -59,7 +62,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from big_distill import build, cli, models, parallel
+from big_distill import build, cli, models, parallel, steps
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,14 +234,23 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'teacher_logits': noise.normal(size=(bs, len(run.teachers.models), num_classes)).astype(
           np.float32)}, batch_sharding)
   states = {'student_step': supervised.init_state(rng), 'distill_step': run.init_state(rng),
-            'distill_step_cached_logits': cached.init_state(rng)}
+            'distill_step_cached_logits': cached.init_state(rng),
+            'teacher_forward_and_student_step': supervised.init_state(rng)}
   teacher_forward = jax.jit(functools.partial(run.teachers.log_probs,
                                               temperature=config.temperature))
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def teacher_forward_and_student_step(state, teacher_params, batch, rng):
+    state, metrics = steps.train_step(state, (), batch, rng, **supervised.step_kwargs)
+    return state, (metrics, teacher_forward(teacher_params, batch['image']))
+
   components = {  # name: (jitted function, its arguments after the state; None: no state).
       'teacher_forward': (teacher_forward, (run.teacher_params, batch['image'])),
       'student_step': (supervised.train_step, ((), batch, rng)),
       'distill_step': (run.train_step, (run.teacher_params, batch, rng)),
       'distill_step_cached_logits': (cached.train_step, (run.teacher_params, cached_batch, rng)),
+      'teacher_forward_and_student_step': (teacher_forward_and_student_step,
+                                           (run.teacher_params, batch, rng)),
   }
   compiled, records = {}, {}
   for name, (fn, args) in components.items():
@@ -294,8 +306,12 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   in_turn_s = timer.seconds('teacher_forward_then_student_step')
   emit({'measure': 'component', 'name': 'teacher_forward_then_student_step',
         'img_per_sec': bs / in_turn_s, 'step_ms': 1e3 * in_turn_s, **setting})
-  per_round = [d / (t + s) for d, t, s in zip(
-      *(timer.times[k] for k in ('distill_step', 'teacher_forward', 'student_step')))]
+  def over_parts(name):  # Each round's time of `name` over that round's parts.
+    return [d / (t + s) for d, t, s in zip(
+        *(timer.times[k] for k in (name, 'teacher_forward', 'student_step')))]
+
+  per_round = over_parts('distill_step')
+  one_program = over_parts('teacher_forward_and_student_step')
   in_turn = [d / p for d, p in zip(timer.times['distill_step'],
                                      timer.times['teacher_forward_then_student_step'])]
   summary = {
@@ -304,6 +320,7 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'step_efficiency_range': [min(per_round), max(per_round)],
       'step_efficiency_in_turn': statistics.median(in_turn),
       'step_efficiency_in_turn_range': [min(in_turn), max(in_turn)],
+      'one_program_efficiency': statistics.median(one_program),
       'cached_logits_over_student_step': img_s['student_step'] / img_s[
           'distill_step_cached_logits'],
       'distill_img_per_sec': img_s['distill_step'],
