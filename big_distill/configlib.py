@@ -239,9 +239,8 @@ def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, 
   WORKDIR/teacher_logits.npy), `teacher` (the teacher's weights, a BiT .npz or a timm
   .safetensors; several joined by `+` are an ensemble), `teacher_model` (its architecture where it
   is not BiT-M-R152x2: a timm name, `timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family
-  with one argument, `vit:variant=B/16`), `runlocal` (`shrink_for_local_run` with tiny models:
-  10 steps on a slice, student R14 x1/8 and the teacher family's `TINY_TEACHERS` model, e.g.
-  R14 x1/4, at 32 px, so `teacher` must then be a file of that tiny model).
+  with one argument, `vit:variant=B/16`), `runlocal` (`shrink_for_local_run` with tiny models, so
+  `teacher` must then be a file of the teacher family's `TINY_TEACHERS` model, e.g. R14 x1/4).
   """
   config = base_config()
   distillation(config, arg.variant)
