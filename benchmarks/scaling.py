@@ -1,6 +1,6 @@
 r"""Distillation-step throughput on 1, 2, 4 simulated CPU devices, and FLOPs per image. JSON lines.
 
-  python -m benchmarks.scaling [--config=configs/fashion_mnist_funmatch.py] [--devices=1,2,4]
+  python -m benchmarks.scaling [--config=configs/distill.py:teacher_model=bit] [--devices=1,2,4]
   python -m benchmarks.scaling --config=configs/imagenet_funmatch.py --measure=flops
 
 `scaling`: each device count runs in its own process (XLA_FLAGS=
@@ -36,7 +36,7 @@ from big_distill import build, cli, errors, parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py'),
+    'config', os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'),
     'A big_distill config: models, dataset (classes, channels), resolution, batch size.')
 _MEASURE = flags.DEFINE_list('measure', ['scaling', 'flops'], 'scaling and/or flops.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4'], 'Simulated CPU device counts.')

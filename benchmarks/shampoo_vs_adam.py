@@ -2,7 +2,7 @@ r"""Adam vs Shampoo on a distillation, as the paper compares them: shorter Shamp
 against Adam's full one. JSON lines.
 
   python -m benchmarks.shampoo_vs_adam \
-      --config=configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher \
+      --config=configs/distill.py:teacher=/tmp/big_distill_demo/teacher \
       --epochs=8 --shampoo_fractions=0.25,0.5
 
 Beyer et al. (2022) ran Shampoo for 1200 ImageNet epochs against Adam's 4800: each optimizer gets
@@ -31,7 +31,7 @@ from benchmarks import comparison
 from big_distill import cli, train, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher',
+    'config', 'configs/distill.py:teacher=/tmp/big_distill_demo/teacher',
     'The distillation config every run starts from.')
 _EPOCHS = flags.DEFINE_float('epochs', 8.0, 'Adam\'s schedule length in epochs.')
 _FRACTIONS = flags.DEFINE_list('shampoo_fractions', ['0.25', '0.5'],

@@ -2,7 +2,7 @@ r"""Adam vs Shampoo as in `shampoo_vs_adam.py`, with each optimizer's whole grid
 schedule lengths x seeds) trained at once in one compiled program on an accelerator. JSON lines.
 
   python -m benchmarks.shampoo_vs_adam_sweep \
-      --config=configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher \
+      --config=configs/distill.py:teacher=/tmp/big_distill_demo/teacher \
       --epochs=16 --shampoo_fractions=0.25,0.5 --seeds=0,1,2
 
 Small students leave a GPU idle one run at a time; here the settings of one optimizer are a
@@ -39,7 +39,7 @@ from big_distill import build, cli, configlib, errors, parallel, steps, variants
 from big_distill.optim import make_optimizer, make_schedule
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/fashion_mnist_funmatch.py:teacher=/tmp/big_distill_demo/teacher',
+    'config', 'configs/distill.py:teacher=/tmp/big_distill_demo/teacher',
     'The distillation config every setting starts from.')
 _TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', None,
                                        'Use the first this many training images (default: all).')

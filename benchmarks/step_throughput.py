@@ -1,6 +1,6 @@
 r"""Throughput of the distillation step and of its parts, in one process. JSON lines on stdout.
 
-  python -m benchmarks.step_throughput [--config=configs/fashion_mnist_funmatch.py]
+  python -m benchmarks.step_throughput [--config=configs/distill.py:teacher_model=bit]
 
   # The paper's reference case: student R26 x0.5, teacher R50 x0.5, 32x32x3, global batch 64.
   python -m benchmarks.step_throughput --channels=3 --num_classes=10 --input=false \
@@ -62,12 +62,12 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from big_distill import build, cli, models, parallel, steps
+from big_distill import build, cli, parallel, steps
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py'),
+    'config', os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'),
     'A big_distill config file.')
 _CHANNELS = flags.DEFINE_integer('channels', None, 'Image channels (default: the dataset\'s).')
 _CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: the dataset\'s).')
@@ -197,12 +197,6 @@ def main(argv):
     benchmark(_CONFIG.value)
 
 
-def describe(entry: ml_collections.ConfigDict) -> str:
-  """A model entry in one string: 'bit depth=14 width=0.125', 'vit patch_size=8 ...'."""
-  kwargs = {k: v for k, v in entry.items() if k not in models.LOADING_KEYS + ('model',)}
-  return ' '.join([entry.model, *(f'{k}={v}' for k, v in sorted(kwargs.items()))])
-
-
 def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
   out = copy.deepcopy(config)
   out.update(changes)
@@ -290,8 +284,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
             profiled['teacher_forward'][key] + profiled['student_step'][key])
         for key in ('span_ms', 'op_ms')}})
 
-  setting = dict(student=describe(config.student),
-                 teachers=[describe(t) for t in config.teachers],
+  setting = dict(student=str(run.student_spec),
+                 teachers=[str(spec) for spec in run.teachers.specs],
                  image_shape=list(image_shape), batch_size=bs, variant=config.variant,
                  dtype=config.dtype, teacher_dtype=config.teacher_dtype,
                  devices=jax.device_count(), backend=jax.default_backend())

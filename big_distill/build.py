@@ -24,7 +24,8 @@ from big_distill import configlib, console, errors, parallel, steps, variants
 from big_distill import workdir as workdir_lib
 from big_distill import teachers as teachers_lib
 from big_distill.data import folders, input_pipeline
-from big_distill.models import compute_dtype, from_config, loading
+from big_distill import models
+from big_distill.models import compute_dtype, loading
 from big_distill.optim import make_optimizer
 
 TEACHER_PARAMS = ('load', 'random', 'abstract')
@@ -58,6 +59,7 @@ class Run:
   image_shape: tuple[int, int, int]
   num_steps: int
   mesh: jax.sharding.Mesh
+  student_spec: models.Spec
   student: Any
   teachers: teachers_lib.Teachers | None
   teacher_params: tuple[Any, ...]
@@ -192,13 +194,6 @@ def parse_evals(text: str) -> dict[str, tuple[str, str]]:
   return evals
 
 
-def check_teacher_files(config: ml_collections.ConfigDict) -> None:
-  """Each teacher's checkpoint is set and exists."""
-  if config.mode == 'distill':
-    for i, spec in enumerate(config.teachers):
-      loading.check_exists(spec.get('checkpoint'), f'config.teachers[{i}].checkpoint')
-
-
 def dataset_shape(config: ml_collections.ConfigDict) -> Data:
   """The classes and channels of the config's dataset from TFDS's metadata, without preparing or
   reading it (for measurements on random images); `num_train` is one batch."""
@@ -256,22 +251,43 @@ def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_
   return teachers_lib.freeze(teachers, params)
 
 
+def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'load'
+                   ) -> tuple[ml_collections.ConfigDict, models.Spec, tuple[models.Spec, ...]]:
+  """(the config with each model's `model` filled in where a checkpoint says it (a teacher's,
+  the student's `init`), the student's spec, the teachers' specs): what the run builds, resolved
+  once. Benchmarks on random weights (`teacher_params='random'`) name every teacher's model."""
+  init = config.student.get('init')
+  student = models.resolve(config.student, 'config.student', default=loading.spec_of(
+      init, 'config.student.init') if init and not config.student.get('model') else None)
+  specs = ()
+  if config.mode == 'distill':
+    if teacher_params == 'load':
+      for i, entry in enumerate(config.teachers):
+        loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
+    specs = teachers_lib.resolve(config.teachers)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for entry, spec in zip([config.student, *config.teachers], (student, *specs)):
+      entry.model = entry.get('model') or str(spec)
+  return config, student, specs
+
+
 def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
                teacher_params: str = 'load') -> Run:
   """Builds the run of `config` (see the module docstring). `data` replaces the dataset (the
-  benchmarks' random images); `teacher_params` is one of `TEACHER_PARAMS`."""
+  benchmarks' random images); `teacher_params` is one of `TEACHER_PARAMS`. `Run.config` is
+  `config` with each teacher's architecture filled in (`resolve_models`)."""
   if teacher_params not in TEACHER_PARAMS:
     raise ValueError(f'teacher_params={teacher_params!r}; use one of {TEACHER_PARAMS}.')
   variant = validate(config)
-  if teacher_params == 'load':
-    check_teacher_files(config)
+  config, student_spec, teacher_specs = resolve_models(config, teacher_params)
   data = data or create_data(config)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   image_shape = (config.input.resolution, config.input.resolution, data.channels)
   num_steps = configlib.total_steps(config, data.num_train)
 
-  student = from_config(config.student, data.num_classes, config.dtype)
+  student = student_spec.create(data.num_classes, config.dtype)
   tx, schedule = make_optimizer(config, num_steps)
   init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -280,7 +296,8 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   teachers, params, teacher_sharding = None, (), ()
   step_kwargs = dict(student=student, tx=tx, schedule=schedule)
   if variant:
-    teachers = teachers_lib.build(config.teachers, data.num_classes, config.teacher_dtype)
+    teachers = teachers_lib.build(teacher_specs, config.teachers, data.num_classes,
+                                  config.teacher_dtype)
     teachers, params = create_teacher_params(config, teachers, image_shape, teacher_params)
     teacher_sharding = parallel.param_shardings(params, mesh, config.mesh.teacher_fsdp)
     if teacher_params != 'abstract':
@@ -299,8 +316,8 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
     teacher_view = variants.INDEX if config.teacher_logits_cache else variant.teacher_view
   return Run(
       config=config, variant=variant, teacher_view=teacher_view, data=data,
-      image_shape=image_shape, num_steps=num_steps, mesh=mesh, student=student,
-      teachers=teachers, teacher_params=params, tx=tx, schedule=schedule,
+      image_shape=image_shape, num_steps=num_steps, mesh=mesh, student_spec=student_spec,
+      student=student, teachers=teachers, teacher_params=params, tx=tx, schedule=schedule,
       state_sharding=state_sharding, teacher_sharding=teacher_sharding,
       abstract_state=parallel.with_shardings(abstract, state_sharding),
       init_state=jax.jit(init, out_shardings=state_sharding), train_step=train_step,
@@ -323,5 +340,5 @@ def load_student_init(run: Run) -> dict[str, Any]:
   """The variables of `config.student.init` for the run's student (a head for another class
   count replaced by a zero head)."""
   loading.check_exists(run.config.student.init, 'config.student.init')
-  return loading.load_variables(run.config.student.init, run.student,
+  return loading.load_variables(run.config.student.init, run.student_spec.family, run.student,
                                 run.abstract_state.variables, allow_new_head=True)

@@ -1,12 +1,20 @@
-"""Shared config pieces: argument parsing for `get_config(arg)` and the defaults of every key.
+"""What config files share: the defaults of every key (`base_config`), the arguments after a
+config file's `:` (`parse_arg`), reading a config file (`load`), and mechanical transforms
+(`teacher_entries`, `model_arg`, `distillation`, `shrink_for_local_run`).
 
-Config files call `base_config()` and override what their experiment needs, so every run carries
-the same set of keys and a command-line override of a misspelt key fails loudly.
+Config files call `base_config()` and set what their run needs, so every run carries the same set
+of keys and a command-line override of a misspelt key fails loudly.
 """
 
+import importlib.util
+import os
+import re
+import traceback
 from typing import Any
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from big_distill import errors, models, variants, workdir
 
@@ -79,13 +87,13 @@ def base_config() -> ml_collections.ConfigDict:
   # 'train_eval=train[:1000],holdout=test@imagefolder:/data/holdout'.
   c.evals = ''
 
-  c.student = ml_collections.ConfigDict()  # The model being trained (in both modes).
-  c.student.model = 'bit'
-  c.student.depth = 26
-  c.student.width = 0.25
-  c.student.init = ''  # Optional BiT .npz or run to start from (head replaced if classes differ).
+  # The model being trained (in both modes): `model` names the architecture (`models`: a family
+  # with its arguments or a timm name); `init`: weights or a run to start from (its head replaced
+  # where the class count differs).
+  c.student = ml_collections.ConfigDict(dict(model='bit:depth=26,width=0.25', init=''))
 
-  c.teachers = []  # Distill mode: `teacher_entry` dicts (model, kwargs, checkpoint, resolution).
+  # Distill mode: `teacher_entries` (model, checkpoint, resolution; model '': the checkpoint's).
+  c.teachers = []
   c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
   c.mixup_alpha = 1.0  # Mixing ratio ~ Beta(alpha, alpha), one per batch ('funmatch').
 
@@ -121,39 +129,88 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def teacher_entry(checkpoint: str, model: str = 'bit', **kwargs: Any) -> ml_collections.ConfigDict:
-  """A `config.teachers` entry: the model (a registry name and its arguments, e.g. BiT's `depth`
-  and `width`), its `checkpoint`, and `resolution` None (the student's), which can be set to an
-  int from the command line (`--config.teachers[0].resolution=384`)."""
-  return ml_collections.ConfigDict(dict(
-      model=model, **kwargs, checkpoint=checkpoint,
-      resolution=ml_collections.FieldReference(None, field_type=int)))
+def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `path`. A missing file, one that does not run (a syntax
+  error: its line) or has no `get_config` is bad input naming the file."""
+  if not os.path.isfile(path):
+    raise errors.BadInput(f'Config file {path} does not exist.')
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, 'get_config', None)):
+      raise errors.BadInput(f'{path} has no get_config(arg) function.')
+    return module.get_config(arg or None)
+  except SyntaxError as e:
+    raise errors.BadInput(f'{path}, line {e.lineno}: {e.msg}.') from None
+  except errors.Error:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # The user's code: name where it failed.
+    frame = next((f for f in reversed(traceback.extract_tb(e.__traceback__))
+                  if os.path.abspath(f.filename) == os.path.abspath(path)), None)
+    where = f', line {frame.lineno}' if frame else ''
+    raise errors.BadInput(f'{path}{where}: {type(e).__name__}: {e}') from None
 
 
-# The demo's teachers by family (`configs/fashion_mnist_teacher.py:model=`, the student configs'
-# `teacher_model=`), at 56 px.
-DEMO_TEACHERS = {
-    'bit': dict(model='bit', depth=14, width=0.25),  # 0.51 M parameters.
-    'vit': dict(model='vit', patch_size=8, width=128, depth=6, num_heads=4, mlp_dim=256,
-                pool_type='gap'),  # 49 tokens; 0.81 M parameters.
-}
+def override(config: ml_collections.ConfigDict, overrides: list[str],
+             flag: str = 'config') -> ml_collections.ConfigDict:
+  """`config` with command-line overrides (`--config.a.b=value`, `--config.teachers[1].x=value`)
+  applied by ml_collections' config flags, as `big_distill.main` applies them. A key or list entry
+  that the config does not have, or a value of the wrong type, is bad input."""
+  for item in overrides:
+    _check_key(config, item, flag)
+  values, argv = flags.FlagValues(), ['big_distill', *overrides]
+  holder = config_flags.DEFINE_config_dict(flag, config, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:  # A value that does not parse as the key's type.
+    raise errors.BadInput(str(e)) from None
+  return holder.value
 
 
-# The paper's teacher, BiT-M-R152x2 (the paper configs' `teacher_model` default), and the tiny
-# model of each family that `runlocal=True` swaps in for a paper config's teachers, at 32 px.
-PAPER_TEACHER = 'bit:depth=152,width=2'
-TINY_TEACHERS = {
-    'bit': dict(depth=14, width=0.25),
-    'vit': dict(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pool_type='gap'),
-    'mobilenet_v3': dict(variant='small', width=0.25),
-}
+def _check_key(config: ml_collections.ConfigDict, item: str, flag: str) -> None:
+  """Bad input unless `item` (`--<flag>.a.b[i].c=value`) names a key `config` has."""
+  path = item.split('=', 1)[0][len(f'--{flag}.'):]
+  node, walked = config, flag
+  for name, index in re.findall(r'([^.\[\]]+)(?:\[(\d+)\])?', path):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      known = ', '.join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ''
+      raise errors.BadInput(f'{item.split("=", 1)[0]}: {walked} has no key {name!r}'
+                            + (f' (its keys: {known}).' if known else '.'))
+    node, walked = node[name], f'{walked}.{name}'
+    if index:
+      if not isinstance(node, (list, tuple)) or int(index) >= len(node):
+        entries = len(node) if isinstance(node, (list, tuple)) else 0
+        how = (' List the teachers in the config argument, their checkpoints joined by "+" '
+               '(--config=FILE:teacher=A.npz+B.npz), then set --config.teachers[1].* as needed.'
+               if name == 'teachers' else '')
+        raise errors.BadInput(f'{item.split("=", 1)[0]}: {walked} has {entries} '
+                              f'entr{"y" if entries == 1 else "ies"}, so [{index}] does not '
+                              f'exist.{how}')
+      node, walked = node[int(index)], f'{walked}[{index}]'
 
 
-def teacher_entries(checkpoints: str, **model: Any) -> list[ml_collections.ConfigDict]:
-  """One `teacher_entry` per checkpoint of `checkpoints` joined by '+' (the config argument
-  `teacher=A.npz+B.npz` makes an ensemble; each entry can then be changed from the command line,
-  e.g. `--config.teachers[1].resolution=384`)."""
-  return [teacher_entry(path, **model) for path in checkpoints.split('+')]
+def teacher_entries(checkpoints: str, model: str = '') -> list[ml_collections.ConfigDict]:
+  """One `config.teachers` entry per checkpoint of `checkpoints` joined by '+' (an ensemble; each
+  entry can then be changed from the command line, e.g. `--config.teachers[1].resolution=384`):
+  its `model` ('': what the checkpoint says), `checkpoint`, and `resolution` (None: the
+  student's)."""
+  return [ml_collections.ConfigDict(dict(
+      model=model, checkpoint=path, resolution=ml_collections.FieldReference(None, field_type=int)))
+          for path in checkpoints.split('+')]
+
+
+def model_arg(text: str, role: str, arg: str) -> str:
+  """A config argument `arg` naming a model as `model` takes it; a family's name alone is the
+  demo's size of that family for `role` ('teacher' or 'student'), e.g. 'vit'. Refused here if
+  unknown; '' stays '' (a teacher's checkpoint says its model)."""
+  if text in models.FAMILIES:
+    found = models.FAMILIES[text]
+    return str(models.spec(found, **getattr(found, f'demo_{role}')))
+  if text:
+    models.resolve(text, arg)
+  return text
 
 
 def distillation(config: ml_collections.ConfigDict, variant: str) -> None:
@@ -163,22 +220,6 @@ def distillation(config: ml_collections.ConfigDict, variant: str) -> None:
   config.variant = variant
   if variants.get(variant).cacheable:
     config.teacher_logits_cache = workdir.TEACHER_LOGITS
-
-
-def demo_recipe(config: ml_collections.ConfigDict, epochs: float, runlocal: bool) -> None:
-  """The demo's training (both stages, `configs/fashion_mnist_*.py`): `epochs` of Adam at lr 3e-3,
-  weight decay 1e-4, cosine decay after 200 warm-up steps, inputs cached, eval and checkpoint
-  every 500 steps; `runlocal` shrinks it (`shrink_for_local_run`)."""
-  config.input.cache = True
-  config.total_epochs = epochs
-  config.optimizer = dict(name='adam')
-  config.lr = 3e-3
-  config.wd = 1e-4
-  config.schedule = dict(name='cosine', warmup_steps=200)
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
-  if runlocal:
-    shrink_for_local_run(config)
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -191,11 +232,13 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
 
 
 def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = False) -> None:
-  """`runlocal=True`: a few steps on a slice of the data, to try a config in a minute.
+  """`runlocal=True`: 10 steps of batch 32 on at most the first 1,024 train and 256 eval examples
+  (fewer where the splits have fewer), to try a config in a minute.
 
-  `tiny_models` also swaps in tiny models at 32 px, for configs whose real models are too big for
-  a CPU: a BiT R14 x1/8 student and each teacher's family's `TINY_TEACHERS` model (`tiny_teacher`)
-  at the student's resolution, whose files the teacher checkpoints must then be.
+  `tiny_models` also swaps in small models at 32 px, for configs whose real models are too big for
+  a CPU: the student family's demo student, and each teacher named in its entry the tiny model of
+  its family (`family.Family.tiny`, with the entry's input normalisation), whose files the
+  teacher checkpoints must then be (a teacher without `model` takes its checkpoint's).
   """
   config.input.train_split = f'{config.input.train_split.split("[")[0]}[:1024]'
   config.input.eval_split = f'{config.input.eval_split.split("[")[0]}[:256]'
@@ -210,76 +253,10 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, tiny_models: bool = 
   config.checkpoint_every_steps = 5
   if tiny_models:
     config.input.resolution = 32
-    config.student.update(depth=14, width=0.125)
-    config.teachers = [tiny_teacher(t) for t in config.teachers]
-
-
-def tiny_teacher(entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`entry` with its family's `TINY_TEACHERS` model, keeping its input normalisation (its own
-  or its timm name's)."""
-  family, kwargs = models.resolve(**{k: v for k, v in entry.items()
-                                     if k not in models.LOADING_KEYS})
-  norm = {'normalization': kwargs['normalization']} if 'normalization' in kwargs else {}
-  return teacher_entry(entry.checkpoint, model=family, **TINY_TEACHERS[family], **norm)
-
-
-def paper_funmatch(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, wd: float,
-                   temperature: float, warmup_steps: int) -> ml_collections.ConfigDict:
-  """What all the paper's configs share: R152x2 (`arg.teacher`; another architecture with
-  `arg.teacher_model`, a `models.parse_spec` string such as `timm:<name>` or `vit:variant=B/16`)
-  -> R50x1 by `arg.variant` (function matching by default), the same inception crop + flip for
-  both, mixup ratios ~ Beta(1, 1), Adam (bfloat16 first moment), clipping at 1, warm-up then
-  cosine decay.
-
-  `wd` is the paper's, as its big_vision code applies it: each step decays by wd x the schedule's
-  multiplier. `config.wd` is also multiplied by the learning rate, so the config holds wd / lr.
-
-  The arguments every paper config takes after its `:` (in `arg`): `variant` (fixed |
-  independent | consistent | funmatch; `fixed` computes the teacher's logits once, into
-  WORKDIR/teacher_logits.npy), `teacher` (the teacher's weights, a BiT .npz or a timm
-  .safetensors; several joined by `+` are an ensemble), `teacher_model` (its architecture where it
-  is not BiT-M-R152x2: a timm name, `timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or a family
-  with one argument, `vit:variant=B/16`), `runlocal` (`shrink_for_local_run` with tiny models, so
-  `teacher` must then be a file of the teacher family's `TINY_TEACHERS` model, e.g. R14 x1/4).
-  """
-  config = base_config()
-  distillation(config, arg.variant)
-  config.input.update(augment='inception_crop', flip=True)
-  config.student.update(depth=50, width=1.0)
-  teacher_model = models.parse_spec(arg.teacher_model, 'teacher_model')
-  models.resolve(**teacher_model)  # An unknown name is refused here, before any run starts.
-  config.teachers = teacher_entries(arg.teacher, **teacher_model)
-  config.temperature = temperature
-  config.mixup_alpha = 1.0
-  config.total_epochs = float(epochs)
-  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
-  config.lr = lr
-  config.wd = wd / lr
-  config.grad_clip_norm = 1.0
-  config.schedule = dict(name='cosine', warmup_steps=warmup_steps)
-  return config
-
-
-def small_dataset_funmatch(arg: str | None, *, dataset: str, train_split: str, eval_split: str,
-                           schedules: dict[str, dict], teacher: str, cache: bool,
-                           log_every_steps: int = 100,
-                           runlocal_train_split: str | None = None) -> ml_collections.ConfigDict:
-  """The paper's 128 px recipe for Flowers, Pets, Food and SUN (`paper_funmatch`, batch 512,
-  1500 warm-up steps); `schedules` gives each length's epochs, lr, wd and T.
-
-  Arguments after the config file's `:`: schedule, variant, teacher, teacher_model, runlocal.
-  """
-  arg = parse_arg(arg, schedule='fast', variant='funmatch', teacher=teacher,
-                  teacher_model=PAPER_TEACHER, runlocal=False)
-  if arg.schedule not in schedules:
-    raise errors.BadInput(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
-  config = paper_funmatch(arg, warmup_steps=1500, **schedules[arg.schedule])
-  config.input.update(dataset=dataset, train_split=train_split, eval_split=eval_split,
-                      batch_size=512, resolution=128, central_crop=128 / 160, cache=cache)
-  config.log_every_steps = log_every_steps
-  config.eval_every_steps = 2500
-  config.checkpoint_every_steps = 2500
-  if arg.runlocal:
-    shrink_for_local_run(config, tiny_models=True)
-    config.input.train_split = runlocal_train_split or config.input.train_split
-  return config
+    student = models.resolve(config.student, 'config.student').family
+    config.student.model = str(models.spec(student, **student.demo_student))
+    for i, entry in enumerate(config.teachers):
+      if entry.model:
+        spec = models.resolve(entry, f'config.teachers[{i}]')
+        entry.model = str(models.spec(spec.family, **spec.family.tiny,
+                                      normalization=spec.architecture()['normalization']))

@@ -1,87 +1,76 @@
 r"""Converts weights between the layouts people use: timm state dicts, BiT and big_vision `.npz`
 files, and big_distill runs.
 
-  python -m big_distill.convert --input=resnetv2_50x1_bit.safetensors --model=timm:resnetv2_50x1_bit \
-      --output=R50x1.npz                              # timm -> BiT .npz
+  python -m big_distill.convert --input=resnetv2_50x1_bit.safetensors --output=R50x1.npz
   python -m big_distill.convert --input=/tmp/my_student --output=student.safetensors  # -> timm
 
-`--input` is a weights file (`.npz`, `.safetensors`, `.pth`) with `--model` naming its
-architecture (a registry name with arguments, `bit:depth=50,width=1`, or `timm:<name>`), or a
-run's workdir (its student; `--step=best|latest|N`). The output's suffix picks the layout: `.npz`
-is BiT's layout for `bit` models and big_vision's for `vit`, `.safetensors` is timm's. The file
-is read exactly as a teacher or `student.init` would read it (`models.loading`) and written so
-that reading it back gives the same arrays.
+`--input` is a weights file (`.npz`, `.safetensors`, `.pth`), whose architecture is what its
+layout and shapes say unless `--model` names it (a family with arguments, `bit:depth=50,width=1`,
+or `timm:<name>`, which also sets the input normalisation), or a run's workdir (its student;
+`--step=best|latest|N`). The output's suffix picks the layout among the family's (its record's
+`layouts`): `.npz` is BiT's layout for `bit` models and big_vision's for `vit`, `.safetensors` is
+timm's for every family. The file is read exactly as a teacher or `student.init` would read it
+(`models.loading`) and written so that reading it back gives the same arrays.
 """
 
 import os
 from typing import Any
 
 from absl import flags
-import numpy as np
 
 from big_distill import build, checkpoint, cli, errors, models, workdir as workdir_lib
-from big_distill.models import bit, loading, vit
+from big_distill.models import loading
 
 _INPUT = flags.DEFINE_string('input', None, 'A weights file or a run\'s workdir.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'The file to write: .npz or .safetensors.',
                               required=True)
-_MODEL = flags.DEFINE_string('model', None, 'The input file\'s architecture: NAME[:k=v,...] or '
-                             'timm:<timm name> (not for a run, which knows its student).')
+_MODEL = flags.DEFINE_string('model', None, 'The input file\'s architecture: family[:k=v,...] or '
+                             'timm:<timm name> (default: what the file says; not for a run, which '
+                             'knows its student).')
 _STEP = flags.DEFINE_string('step', 'best', 'A run\'s checkpoint: best, latest, or a step.')
 _CHANNELS = flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.')
 _RESOLUTION = flags.DEFINE_integer('resolution', None, 'Input side (default: a ViT file\'s own '
                                    'position-embedding grid, else 224).')
 
-WRITERS = {  # (family, suffix) -> the layout's arrays from our parameters.
-    ('bit', '.npz'): lambda params, model: bit.params_to_bit_npz_dict(params),
-    ('bit', '.safetensors'): lambda params, model: bit.params_to_timm(params),
-    ('vit', '.npz'): lambda params, model: vit.params_to_big_vision(params),
-    ('vit', '.safetensors'): vit.params_to_timm,
-}
-
-
-def from_run(path: str) -> tuple[Any, str, dict[str, Any]]:
-  """(model, family, variables) of a run's student at `--step`."""
+def from_run(path: str, step: str) -> tuple[models.Spec, Any, dict[str, Any], str]:
+  """(spec, model, variables, which checkpoint) of a run's student at `step`."""
   run = build.create_run_from_workdir(path)
-  variables, _, note = checkpoint.read_variables(path, _STEP.value)
+  variables, _, note = checkpoint.read_variables(path, step)
   loading.check_fits(variables, run.abstract_state.variables, f'{path} ({note})')
-  family, _ = models.resolve(**{k: v for k, v in run.config.student.items()
-                                if k not in models.LOADING_KEYS})
-  print(f'Converting the student of {note}.')
-  return run.student, family, variables
+  return run.student_spec, run.student, variables, note
+
+
+def convert(source: str, output: str, *, model: str | None = None, step: str = 'best',
+            channels: int = 3, resolution: int | None = None) -> str:
+  """Writes the weights of `source` (a file, or a run's student at `step`) to `output` in the
+  layout of its suffix; returns what it did, in words. `model`: the file's architecture where it
+  is not what the file says."""
+  suffix = os.path.splitext(output)[1]
+  workdir_lib.check_writable(workdir_lib.path(output).parent, '--output')
+  if not workdir_lib.path(source).exists():
+    raise errors.BadInput(f'--input={source} does not exist.')
+  note = ''
+  if workdir_lib.path(source).is_dir():
+    spec, net, variables, note = from_run(source, step)
+    note = f'the student of {note}: '
+  else:
+    spec, net, variables, _ = loading.model_from_file(
+        source, models.resolve(model, '--model') if model else None, channels=channels,
+        resolution=resolution)
+  layout = spec.family.writer(suffix)
+  if layout is None:
+    formats = ', '.join(f'{l.suffix} ({l.name})' for l in spec.family.layouts)
+    raise errors.BadInput(f'--output={output}: {spec.family.name} weights can be written as '
+                          f'{formats}.')
+  arrays = layout.write(variables, net)
+  loading.write_arrays(output, arrays)
+  return f'Wrote {note}{len(arrays)} arrays of {spec} to {output} ({layout.name} layout).'
 
 
 def main(argv):
   del argv
-  suffix = os.path.splitext(_OUTPUT.value)[1]
-  output = workdir_lib.path(_OUTPUT.value)
-  workdir_lib.check_writable(output.parent, '--output')
-  is_run = workdir_lib.path(_INPUT.value).is_dir()
-  if not is_run and not _MODEL.value:
-    raise errors.BadInput('--model is needed for a weights file (e.g. --model=timm:<name>).')
-  if not workdir_lib.path(_INPUT.value).exists():
-    raise errors.BadInput(f'--input={_INPUT.value} does not exist.')
-  if is_run:
-    model, family, variables = from_run(_INPUT.value)
-  else:
-    model, family, variables, _ = loading.model_from_file(
-        _INPUT.value, models.parse_spec(_MODEL.value, '--model'), channels=_CHANNELS.value,
-        resolution=_RESOLUTION.value)
-  writer = WRITERS.get((family, suffix))
-  if writer is None:
-    formats = ', '.join(s for f, s in WRITERS if f == family) or 'none'
-    raise errors.BadInput(f'--output={_OUTPUT.value}: {family} weights can be written as '
-                          f'{formats}.')
-  arrays = {k: np.ascontiguousarray(v, np.float32)
-            for k, v in writer(variables['params'], model).items()}
-  output.parent.mkdir(parents=True, exist_ok=True)
-  if suffix == '.npz':
-    with output.open('wb') as f:
-      np.savez(f, **arrays)
-  else:
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    output.write_bytes(safetensors_numpy.save(arrays))
-  print(f'Wrote {len(arrays)} arrays of a {family} model to {_OUTPUT.value}.')
+  print(convert(_INPUT.value, _OUTPUT.value, model=_MODEL.value, step=_STEP.value,
+                channels=_CHANNELS.value, resolution=_RESOLUTION.value))
 
 
 if __name__ == '__main__':

@@ -2,8 +2,8 @@ r"""The Fashion-MNIST demo: train the teacher, distil it into a smaller student,
 
   python -m big_distill.demo --workdir=/tmp/big_distill_demo
 
-Runs the two documented commands (`configs/fashion_mnist_teacher.py`, then
-`configs/fashion_mnist_funmatch.py` with the teacher's checkpoint) through `big_distill.main`,
+Runs the two documented commands (`configs/teacher.py`, then
+`configs/distill.py` with the teacher's checkpoint) through `big_distill.main`,
 reusing finished stages in the workdir, and reads the results back from their metrics.
 """
 
@@ -26,9 +26,9 @@ def main(argv):
   teacher_args = f':epochs={_TEACHER_EPOCHS.value}' if _TEACHER_EPOCHS.value else ''
   student_args = f'teacher={teacher_dir}' + (
       f',epochs={_STUDENT_EPOCHS.value}' if _STUDENT_EPOCHS.value else '')
-  t_teacher = run_stage('1/2 teacher', f'{CONFIGS}/fashion_mnist_teacher.py{teacher_args}',
+  t_teacher = run_stage('1/2 teacher', f'{CONFIGS}/teacher.py{teacher_args}',
                         teacher_dir)
-  t_student = run_stage('2/2 student', f'{CONFIGS}/fashion_mnist_funmatch.py:{student_args}',
+  t_student = run_stage('2/2 student', f'{CONFIGS}/distill.py:{student_args}',
                         student_dir)
   teacher, student = (workdir_lib.last_metrics(d) for d in (teacher_dir, student_dir))
   rows = [

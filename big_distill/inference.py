@@ -2,8 +2,9 @@
 
 Sources (exactly one, from the command-line flags below, shared by `evaluate` and `predict`):
 a run's workdir (its student at `--step`; its teachers too where asked), a weights file
-(BiT/big_vision `.npz`, timm `.safetensors`/`.pth`) with `--model` naming its architecture, or a
-model written by `export` (a SavedModel directory or a `.tflite` file, with its metadata). Every
+(BiT/big_vision `.npz`, timm `.safetensors`/`.pth`, the architecture its own unless `--model` names
+one), or a model written by `export` (a SavedModel directory or a `.tflite` file, with its
+metadata). Every
 source sees images as the run's eval does (`input_pipeline.eval_image` at its resolution and
 central crop); an exported model gets them as the uint8 pixels a deployed app would pass.
 """
@@ -23,10 +24,9 @@ Logits = Callable[[np.ndarray], np.ndarray]
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'A run: its student (and teachers, --teachers).')
 STEP = flags.DEFINE_string('step', 'best', 'The run\'s checkpoint: best, latest, or a step.')
-WEIGHTS = flags.DEFINE_string('weights', None, 'A weights file (.npz, .safetensors, .pth); '
-                              '--model names its architecture.')
-MODEL = flags.DEFINE_string('model', None, 'Architecture of --weights: NAME[:k=v,...] or '
-                            'timm:<timm name>.')
+WEIGHTS = flags.DEFINE_string('weights', None, 'A weights file (.npz, .safetensors, .pth).')
+MODEL = flags.DEFINE_string('model', None, 'Architecture of --weights: family[:k=v,...] or '
+                            'timm:<timm name> (default: what the file says).')
 EXPORTED = flags.DEFINE_string('exported', None, 'A SavedModel directory or .tflite file '
                                'written by big_distill.export.')
 CHANNELS = flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.')
@@ -54,9 +54,8 @@ class Classifier:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-  """Probabilities of per-row `logits` (NumPy, max-shifted)."""
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
+  """Probabilities of per-row `logits`, as NumPy."""
+  return np.asarray(jax.nn.softmax(logits, axis=-1))
 
 
 def from_flags(*, teachers: bool = False) -> Classifier:
@@ -70,9 +69,6 @@ def from_flags(*, teachers: bool = False) -> Classifier:
   if WORKDIR.value:
     return from_workdir(WORKDIR.value, STEP.value, teachers=teachers)
   if WEIGHTS.value:
-    if not MODEL.value:
-      raise errors.BadInput('--weights needs --model naming its architecture, e.g. '
-                            '--model=bit:depth=50,width=1 or --model=timm:<name>.')
     return from_weights(WEIGHTS.value, MODEL.value)
   return from_export(EXPORTED.value)
 
@@ -105,13 +101,14 @@ def from_workdir(workdir: str, step: str = 'best', *, teachers: bool = False) ->
       teacher_logits and (lambda x: np.asarray(teacher_logits(x))))
 
 
-def from_weights(path: str, model: str) -> Classifier:
-  """A weights file and its architecture (`models.parse_spec`), at `--resolution`."""
-  net, family, variables, side = loading.model_from_file(
-      path, models.parse_spec(model, '--model'), channels=CHANNELS.value,
+def from_weights(path: str, model: str | None) -> Classifier:
+  """A weights file and its architecture (`models.resolve`; None: what the file says), at
+  `--resolution`."""
+  spec, net, variables, side = loading.model_from_file(
+      path, models.resolve(model, '--model') if model else None, channels=CHANNELS.value,
       resolution=RESOLUTION.value)
   apply = jax.jit(lambda x: net.apply(variables, x))
-  return Classifier(f'the {family} model of {path}', lambda x: np.asarray(apply(x)),
+  return Classifier(f'the {spec} model of {path}', lambda x: np.asarray(apply(x)),
                     _names((), net.num_classes), _input(side, CENTRAL_CROP.value),
                     CHANNELS.value)
 

@@ -4,9 +4,9 @@ r"""The paper's comparison at small scale: teaching setups x schedule lengths on
       [--variants=fixed,...] [--seeds=0,1] [--train_examples=N] [--optimizer=adam|shampoo]
       [--baseline] [--override=KEY=VALUE ...]
 
-Trains the demo teacher (`configs/fashion_mnist_teacher.py`, on the whole train split) unless
+Trains the demo teacher (`configs/teacher.py`, on the whole train split) unless
 `--teacher` names a finished run, then, for each seed, schedule length and variant, distils it
-with `configs/fashion_mnist_funmatch.py` into the demo student (a fixed teacher's logits are
+with `configs/distill.py` into the demo student (a fixed teacher's logits are
 computed once and shared). `--baseline` also trains that student from scratch on labels (the
 teacher config with the student's depth and width) for each length and seed: the supervised
 baseline. Students see `--augment`; `--optimizer=shampoo` trains them with Shampoo (its defaults:
@@ -71,7 +71,7 @@ def main(argv):
                   augment=_AUGMENT.value, overrides=_OVERRIDES.value)
   stages = list(enumerate(students, 1))
   if not _TEACHER.value:
-    stages.insert(0, (0, Stage('teacher', f'{CONFIGS}/fashion_mnist_teacher.py', teacher)))
+    stages.insert(0, (0, Stage('teacher', f'{CONFIGS}/teacher.py', teacher)))
   ran = False
   for i, stage in stages:
     name = f'{i}/{len(students)} {stage.label}'

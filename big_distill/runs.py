@@ -2,7 +2,6 @@
 `big_distill.main` in a subprocess."""
 
 import dataclasses
-import importlib.util
 import math
 import os
 import shlex
@@ -10,9 +9,7 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import ml_collections
-from ml_collections import config_flags
 
 from big_distill import checkpoint, configlib, errors, variants, workdir as workdir_lib
 from big_distill.data import input_pipeline
@@ -24,7 +21,7 @@ def _configs_dir() -> str:
   that holds the package (running from a checkout, or an editable install)."""
   package = os.path.dirname(os.path.abspath(__file__))
   installed = os.path.join(package, 'configs')
-  if os.path.isfile(os.path.join(installed, 'fashion_mnist_teacher.py')):
+  if os.path.isfile(os.path.join(installed, 'teacher.py')):
     return installed
   return os.path.join(os.path.dirname(package), 'configs')
 
@@ -78,25 +75,12 @@ class Stage:
 
 def _config_file(name: str, arg: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of `CONFIGS/<name>`."""
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIGS, name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load(os.path.join(CONFIGS, name), arg)
 
 
 def _resolve(name: str, arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
   """The config `big_distill.main` builds from `--config=CONFIGS/<name>:<arg> <overrides>`."""
-  argv, values = ['reproduce', *overrides], flags.FlagValues()
-  try:
-    holder = config_flags.DEFINE_config_dict('config', _config_file(name, arg),
-                                             flag_values=values, sys_argv=argv)
-    values(argv)
-  except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
-    while e.args and isinstance(e.args[0], BaseException):  # ml_collections wraps a KeyError.
-      e = e.args[0]
-    text = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise errors.BadInput(f'--override: {" ".join(str(text).split())}') from None
-  return holder.value
+  return configlib.override(_config_file(name, arg), overrides)
 
 
 def _positive(text: str, flag: str, what: str) -> float:
@@ -125,7 +109,7 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
   for item in overrides:
     if '=' not in item:
       raise errors.BadInput(f'--override: {item!r} is not KEY=VALUE.')
-  student = _config_file('fashion_mnist_funmatch.py', f'teacher={teacher}')
+  student = _config_file('distill.py', f'teacher={teacher}')
   builder = input_pipeline.get_builder(student.input.dataset, student.input.data_dir)
   split = student.input.train_split
   common = [f'--config.input.augment={augment}']
@@ -149,11 +133,10 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
       for setup in ([SUPERVISED] if baseline else []) + variant_names:
         config_args = [f'--config.seed={seed}', *common]
         if setup == SUPERVISED:
-          name, arg = 'fashion_mnist_teacher.py', f'epochs={length}'
-          config_args += [f'--config.student.depth={student.student.depth}',
-                          f'--config.student.width={student.student.width}']
+          name, arg = 'teacher.py', f'epochs={length}'
+          config_args.append(f'--config.student.model={student.student.model}')
         else:
-          name = 'fashion_mnist_funmatch.py'
+          name = 'distill.py'
           arg = f'epochs={length},teacher={teacher},variant={setup}'
           if variants.get(setup).cacheable:
             config_args.append(f'--config.teacher_logits_cache={os.path.join(root, cache)}')

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from big_distill import errors
-from big_distill.models import from_config, loading
+from big_distill import errors, models
+from big_distill.models import loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Teachers:
   Their weights travel separately, as a tuple of one variables dict per teacher
   (`{'params': ...}`, plus `batch_stats` for BatchNorm models), here called `params`.
   """
+  specs: tuple[models.Spec, ...]
   models: tuple[nn.Module, ...]
   resolutions: tuple[int | None, ...]
 
@@ -53,13 +54,21 @@ def combine(logits: jax.Array, temperature: float) -> jax.Array:
   return jax.nn.logsumexp(logps, axis=1) - jnp.log(logits.shape[1])
 
 
-def build(specs: list[ml_collections.ConfigDict], num_classes: int,
-          dtype: str = 'float32') -> Teachers:
-  """The (unloaded) teachers of `config.teachers`, computing in `dtype`."""
-  if not specs:
-    raise errors.BadInput("config.mode='distill' needs at least one entry in config.teachers.")
-  return Teachers(tuple(from_config(spec, num_classes, dtype) for spec in specs),
-                  tuple(spec.get('resolution') for spec in specs))
+def resolve(entries: list[ml_collections.ConfigDict]) -> tuple[models.Spec, ...]:
+  """The architecture of each `config.teachers` entry: its `model`, else what its checkpoint says
+  (`loading.spec_of`)."""
+  return tuple(models.resolve(
+      entry, f'config.teachers[{i}]', default=None if entry.get('model') else loading.spec_of(
+          entry.get('checkpoint'), f'config.teachers[{i}].checkpoint'))
+               for i, entry in enumerate(entries))
+
+
+def build(specs: tuple[models.Spec, ...], entries: list[ml_collections.ConfigDict],
+          num_classes: int, dtype: str = 'float32') -> Teachers:
+  """The (unloaded) teachers of `specs` (`resolve`) at the resolutions of their config
+  `entries`, computing in `dtype`."""
+  return Teachers(specs, tuple(spec.create(num_classes, dtype) for spec in specs),
+                  tuple(entry.get('resolution') for entry in entries))
 
 
 def init_params(teachers: Teachers, image_shape: tuple[int, int, int],
@@ -87,11 +96,12 @@ def freeze(teachers: Teachers, params: tuple[Any, ...]) -> tuple[Teachers, tuple
   return dataclasses.replace(teachers, models=tuple(models)), tuple(frozen)
 
 
-def load_params(specs: list[ml_collections.ConfigDict], teachers: Teachers,
+def load_params(entries: list[ml_collections.ConfigDict], teachers: Teachers,
                 abstract: tuple[Any, ...]) -> tuple[Any, ...]:
   """Each teacher's variables (host arrays) from its `checkpoint`, checked against `abstract`."""
-  return tuple(loading.load_variables(spec.get('checkpoint'), model, shapes)
-               for spec, model, shapes in zip(specs, teachers.models, abstract))
+  return tuple(loading.load_variables(entry.get('checkpoint'), spec.family, model, shapes)
+               for entry, spec, model, shapes in zip(entries, teachers.specs, teachers.models,
+                                                     abstract))
 
 
 def fingerprint(specs: list[ml_collections.ConfigDict], params: tuple[Any, ...],

@@ -27,7 +27,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the step it has finished and raise `errors.Preempted`.
   """
   with preemption.Preemption() as preempt:
-    run = build.create_run(config)
+    run = build.create_run(workdir_lib.with_stored_models(config, workdir))
+    config = run.config  # With every model's architecture resolved.
     workdir_lib.check(config, workdir)
     logits = _cached_teacher_logits(run, workdir)
     saved = checkpoint.saved_steps(workdir)  # A resumed run needs no `student.init`.

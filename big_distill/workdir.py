@@ -123,6 +123,26 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_writable(workdir, '--workdir')
 
 
+def with_stored_models(config: ml_collections.ConfigDict,
+                       workdir: str) -> ml_collections.ConfigDict:
+  """`config` with the `model` of each entry that names none (to be read from a checkpoint: a
+  teacher's, the student's `init`) taken from the run already in `workdir`, if any: a resumed
+  run builds what it resolved at its start, even once `init` is gone. Reads only."""
+  p = path(workdir) / CONFIG
+  if not p.exists():
+    return config
+  stored = json.loads(p.read_text())
+  pairs = [(config.student, stored.get('student', {})),
+           *zip(config.teachers, stored.get('teachers', []))]
+  if all(entry.get('model') or not old.get('model') for entry, old in pairs):
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for entry, old in zip([config.student, *config.teachers], [o for _, o in pairs]):
+      entry.model = entry.get('model') or old.get('model', '')
+  return config
+
+
 def create(workdir: str) -> epath.Path:
   p = path(workdir)
   p.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,18 @@ at 9600 epochs). Here that is a second teacher with `resolution=384`, which sees
 resized to 384 px: `teacher=R152x2_T_224.npz+R152x2_T_384.npz`, then
 `--config.teachers[1].resolution=384`.
 
-Arguments: `epochs` (1200; the paper goes up to 9600) and those of every paper config, `variant`,
-`teacher`, `teacher_model` and `runlocal` (`configlib.paper_funmatch`; with `runlocal`, `teacher` is
-a file of the tiny teacher with 1000 classes).
+Arguments (`--config=configs/imagenet_funmatch.py:epochs=4800,variant=fixed`):
+  epochs: 1200; the paper goes up to 9600.
+  variant: fixed | independent | consistent | funmatch (`fixed` computes the teacher's logits once,
+    into WORKDIR/teacher_logits.npy).
+  teacher: the teacher's weights (a BiT .npz, a timm .safetensors, or a run); several joined by
+    `+` are an ensemble.
+  teacher_model: its architecture (`models`): BiT-M-R152x2 by default; a timm name such as
+    `timm:vit_base_patch16_224.augreg2_in21k_ft_in1k`, or '' to take the checkpoint's.
+  student: the student's architecture, e.g. `timm:mobilenetv3_large_100` (BiT-R50x1 by default).
+  runlocal: 10 steps on a slice at 32 px with small models (`configlib.shrink_for_local_run`): a
+    named teacher becomes its family's tiny model (a BiT R14 x1/4 file with 1000 classes for the
+    default), the student its family's demo size.
 """
 
 from big_distill import configlib
@@ -36,11 +45,26 @@ from big_distill import configlib
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, epochs=1200.0, variant='funmatch', teacher='R152x2_T_224.npz',
-                            teacher_model=configlib.PAPER_TEACHER, runlocal=False)
-  config = configlib.paper_funmatch(arg, epochs=arg.epochs, lr=0.03, wd=3e-4, temperature=1.0,
-                                    warmup_steps=5000)
+                            teacher_model='bit:depth=152,width=2', student='bit:depth=50,width=1',
+                            runlocal=False)
+  config = configlib.base_config()
+  configlib.distillation(config, arg.variant)
+  config.teachers = configlib.teacher_entries(
+      arg.teacher, configlib.model_arg(arg.teacher_model, 'teacher', 'teacher_model'))
+  config.student.model = configlib.model_arg(arg.student, 'student', 'student')
+  config.temperature = 1.0
+  config.mixup_alpha = 1.0  # Ratios ~ Beta(1, 1) = U(0, 1).
+
   config.input.update(dataset='imagenet2012', train_split='train[:98%]', eval_split='validation',
-                      batch_size=4096, eval_batch_size=1024, resolution=224, central_crop=0.875)
+                      batch_size=4096, eval_batch_size=1024, resolution=224, central_crop=0.875,
+                      augment='inception_crop', flip=True)
+  config.total_epochs = arg.epochs
+  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
+  config.lr = 0.03
+  config.wd = 3e-4 / config.lr  # The paper's decay per step, as `config.wd` is scaled by the lr.
+  config.grad_clip_norm = 1.0
+  config.schedule = dict(name='cosine', warmup_steps=5000)
+
   config.log_every_steps = 50
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000

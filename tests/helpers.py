@@ -4,7 +4,6 @@ and reading a workdir back (through `big_distill.workdir`, the owner of its layo
 import fcntl
 import glob
 import hashlib
-import importlib.util
 import os
 import pty
 import select
@@ -17,26 +16,21 @@ import time
 import jax
 import numpy as np
 
-from big_distill import checkpoint, workdir
+from big_distill import checkpoint, configlib, workdir
 from big_distill.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_teacher.py')
-FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'fashion_mnist_funmatch.py')
-# Tiny models at 28x28 keep the end-to-end runs to seconds.
-TINY_TEACHER = ('--config.student.depth=14', '--config.student.width=0.25',
-                '--config.input.resolution=28')
-TINY_STUDENT = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
-                '--config.student.depth=14', '--config.student.width=0.125',
-                '--config.input.resolution=28')
+TEACHER_CONFIG = os.path.join(ROOT, 'configs', 'teacher.py')
+FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'distill.py')
+# Tiny models at 28x28 keep the end-to-end runs to seconds; a student's teacher (a run) says its
+# own architecture.
+TINY_TEACHER = ('--config.student.model=bit:depth=14,width=0.25', '--config.input.resolution=28')
+TINY_STUDENT = ('--config.student.model=bit:depth=14,width=0.125', '--config.input.resolution=28')
 
 
 def get_config(name: str, arg: str | None = None):
   """`get_config(arg)` of `configs/<name>`."""
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, 'configs', name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load(os.path.join(ROOT, 'configs', name), arg)
 
 
 def env(devices: int = 1, **env_vars: str) -> dict[str, str]:

@@ -245,7 +245,7 @@ def test_conv2d_matches_xla(size, stride, padding):
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits(model, npz_path):
   params = bit.load_bit_npz(npz_path, model)
-  low = models.from_config(dict(model='bit', depth=DEPTH, width=WIDTH), CLASSES, 'bfloat16')
+  low = models.resolve(f'bit:depth={DEPTH},width={WIDTH}').create(CLASSES, 'bfloat16')
   images = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   abstract = jax.eval_shape(low.init, jax.random.PRNGKey(0), images)['params']
   assert {x.dtype for x in jax.tree_util.tree_leaves(abstract)} == {jnp.dtype(jnp.float32)}
@@ -260,4 +260,4 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(model, npz_path):
   # bfloat16 keeps 8 bits of mantissa: a few percent of error after 26 layers, not more.
   assert np.linalg.norm(logits - expected) < 0.1 * np.linalg.norm(expected)
   with pytest.raises(ValueError, match=r"config.dtype='bf16'; use one of float32, bfloat16"):
-    models.from_config(dict(model='bit'), CLASSES, 'bf16')
+    models.resolve('bit').create(CLASSES, 'bf16')

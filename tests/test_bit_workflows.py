@@ -72,9 +72,8 @@ def test_student_init_from_npz_and_new_head(tmp_path):
   path = tmp_path / 'pretrained.npz'
   pretrained = _random_bit_npz(path, 14, 0.125, 1000, 1, seed=3)
   workdir = str(tmp_path / 'finetune')
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14',
-           '--config.student.width=0.125', '--config.input.resolution=28',
-           f'--config.student.init={path}', '--config.total_steps=1', '--config.lr=0.0',
+  run_main(f'{TEACHER_CONFIG}:runlocal=True,init={path}', workdir,
+           '--config.input.resolution=28', '--config.total_steps=1', '--config.lr=0.0',
            '--config.schedule.warmup_steps=0')
   params = ocp.StandardCheckpointer().restore(os.path.join(workdir_lib.checkpoints(workdir), '1', 'params'))
   np.testing.assert_array_equal(params['conv_root']['kernel'], pretrained['conv_root']['kernel'])
@@ -84,9 +83,8 @@ def test_student_init_from_npz_and_new_head(tmp_path):
   assert not np.any(params['head']['kernel'])
   # A resumed run starts from its checkpoint: the init file is no longer needed.
   path.unlink()
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, '--config.student.depth=14',
-           '--config.student.width=0.125', '--config.input.resolution=28',
-           f'--config.student.init={path}', '--config.total_steps=2', '--config.lr=0.0',
+  run_main(f'{TEACHER_CONFIG}:runlocal=True,init={path}', workdir,
+           '--config.input.resolution=28', '--config.total_steps=2', '--config.lr=0.0',
            '--config.schedule.warmup_steps=0', '--config.allow_config_change=True')
   resumed = ocp.StandardCheckpointer().restore(os.path.join(workdir_lib.checkpoints(workdir), '2',
                                                             'params'))

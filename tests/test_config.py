@@ -1,14 +1,9 @@
 """Config files, `:k=v` arguments and command-line overrides."""
 
-import os
-import sys
-
-from absl import flags
-from ml_collections import config_flags
 import pytest
 
-from big_distill import configlib, errors, workdir
-from tests.helpers import ROOT, TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
+from big_distill import configlib, errors, models, workdir
+from tests.helpers import TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
 
 
 def test_parse_arg_types_and_errors():
@@ -65,45 +60,52 @@ def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path)
     workdir.check(other, str(tmp_path))
 
 
-@pytest.mark.parametrize('name', ['fashion_mnist_funmatch.py', 'imagenet_funmatch.py',
-                                  'flowers_funmatch.py'])
-def test_a_teachers_resolution_is_set_from_the_command_line(name, monkeypatch):
+@pytest.mark.parametrize('name', ['distill.py', 'imagenet_funmatch.py', 'flowers_funmatch.py'])
+def test_a_teachers_resolution_is_set_from_the_command_line(name):
   assert get_config(name).teachers[0].resolution is None  # The student's.
-  argv = ['prog', f'--config={os.path.join(ROOT, "configs", name)}',
-          '--config.teachers[0].resolution=384']
-  monkeypatch.setattr(sys, 'argv', argv)  # config_flags finds its overrides in sys.argv.
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=flag_values)
-  flag_values(argv)
-  assert flag_values.config.teachers[0].resolution == 384
+  config = configlib.override(get_config(name), ['--config.teachers[0].resolution=384'])
+  assert config.teachers[0].resolution == 384
 
 
-@pytest.mark.parametrize('name', ['fashion_mnist_funmatch.py', 'imagenet_funmatch.py'])
-def test_an_ensemble_of_teachers_from_the_config_argument(name, monkeypatch):
+@pytest.mark.parametrize('name', ['distill.py', 'imagenet_funmatch.py'])
+def test_an_ensemble_of_teachers_from_the_config_argument(name):
   """`teacher=A+B` lists two teachers, which the command line can then change one by one."""
   config = get_config(name, 'teacher=a.npz+b.npz')
   assert [t.checkpoint for t in config.teachers] == ['a.npz', 'b.npz']
   assert config.teachers[0].to_dict() == {**config.teachers[1].to_dict(), 'checkpoint': 'a.npz'}
-  argv = ['prog', f'--config={os.path.join(ROOT, "configs", name)}:teacher=a.npz+b.npz',
-          '--config.teachers[1].resolution=384', '--config.teachers[1].depth=50']
-  monkeypatch.setattr(sys, 'argv', argv)
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=flag_values)
-  flag_values(argv)
-  second = flag_values.config.teachers[1]
-  assert (second.checkpoint, second.resolution, second.depth) == ('b.npz', 384, 50)
-  assert flag_values.config.teachers[0].resolution is None
+  config = configlib.override(config, ['--config.teachers[1].resolution=384',
+                                       '--config.teachers[1].model=bit:depth=50,width=1'])
+  second = config.teachers[1]
+  assert (second.checkpoint, second.resolution, second.model) == (
+      'b.npz', 384, 'bit:depth=50,width=1')
+  assert config.teachers[0].resolution is None
 
 
-def test_the_demo_teacher_of_each_family_trains_and_teaches_as_one_entry():
-  """`model=` of the teacher config and `teacher_model=` of the student config name the same
-  model, and only the models of `configlib.DEMO_TEACHERS`."""
-  for family, model in configlib.DEMO_TEACHERS.items():
-    trained = get_config('fashion_mnist_teacher.py', f'model={family}').student.to_dict()
-    teaching = get_config('fashion_mnist_funmatch.py', f'teacher_model={family},teacher=t')
-    assert trained == {**model, 'init': ''}
-    assert teaching.teachers[0].to_dict() == {**model, 'checkpoint': 't', 'resolution': None}
-  for name, arg in (('fashion_mnist_teacher.py', 'model=resnet'),
-                    ('fashion_mnist_funmatch.py', 'teacher_model=resnet')):
-    with pytest.raises(errors.BadInput, match=f"{arg.split('=')[0]}='resnet'; use one of bit, vit"):
+def test_a_family_name_is_its_demo_size_in_both_roles():
+  """`model=` of the teacher config and `teacher_model=` of the distill config name the same
+  model: the family record's demo teacher; `student=` its demo student."""
+  for name, found in models.FAMILIES.items():
+    trained = get_config('teacher.py', f'model={name}').student.model
+    teaching = get_config('distill.py', f'teacher_model={name},teacher=t').teachers[0]
+    assert trained == teaching.model == str(models.spec(found, **found.demo_teacher))
+    assert teaching.to_dict() == dict(model=trained, checkpoint='t', resolution=None)
+    assert models.resolve(get_config('distill.py', f'student={name}').student).arguments == (
+        found.demo_student)
+  assert get_config('teacher.py', 'init=x.npz').student.to_dict() == dict(model='', init='x.npz')
+  for name, arg in (('teacher.py', 'model=resnet'), ('distill.py', 'teacher_model=resnet')):
+    with pytest.raises(errors.BadInput, match=f"{arg.split('=')[0]}: unknown model 'resnet'; "
+                                              'known: bit, vit, mobilenet_v3'):
       get_config(name, arg)
+
+
+def test_a_config_file_that_does_not_run_is_one_line(tmp_path):
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config(arg=None):\n  return (\n')
+  with pytest.raises(errors.BadInput, match=rf'^{broken}, line 2: .*\.$'):
+    configlib.load(str(broken))
+  failing = tmp_path / 'failing.py'
+  failing.write_text('import ml_collections\n\n\ndef get_config(arg=None):\n  return 1 / 0\n')
+  with pytest.raises(errors.BadInput, match=rf'^{failing}, line 5: ZeroDivisionError: '):
+    configlib.load(str(failing))
+  with pytest.raises(errors.BadInput, match=rf'^Config file {tmp_path}/gone.py does not exist.$'):
+    configlib.load(str(tmp_path / 'gone.py'))

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from big_distill import workdir as workdir_lib
-from big_distill.models import get_model
+from big_distill import models
 from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, metric,
                            read_metrics, run_main)
 
@@ -50,7 +50,7 @@ def test_distill_run_trains_only_the_student(distill_run, teacher_run):
   assert abs(evals['eval/teacher_accuracy'] - teacher_eval) < 1e-6
   # Checkpoints hold the student (R14 x 1/8) alone: same tree as a fresh student.
   params = _restore_params(distill_run, 10)
-  student = get_model('bit', depth=14, width=0.125, num_classes=10)
+  student = models.resolve('bit:depth=14,width=0.125').create(10)
   expected = jax.eval_shape(student.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
       expected['params'])

@@ -9,15 +9,15 @@ import time
 import jax
 import numpy as np
 
-from big_distill import checkpoint, workdir
-from tests.helpers import (FUNMATCH_CONFIG, env, main_command, read_metrics, run, run_main,
-                           saved_steps)
+import ml_collections
+import pytest
 
-TINY_TEACHER = ('--config.teachers[0].depth=14', '--config.teachers[0].width=0.25',
-                '--config.input.resolution=28')
-VIT_STUDENT = ('--config.student.patch_size=7', '--config.student.width=32',
-               '--config.student.depth=2', '--config.student.num_heads=2',
-               '--config.student.mlp_dim=64')
+from big_distill import build, checkpoint, errors, workdir
+from tests.helpers import (FUNMATCH_CONFIG, env, get_config, main_command, read_metrics, run,
+                           run_main, saved_steps)
+
+AT_28 = ('--config.input.resolution=28',)  # The teacher run's own resolution.
+VIT_STUDENT = ('--config.student.model=vit:patch_size=7,width=32,depth=2,num_heads=2,mlp_dim=64',)
 
 VIT_TEACHER_CONFIG = '''
 import ml_collections
@@ -35,7 +35,7 @@ def get_config(arg=None):
   else:
     configlib.distillation(config, 'funmatch')
     config.teachers = [ml_collections.ConfigDict({**vit, 'checkpoint': arg, 'resolution': 28})]
-    config.student.update(depth=14, width=0.125)
+    config.student.model = 'bit:depth=14,width=0.125'
   configlib.shrink_for_local_run(config)
   config.input.resolution = 28
   return config
@@ -50,8 +50,8 @@ def test_vit_and_mobilenet_students_of_a_bit_teacher(tmp_path, teacher_run):
   for student, overrides in (('vit', VIT_STUDENT), ('mobilenet_v3', ())):
     run_dir = str(tmp_path / student)
     run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student={student}', run_dir,
-             *TINY_TEACHER, *overrides)
-    assert workdir.read_config(run_dir)['student']['model'] == student
+             *AT_28, *overrides)
+    assert workdir.read_config(run_dir)['student']['model'].startswith(f'{student}:')
     evals = _final_eval(run_dir)
     assert 0 <= evals['eval/student_accuracy'] <= 1 and evals['eval/kl'] >= 0
     variables = checkpoint.read_variables(run_dir, 'latest')[0]
@@ -73,7 +73,7 @@ def test_a_vit_teacher_teaches_a_bit_student(tmp_path):
 def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run):
   """Parameters and BatchNorm statistics end as those of an uninterrupted run."""
   config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student=mobilenet_v3'
-  long = (*TINY_TEACHER, '--config.total_steps=24', '--config.checkpoint_every_steps=3',
+  long = (*AT_28, '--config.total_steps=24', '--config.checkpoint_every_steps=3',
           '--config.eval_every_steps=24', '--config.log_every_steps=3')
   whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
   run_main(config, whole, *long)
@@ -92,3 +92,37 @@ def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run):
     assert a.dtype == b.dtype and np.array_equal(a, b)
   assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
   assert 'batch_stats' in ours
+
+
+def _spec_run(student: str, teacher: str, **student_keys):
+  """The run a distill config builds with these model entries (random teacher weights)."""
+  config = get_config('distill.py', f'teacher=unused,teacher_model={teacher}')
+  config.student = ml_collections.ConfigDict(dict(model=student, init='', **student_keys))
+  config.input.resolution = 224
+  return build.create_run(config, data=build.Data(10, 3, 64), teacher_params='random')
+
+
+def _parameters(tree) -> int:
+  return sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_a_spec_builds_exactly_what_it_names():
+  """`--config.student.model=timm:mobilenetv3_large_100` on the demo config is timm's
+  MobileNetV3-Large 1.0, and `teachers[0].model=timm:vit_small_patch16_224` a ViT-S/16 (as timm
+  counts them, with 10 classes); keys of an entry that contradict its model are refused by name."""
+  run = _spec_run('timm:mobilenetv3_large_100', 'timm:vit_small_patch16_224')
+  assert (run.student.variant, run.student.width) == ('large', 1.0)
+  assert _parameters(run.abstract_state.params) == 4_214_842
+  assert run.teachers.models[0].dims() == (16, 384, 12, 1536, 6)
+  assert run.teachers.models[0].pool_type == 'tok'
+  assert _parameters(run.teacher_params[0]['params']) == 21_669_514
+  with pytest.raises(errors.BadInput, match=(
+      r"^config.student: model='timm:mobilenetv3_large_100' is a mobilenet_v3 model with "
+      r"variant='large', width=1.0, normalization='imagenet'; the entry also sets "
+      r"variant='small', width=0.5, which contradict it\.")):
+    _spec_run('timm:mobilenetv3_large_100', 'bit', variant='small', width=0.5)
+  config = get_config('distill.py', 'teacher=unused,teacher_model=timm:vit_small_patch16_224')
+  config.teachers[0].update(patch_size=8, pool_type='gap', normalization='minus_one_to_one')
+  with pytest.raises(errors.BadInput, match=r"^config.teachers\[0\]: .* the entry also sets "
+                     r"patch_size=8, pool_type='gap', which contradict it\."):
+    build.create_run(config, data=build.Data(10, 3, 64), teacher_params='random')

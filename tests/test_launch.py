@@ -15,7 +15,7 @@ import pytest
 from big_distill import errors
 from tests.helpers import ROOT
 
-CONFIG = 'configs/fashion_mnist_funmatch.py:epochs=2,teacher=/data/teacher'
+CONFIG = 'configs/distill.py:epochs=2,teacher=/data/teacher'
 OVERRIDES = ('--config.input.batch_size=64', "--config.teachers[0].checkpoint=/data/it's here.npz")
 TRAIN = ['-m', 'big_distill.main', f'--config={CONFIG}']
 GCLOUD = ['gcloud', 'compute', 'tpus', 'tpu-vm']
@@ -63,7 +63,7 @@ def test_bad_arguments_are_a_usage_error(script, args):
 
 @pytest.mark.parametrize('config, workdir, message', [
     ('configs/no_such_config.py', 'gs://bucket/run', 'CONFIG must be a file of this checkout'),
-    (os.path.join(ROOT, 'configs', 'fashion_mnist_teacher.py'), 'gs://bucket/run',
+    (os.path.join(ROOT, 'configs', 'teacher.py'), 'gs://bucket/run',
      'CONFIG must be a file of this checkout'),
     (CONFIG, 'runs/mine', 'WORKDIR must be shared by all workers'),
 ])
@@ -132,7 +132,7 @@ def test_tpu_pod_dry_run_copies_installs_and_runs_on_all_workers(tmp_path):
   subprocess.run(tar, check=True)  # The printed archive command packs the checkout.
   with tarfile.open(archive) as f:
     names = set(f.getnames())
-  assert {'./setup.py', './big_distill/main.py', './configs/fashion_mnist_teacher.py'} <= names
+  assert {'./setup.py', './big_distill/main.py', './configs/teacher.py'} <= names
   assert not any(n.startswith('./.git/') or '__pycache__' in n for n in names)
 
 
@@ -312,7 +312,7 @@ def test_configs_ship_with_the_package(tmp_path):
                   '--no-build-isolation', '--target', str(site), str(src)], check=True,
                  capture_output=True, timeout=300)
   code = ('import os, runpy; from big_distill import runs; print(runs.__file__);'
-          'print(runs.CONFIGS); config = os.path.join(runs.CONFIGS, "fashion_mnist_teacher.py");'
+          'print(runs.CONFIGS); config = os.path.join(runs.CONFIGS, "teacher.py");'
           'print(runpy.run_path(config)["get_config"]("runlocal=True").input.dataset)')
   proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
                         text=True, env={**os.environ, 'PYTHONPATH': str(site)}, timeout=120)

@@ -51,7 +51,7 @@ def test_a_timm_bit_state_dict_gives_timms_logits(tmp_path, timm_bit):
   path = str(tmp_path / 'bit.safetensors')
   safetensors_torch.save_file(timm_bit.state_dict(), path)
   ours = bit.ResNetV2(depth=DEPTH, width=WIDTH, num_classes=CLASSES)
-  variables = loading.load_variables(path, ours, _abstract(ours))
+  variables = loading.load_variables(path, bit.FAMILY, ours, _abstract(ours))
   images = _images()  # timm's BiT normalises with mean = std = 0.5: the pipeline's [-1, 1].
   np.testing.assert_allclose(ours.apply(variables, images), _timm_logits(timm_bit, images),
                              rtol=1e-4, atol=1e-4 * np.abs(_timm_logits(timm_bit, images)).max())
@@ -80,7 +80,7 @@ def test_three_channel_weights_into_a_grey_model(tmp_path, timm_bit):
   path = str(tmp_path / 'bit.safetensors')
   safetensors_torch.save_file(timm_bit.state_dict(), path)
   grey = bit.ResNetV2(depth=DEPTH, width=WIDTH, num_classes=CLASSES)
-  variables = loading.load_variables(path, grey, _abstract(grey, channels=1))
+  variables = loading.load_variables(path, bit.FAMILY, grey, _abstract(grey, channels=1))
   images = _images(channels=1)
   expected = _timm_logits(timm_bit, np.repeat(images, 3, axis=-1))
   np.testing.assert_allclose(grey.apply(variables, images), expected, rtol=1e-4,
@@ -92,8 +92,8 @@ def test_heads_of_another_class_count(tmp_path, timm_bit):
   safetensors_torch.save_file(timm_bit.state_dict(), path)
   five = bit.ResNetV2(depth=DEPTH, width=WIDTH, num_classes=5)
   with pytest.raises(errors.BadInput, match=rf'{path} predicts 10 classes, but the dataset has 5'):
-    loading.load_variables(path, five, _abstract(five))  # A teacher: refused.
-  variables = loading.load_variables(path, five, _abstract(five), allow_new_head=True)
+    loading.load_variables(path, bit.FAMILY, five, _abstract(five))  # A teacher: refused.
+  variables = loading.load_variables(path, bit.FAMILY, five, _abstract(five), allow_new_head=True)
   assert variables['params']['head']['kernel'].shape == (1024, 5)
   assert not np.any(variables['params']['head']['kernel'])  # Fine-tuning starts from zero.
   np.testing.assert_array_equal(variables['params']['conv_root']['kernel'],
@@ -108,16 +108,18 @@ def test_files_that_do_not_fit_are_refused_in_one_line(tmp_path, timm_bit):
   with pytest.raises(errors.BadInput, match=r'does not match ResNetV2\(depth=14, width=1, '
                      r'num_classes=10\): stem.conv.weight: file has \(32, 3, 7, 7\), model '
                      r'expects \(64, 3, 7, 7\) \(and \d+ more mismatching keys\)$'):
-    loading.load_variables(path, wider, _abstract(wider))
+    loading.load_variables(path, bit.FAMILY, wider, _abstract(wider))
   deeper = bit.ResNetV2(depth=26, width=WIDTH, num_classes=CLASSES)
   with pytest.raises(errors.BadInput, match=r'stages.0.blocks.1.norm1.weight: missing from file'):
-    loading.load_variables(path, deeper, _abstract(deeper))
+    loading.load_variables(path, bit.FAMILY, deeper, _abstract(deeper))
   (tmp_path / 'weights.ckpt').write_bytes(b'x')
   with pytest.raises(errors.BadInput, match=r"unknown weights format '.ckpt'"):
-    loading.load_variables(str(tmp_path / 'weights.ckpt'), wider, _abstract(wider))
+    loading.load_variables(str(tmp_path / 'weights.ckpt'), bit.FAMILY, wider, _abstract(wider))
   (tmp_path / 'broken.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1}')
-  with pytest.raises(errors.BadInput, match='Cannot read the checkpoint .*broken.safetensors'):
-    loading.load_variables(str(tmp_path / 'broken.safetensors'), wider, _abstract(wider))
+  with pytest.raises(errors.BadInput, match=r'Cannot read .*broken.safetensors as a safetensors '
+                     r'file \(\w+\): the file is truncated, damaged or of another kind.$'):
+    loading.load_variables(str(tmp_path / 'broken.safetensors'), bit.FAMILY, wider,
+                           _abstract(wider))
 
 
 def test_a_torch_file_is_read_without_unpickling_objects(tmp_path, timm_bit):
@@ -125,13 +127,15 @@ def test_a_torch_file_is_read_without_unpickling_objects(tmp_path, timm_bit):
   path = str(tmp_path / 'bit.pth')
   torch.save(timm_bit.state_dict(), path)
   ours = bit.ResNetV2(depth=DEPTH, width=WIDTH, num_classes=CLASSES)
-  variables = loading.load_variables(path, ours, _abstract(ours))
+  variables = loading.load_variables(path, bit.FAMILY, ours, _abstract(ours))
   assert variables['params']['head']['bias'].shape == (CLASSES,)
   evil = str(tmp_path / 'evil.pth')
   torch.save({'weight': torch.zeros(1), 'payload': _Payload()}, evil)
-  with pytest.raises(errors.BadInput, match='Cannot read the checkpoint .*evil.pth'):
-    loading.load_variables(evil, ours, _abstract(ours))
+  with pytest.raises(errors.BadInput) as refused:
+    loading.load_variables(evil, bit.FAMILY, ours, _abstract(ours))
   assert not _Payload.unpickled
+  assert str(refused.value).startswith(f'Cannot read {evil} as a PyTorch state dict of tensors')
+  assert 'weights_only' not in str(refused.value)  # Never a hint to run pickled code.
 
 
 class _Payload:
@@ -147,6 +151,28 @@ def _mark_unpickled():
 
 
 def test_timm_names_map_to_bit_models():
-  assert bit.timm_kwargs('resnetv2_152x2_bit') == dict(depth=152, width=2)
-  assert bit.timm_kwargs('resnetv2_50x1_bit.goog_distilled_in1k') == dict(depth=50, width=1)
-  assert bit.timm_kwargs('resnetv2_50') is None and bit.timm_kwargs('vit_base_patch16_224') is None
+  assert bit.timm_arguments('resnetv2_152x2_bit') == dict(depth=152, width=2,
+                                                          normalization='minus_one_to_one')
+  assert bit.timm_arguments('resnetv2_50x1_bit.goog_distilled_in1k')['depth'] == 50
+  assert bit.timm_arguments('resnetv2_50') is None
+  assert bit.timm_arguments('vit_base_patch16_224') is None
+
+
+def test_the_architecture_a_bit_file_says(tmp_path, timm_bit):
+  """A teacher or `init` without `model` is what its file says: BiT `.npz` and timm layouts."""
+  timm_path = str(tmp_path / 'bit.safetensors')
+  safetensors_torch.save_file(timm_bit.state_dict(), timm_path)
+  assert str(loading.spec_of(timm_path, 'init')) == f'bit:depth={DEPTH},width={WIDTH}'
+  model = bit.ResNetV2(depth=26, width=0.125, num_classes=3)
+  npz = str(tmp_path / 'r26.npz')
+  bit.save_bit_npz(jax.tree_util.tree_map(np.asarray, _abstract_params(model)), npz)
+  assert loading.read_shapes(npz)['resnet/head/conv2d/kernel'] == (1, 1, 256, 3)
+  assert str(loading.spec_of(npz, 'init')) == 'bit:depth=26,width=0.125'
+  assert loading.spec_of(npz, 'init').create(3).depth == 26
+  (tmp_path / 'cut.npz').write_bytes(open(npz, 'rb').read()[:3000])  # An interrupted download.
+  with pytest.raises(errors.BadInput, match=r'Cannot read .*cut.npz as a NumPy .npz archive'):
+    loading.spec_of(str(tmp_path / 'cut.npz'), 'init')
+
+
+def _abstract_params(model):
+  return model.init(jax.random.PRNGKey(0), np.zeros((1, SIDE, SIDE, 3)))['params']

@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import mobilenet_v3
+from big_distill.models import loading, mobilenet_v3
 
 timm = pytest.importorskip('timm')
 torch = pytest.importorskip('torch')
@@ -86,7 +86,7 @@ def assert_close(ours, theirs, rtol=1e-4):
 
 def test_eval_logits_match_timm(timm_case):
   name, timm_model, state_dict = timm_case
-  model, variables = load(state_dict, **mobilenet_v3.timm_kwargs(name))
+  model, variables = load(state_dict, **mobilenet_v3.timm_arguments(name))
   x = images01()
   logits = jax.jit(model.apply)(variables, (2 * x - 1).astype(np.float32))
   assert logits.dtype == jnp.float32 and logits.shape == (4, CLASSES)
@@ -152,20 +152,21 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32(small_case):
 def test_timm_names_and_parameter_counts():
   covered = {}
   for name in timm.list_models('mobilenetv3_*'):
-    kwargs = mobilenet_v3.timm_kwargs(name)
+    kwargs = mobilenet_v3.timm_arguments(name)
     if kwargs is not None:
       covered[name] = kwargs
+  imagenet = dict(normalization='imagenet')
   assert covered == {
-      'mobilenetv3_large_075': dict(variant='large', width=0.75),
-      'mobilenetv3_large_100': dict(variant='large', width=1.0),
-      'mobilenetv3_small_050': dict(variant='small', width=0.5),
-      'mobilenetv3_small_075': dict(variant='small', width=0.75),
-      'mobilenetv3_small_100': dict(variant='small', width=1.0)}
-  assert mobilenet_v3.timm_kwargs('mobilenetv3_large_100.ra_in1k') == covered[
+      'mobilenetv3_large_075': dict(variant='large', width=0.75, **imagenet),
+      'mobilenetv3_large_100': dict(variant='large', width=1.0, **imagenet),
+      'mobilenetv3_small_050': dict(variant='small', width=0.5, **imagenet),
+      'mobilenetv3_small_075': dict(variant='small', width=0.75, **imagenet),
+      'mobilenetv3_small_100': dict(variant='small', width=1.0, **imagenet)}
+  assert mobilenet_v3.timm_arguments('mobilenetv3_large_100.ra_in1k') == covered[
       'mobilenetv3_large_100']
   for name in ('mobilenetv3_large_150d', 'mobilenetv3_rw', 'tf_mobilenetv3_large_100',
                'mobilenetv3_large_050', 'resnet50'):
-    assert mobilenet_v3.timm_kwargs(name) is None
+    assert mobilenet_v3.timm_arguments(name) is None
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   for name, kwargs in covered.items():
     model = mobilenet_v3.MobileNetV3(num_classes=1000, **kwargs)
@@ -187,6 +188,26 @@ def test_skip_head_gives_a_zero_head_for_the_model_classes(small_case):
   with pytest.raises(errors.BadInput, match=re.escape(
       'classifier.weight: file has (10, 1024), model expects (3, 1024)')):
     mobilenet_v3.variables_from_timm(state_dict, model, abstract, skip_head=False, source='f')
+
+
+def test_our_timm_layout_is_what_timm_loads(small_case, tmp_path):
+  """The writer: our variables (BatchNorm statistics included) as a state dict that timm loads
+  strictly and computes our logits with; the file says its variant and width."""
+  timm_model, state_dict = small_case
+  model, variables = load(state_dict, variant='small', width=0.5)
+  variables = jax.tree.map(lambda v: v * 1.5, variables)  # Not the file's values any more.
+  written = mobilenet_v3.variables_to_timm(variables)
+  reader = copy.deepcopy(timm_model)
+  reader.load_state_dict({k: torch.from_numpy(v) for k, v in written.items()}, strict=True)
+  x = images01(seed=3)
+  assert_close(np.asarray(model.apply(variables, (2 * x - 1).astype(np.float32))),
+               timm_forward(reader.eval(), (x - MEAN) / STD))
+  path = str(tmp_path / 'ours.safetensors')
+  safetensors_numpy.save_file(written, path)
+  assert str(loading.spec_of(path, 'init')) == 'mobilenet_v3:variant=small,width=0.5'
+  large = {k: v.numpy() for k, v in timm.create_model('mobilenetv3_large_100').state_dict().items()}
+  assert mobilenet_v3.FAMILY.layout('timm').arguments(
+      {k: v.shape for k, v in large.items()}) == dict(variant='large', width=1.0)
 
 
 def assert_bad_input(state_dict, match: str, **kwargs) -> None:

@@ -25,8 +25,24 @@ def test_warmup_then_cosine_and_linear():
   np.testing.assert_allclose([s(0), s(50), s(100)], [0.1, 0.05, 0.0], atol=1e-6)
   with pytest.raises(ValueError, match="Unknown config.schedule.name 'step'"):
     make_schedule(_config(schedule=dict(name='step', warmup_steps=0)), 10)
-  with pytest.raises(ValueError, match='warmup_steps=10 must be below the 10 training steps'):
-    make_schedule(_config(schedule=dict(name='cosine', warmup_steps=10)), 10)
+  # A warm-up as long as the run (a small dataset): a tenth of it.
+  s = make_schedule(_config(lr=0.1, schedule=dict(name='cosine', warmup_steps=200)), 40)
+  np.testing.assert_allclose([s(0), s(2), s(4), s(22), s(40)], [0.0, 0.05, 0.1, 0.05, 0.0],
+                             atol=1e-6)
+
+
+def test_the_cosine_schedule_is_big_visions():
+  """big_vision's `create_learning_rate_schedule(decay_type='cosine')`: lr * min(1, t / w) *
+  0.5 * (1 + cos(pi * p)), p = clip((t - w) / (T - w), 0, 1), computed here step by step."""
+  lr, warmup, total = 0.03, 50, 400
+  s = make_schedule(_config(lr=lr, schedule=dict(name='cosine', warmup_steps=warmup)), total)
+  t = np.arange(total + 1)
+  progress = np.clip((t - warmup) / (total - warmup), 0, 1)
+  expected = lr * np.minimum(1, t / warmup) * 0.5 * (1 + np.cos(np.pi * progress))
+  np.testing.assert_allclose([s(i) for i in t], expected, rtol=1e-5, atol=1e-8)
+  no_warmup = make_schedule(_config(lr=lr, schedule=dict(name='cosine', warmup_steps=0)), total)
+  np.testing.assert_allclose([no_warmup(i) for i in t[::40]],
+                             lr * 0.5 * (1 + np.cos(np.pi * t[::40] / total)), rtol=1e-5)
 
 
 def test_adam_with_decoupled_weight_decay_matches_hand_computation():

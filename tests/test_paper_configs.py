@@ -12,7 +12,7 @@ import pytest
 from safetensors import numpy as safetensors_numpy
 import tensorflow_datasets as tfds
 
-from big_distill import checkpoint, configlib, models
+from big_distill import checkpoint, models
 from big_distill import workdir as workdir_lib
 from big_distill.data import input_pipeline, synthetic
 from big_distill.optim import make_optimizer
@@ -53,9 +53,9 @@ def _decay_per_step(config) -> float:
 def _check_recipe(config, teacher: str):
   """What all the paper's runs share: models, function matching, Adam, clipping, mixup."""
   assert config.mode == 'distill' and config.variant == 'funmatch'
-  assert (config.student.depth, config.student.width) == (50, 1)
+  assert config.student.to_dict() == dict(model='bit:depth=50,width=1', init='')
   [t] = config.teachers
-  assert (t.model, t.depth, t.width, t.checkpoint, t.resolution) == ('bit', 152, 2, teacher, None)
+  assert t.to_dict() == dict(model='bit:depth=152,width=2', checkpoint=teacher, resolution=None)
   assert config.input.augment == 'inception_crop' and config.input.flip
   assert config.mixup_alpha == 1.0  # big_vision's mixup p=1.0: ratios ~ U(0, 1).
   assert config.optimizer.to_dict() == {'name': 'adam', 'mu_dtype': 'bfloat16'}
@@ -105,8 +105,8 @@ def test_arguments_and_runlocal():
   with pytest.raises(ValueError, match="schedule='slow'"):
     get_config('food_funmatch.py', 'schedule=slow')
   local = get_config('sun_funmatch.py', 'runlocal=True,schedule=medium')
-  assert (local.student.depth, local.student.width, local.input.resolution) == (14, 0.125, 32)
-  assert (local.teachers[0].depth, local.teachers[0].width) == (14, 0.25)
+  assert (local.student.model, local.input.resolution) == ('bit:depth=14,width=0.125', 32)
+  assert local.teachers[0].model == 'bit:depth=14,width=0.25,normalization=minus_one_to_one'
   assert (local.total_steps, local.total_epochs, local.input.batch_size) == (10, None, 32)
   assert (local.input.dataset, local.lr, local.temperature) == ('sun397', 0.003, 10)
 
@@ -161,30 +161,35 @@ def test_a_timm_format_teacher_teaches_as_its_npz_does(tmp_path, standins):
 VIT_B16 = 'timm:vit_base_patch16_224.augreg2_in21k_ft_in1k'
 
 
-def test_teacher_model_picks_another_architecture():
-  """`teacher_model=`: a timm name or a family with an argument, for every teacher of an
-  ensemble; `runlocal=True` swaps in the family's tiny model and keeps the input normalisation."""
+def test_teacher_model_and_student_pick_other_architectures():
+  """`teacher_model=` and `student=`: a timm name or a family with an argument, for every teacher
+  of an ensemble; `teacher_model=` empty takes the checkpoint's; `runlocal=True` swaps in each
+  family's small model and keeps a teacher's input normalisation."""
   config = get_config('imagenet_funmatch.py', f'teacher=a.safetensors+b.safetensors,'
-                      f'teacher_model={VIT_B16}')
+                      f'teacher_model={VIT_B16},student=timm:mobilenetv3_large_100')
   assert [(t.model, t.checkpoint) for t in config.teachers] == [
       (VIT_B16, 'a.safetensors'), (VIT_B16, 'b.safetensors')]
-  teacher = models.from_config(config.teachers[0], num_classes=1000)
+  teacher = models.resolve(config.teachers[0]).create(1000)
   assert (teacher.dims(), teacher.pool_type, teacher.normalization) == (
       (16, 768, 12, 3072, 12), 'tok', 'minus_one_to_one')  # ViT-B/16, AugReg's inputs in [-1, 1].
+  student = models.resolve(config.student).create(1000)
+  params = jax.eval_shape(student.init, jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)))
+  assert (student.variant, student.width, student.normalization) == ('large', 1.0, 'imagenet')
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(params['params'])) == 5_483_032  # timm's.
   pets = get_config('pets_funmatch.py', 'teacher=t.npz,teacher_model=vit:variant=S/32')
-  assert pets.teachers[0].to_dict() == dict(model='vit', variant='S/32', checkpoint='t.npz',
-                                            resolution=None)
+  assert pets.teachers[0].model == 'vit:variant=S/32'
+  assert get_config('pets_funmatch.py', 'teacher_model=').teachers[0].model == ''
   local = get_config('imagenet_funmatch.py', f'teacher=t.safetensors,teacher_model={VIT_B16},'
-                     'runlocal=True')
-  assert local.teachers[0].to_dict() == dict(
-      model='vit', **configlib.TINY_TEACHERS['vit'], normalization='minus_one_to_one',
-      checkpoint='t.safetensors', resolution=None)
+                     'student=mobilenet_v3,runlocal=True')
+  assert local.teachers[0].model == ('vit:patch_size=8,width=32,depth=2,num_heads=2,mlp_dim=64,'
+                                     'pool_type=gap,normalization=minus_one_to_one')
+  assert local.student.model == 'mobilenet_v3:variant=small,width=0.5'
   own = get_config('sun_funmatch.py', 'teacher_model=vit:normalization=imagenet,runlocal=True')
-  assert own.teachers[0].normalization == 'imagenet'
-  with pytest.raises(ValueError, match="Unknown model 'resnet'"):
+  assert models.resolve(own.teachers[0]).create(397).normalization == 'imagenet'
+  with pytest.raises(ValueError, match="teacher_model: unknown model 'resnet'"):
     get_config('imagenet_funmatch.py', 'teacher_model=resnet')
-  with pytest.raises(ValueError, match="Unknown timm model 'convnext_tiny'"):
-    get_config('food_funmatch.py', 'teacher_model=timm:convnext_tiny')
+  with pytest.raises(ValueError, match="student: unknown timm model 'convnext_tiny'"):
+    get_config('food_funmatch.py', 'student=timm:convnext_tiny')
 
 
 def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
@@ -192,8 +197,8 @@ def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
   `runlocal=True`: the tiny ViT teacher loads from timm's layout and teaches; the run's eval KL
   between it and the final student is that of both models' logits computed here."""
   data_dir, _ = standins
-  model = models.from_config(configlib.tiny_teacher(get_config(
-      'imagenet_funmatch.py', f'teacher_model={VIT_B16}').teachers[0]), num_classes=1000)
+  local = get_config('imagenet_funmatch.py', f'teacher_model={VIT_B16},runlocal=True')
+  model = models.resolve(local.teachers[0]).create(1000)
   params = jax.tree_util.tree_map(np.asarray, model.init(
       jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))['params'])
   params['head']['kernel'] = np.random.default_rng(0).normal(
@@ -205,13 +210,13 @@ def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
            f'teacher={teacher},teacher_model={VIT_B16}', workdir,
            f'--config.input.data_dir={data_dir}', '--config.total_steps=3',
            '--config.eval_every_steps=3', '--config.log_every_steps=3')
-  assert workdir_lib.read_config(workdir)['teachers'][0]['model'] == 'vit'
+  assert workdir_lib.read_config(workdir)['teachers'][0]['model'] == local.teachers[0].model
   final = [r for r in read_metrics(workdir) if 'eval/kl' in r][-1]
   config = get_config('imagenet_funmatch.py', 'runlocal=True')
   config.input.data_dir = data_dir
   images, labels = eval_images(config.input, input_pipeline.get_builder(config.input.dataset,
                                                                        data_dir))
-  student = models.from_config(config.student, num_classes=1000)
+  student = models.resolve(config.student).create(1000)
   student_variables = checkpoint.read_variables(workdir, 3)[0]
   teacher_logp = jax.nn.log_softmax(model.apply({'params': params}, images))
   student_logp = jax.nn.log_softmax(student.apply(student_variables, images))

@@ -301,7 +301,7 @@ def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
     return get_builder(*args, **kwargs)
 
   monkeypatch.setattr(input_pipeline, 'get_builder', terminated_while_loading)
-  config = get_config('fashion_mnist_teacher.py', 'runlocal=True')
+  config = get_config('teacher.py', 'runlocal=True')
   config.student.update(depth=14, width=0.25)
   config.input.resolution = 28
   before = signal.getsignal(signal.SIGTERM)

@@ -21,8 +21,7 @@ def test_plan_of_a_small_data_study(tmp_path):
                    for v in ('supervised', 'fixed', 'funmatch')]
   by_name = dict(zip(names, stages))
   fixed = by_name['fixed_3000ep_n1000_s1']
-  assert fixed.config.endswith(f'fashion_mnist_funmatch.py:epochs=3000.0,teacher={teacher},'
-                               'variant=fixed')
+  assert fixed.config.endswith(f'distill.py:epochs=3000.0,teacher={teacher},variant=fixed')
   # 3000 epochs of 1000 examples in batches of 128: 23437 steps, an eval every 1172.
   evals = ('--config.evals=train_eval=train[:1000]',) if 'evals' in configlib.base_config() else ()
   assert fixed.overrides == (
@@ -33,8 +32,8 @@ def test_plan_of_a_small_data_study(tmp_path):
   assert '--config.eval_every_steps=100' in short
   assert '--config.schedule.warmup_steps=23' in short
   supervised = by_name['supervised_30ep_n1000_s0']
-  assert supervised.config.endswith('fashion_mnist_teacher.py:epochs=30.0')
-  assert {'--config.student.depth=14', '--config.student.width=0.125',
+  assert supervised.config.endswith('teacher.py:epochs=30.0')
+  assert {'--config.student.model=bit:depth=14,width=0.125',
           '--config.input.train_split=train[:1000]'} <= set(supervised.overrides)
   shampoo = runs.plan(root, teacher, epochs=['1'], variant_names=['funmatch'], seeds=['0'],
                            optimizer='shampoo', overrides=['input.batch_size=256'])

@@ -12,11 +12,10 @@ from tests.helpers import get_config
 
 
 def _config():
-  config = get_config('fashion_mnist_funmatch.py', 'teacher=unused')
+  config = get_config('distill.py', 'teacher=unused,teacher_model=bit')
   config.input.update(resolution=28, batch_size=8, train_split='train[:48]',
                       eval_split='test[:16]', eval_batch_size=16, shuffle_buffer=48)
-  config.teachers[0].update(depth=14, width=0.25)
-  config.student.update(depth=14, width=0.125)
+  config.student.model = 'bit:depth=14,width=0.125'
   config.update(total_epochs=None, total_steps=6)
   config.schedule.warmup_steps = 2
   return config

@@ -14,9 +14,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from big_distill import workdir as workdir_lib
-from big_distill import checkpoint, configlib, errors, steps, teachers as teachers_lib, variants
+from big_distill import checkpoint, configlib, errors, models, steps, teachers as teachers_lib
+from big_distill import variants
 from big_distill.data import input_pipeline
-from big_distill.models import from_config
 from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, read_metrics, run_main
 
 
@@ -199,8 +199,7 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
   cfg = _input_config(train_split='train[:1024]')
   plain = next(input_pipeline.eval_batches(cfg, fmnist_builder, split='train[:1024]')
                .as_numpy_iterator())
-  spec = ml_collections.ConfigDict(dict(model='bit', depth=14, width=0.25))
-  teacher = from_config(spec, 10)
+  teacher = models.resolve('bit:depth=14,width=0.25').create(10)
   expected = teacher.apply(checkpoint.read_variables(teacher_run, 'latest')[0],
                            plain['image'][:16])
   np.testing.assert_allclose(table[plain['index'][:16], 0], expected, rtol=1e-4, atol=1e-4)

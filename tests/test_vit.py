@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import normalization, vit
+from big_distill.models import loading, normalization, vit
 
 timm = pytest.importorskip('timm')
 torch = pytest.importorskip('torch')
@@ -178,7 +178,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(token_case):
                                            ('B/32', 'vit_base_patch32_224'),
                                            ('Ti/16', 'vit_tiny_patch16_224')])
 def test_variants_have_timms_parameter_counts(variant, name):
-  assert vit.timm_kwargs(name) == dict(variant=variant, pool_type='tok')
+  assert vit.timm_arguments(name) == dict(variant=variant, pool_type='tok',
+                                         normalization='minus_one_to_one')
   ours = sum(np.prod(x.shape) for x in jax.tree.leaves(abstract(vit.ViT(variant=variant), 224)))
   with torch.device('meta'):  # Shapes only: nothing allocated or initialised.
     theirs = sum(p.numel() for p in timm.create_model(name).parameters())
@@ -186,27 +187,29 @@ def test_variants_have_timms_parameter_counts(variant, name):
 
 
 def test_timm_names_and_normalisations():
-  assert vit.timm_kwargs('vit_small_patch32_384.augreg_in21k_ft_in1k') == dict(variant='S/32',
-                                                                              pool_type='tok')
-  assert vit.timm_kwargs('vit_large_patch16_224') == dict(variant='L/16', pool_type='tok')
+  assert vit.timm_arguments('vit_small_patch32_384.augreg_in21k_ft_in1k') == dict(
+      variant='S/32', pool_type='tok', normalization='minus_one_to_one')
+  assert vit.timm_arguments('vit_large_patch16_224')['variant'] == 'L/16'
   for other in ('resnet50', 'vit_base_patch16_clip_224.openai', 'vit_base_patch16_gap_224',
                 'vit_base_patch16_224_miil.in21k', 'vit_huge_patch14_224', 'mobilenetv3_small_100'):
-    assert vit.timm_kwargs(other) is None, other
+    assert vit.timm_arguments(other) is None, other
   stats = {'minus_one_to_one': ((0.5,) * 3, (0.5,) * 3),
            'imagenet': normalization.NORMALIZATIONS['imagenet']}
-  names = [n for n in timm.list_models(pretrained=True) if vit.timm_kwargs(n)]
+  names = [n for n in timm.list_models(pretrained=True)
+           if vit._TIMM_NAME.fullmatch(n)]  # pylint: disable=protected-access
   names += sorted({n.split('.')[0] for n in names})  # A bare name: timm's default tag.
   assert len(names) > 50
   for name in names:
     cfg = timm.models.get_pretrained_cfg(name)
     if name.endswith('.bamboo'):  # OpenAI CLIP's mean and std.
       with pytest.raises(errors.BadInput, match='CLIP'):
-        vit.timm_normalization(name)
+        vit.timm_arguments(name)
     else:
-      np.testing.assert_allclose(stats[vit.timm_normalization(name)], (cfg.mean, cfg.std),
-                                 err_msg=name)
-  assert vit.timm_normalization('vit_base_patch16_224.dino') == 'imagenet'
-  assert vit.timm_normalization('vit_small_patch8_224') == 'imagenet'  # Its only tag: DINO.
+      np.testing.assert_allclose(stats[vit.timm_arguments(name)['normalization']],
+                                 (cfg.mean, cfg.std), err_msg=name)
+  assert vit.timm_arguments('vit_base_patch16_224.dino')['normalization'] == 'imagenet'
+  # Its only tag is DINO's.
+  assert vit.timm_arguments('vit_small_patch8_224')['normalization'] == 'imagenet'
 
 
 def resnet_state_dict():
@@ -239,6 +242,34 @@ def test_mismatches_are_one_line_bad_input(token_case, state, model_kwargs, load
   with pytest.raises(errors.BadInput, match=message) as e:
     from_timm(state_dict, tiny(**model_kwargs), **load_kwargs)
   assert '\n' not in str(e.value) and str(e.value).startswith('vit.safetensors does not fit ViT(')
+
+
+def test_a_variant_and_sizes_must_agree():
+  assert vit.ViT(variant='S/16', width=384, num_heads=6).dims() == (16, 384, 12, 1536, 6)
+  with pytest.raises(errors.BadInput, match="ViT variant 'S/16' has width=384, not 128."):
+    vit.ViT(variant='S/16', width=128).dims()
+  assert vit.ViT(width=64).dims() == (16, 64, 12, 256, 3)  # Ti/16's other sizes.
+
+
+def test_the_architecture_a_vit_file_says(token_case, tmp_path):
+  """A timm state dict (heads of 64 dimensions: timm's plain ViTs) and a big_vision `.npz`
+  (class-token pooling) say their sizes, and the side of their position embeddings."""
+  timm_layout, big_vision = vit.FAMILY.layout('timm'), vit.FAMILY.layout('big_vision')
+  with torch.device('meta'):
+    small = {k: v.shape for k, v in timm.create_model('vit_small_patch16_384').state_dict().items()}
+  assert timm_layout.arguments(small) == dict(patch_size=16, width=384, depth=12, mlp_dim=1536,
+                                              num_heads=6, pool_type='tok')
+  assert timm_layout.side(small) == 384
+  shapes = {k: v.shape for k, v in token_case[1].items()}  # Width 32: no variant's.
+  with pytest.raises(errors.BadInput, match='width 32 does not say its number of heads'):
+    timm_layout.arguments(shapes)
+  arrays = random_big_vision_arrays(np.random.default_rng(0))
+  npz = str(tmp_path / 'vit.npz')
+  np.savez(npz, **arrays)
+  spec = loading.spec_of(npz, 'teachers[0].checkpoint')
+  assert dict(spec.arguments) == dict(patch_size=PATCH, width=WIDTH, depth=DEPTH, mlp_dim=MLP,
+                                      num_heads=HEADS, pool_type='tok')
+  assert big_vision.side(loading.read_shapes(npz)) == SIZE
 
 
 def test_bad_model_configurations():

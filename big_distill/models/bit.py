@@ -35,7 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import matching, normalization
+from big_distill.models import family, matching, normalization
 
 # Units per stage for each depth (depth = 3 * sum(units) + 2).
 BLOCK_UNITS = {
@@ -57,10 +57,10 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
            padding: tuple[int, int]) -> jnp.ndarray:
   """NHWC x HWIO convolution with zero `padding` (before, after) on both spatial axes.
 
-  A 1x1 convolution is a dot over channels (about 10% faster train steps on XLA:CPU). Where the
-  output is smaller than the kernel (late stages at low resolution) it is one dot over the kernel
-  taps that see the input (im2col; the other taps only see padding): the same result, and
-  10-100x faster than XLA:CPU's convolution, which falls back to a slow path there.
+  A 1x1 convolution is a dot over channels. Where the output is smaller than the kernel (late
+  stages at low resolution) it is one dot over the kernel taps that see the input (im2col; the
+  other taps only see padding): the same result, where XLA:CPU's convolution takes a slow path
+  (docs/performance.md).
   """
   k = kernel.shape[0]
   if k == 1 and padding == (0, 0):
@@ -191,6 +191,10 @@ class ResNetV2(nn.Module):
                  name='head')(x)
     return x.astype(jnp.float32)
 
+  def architecture(self) -> dict[str, Any]:
+    """The arguments that make this architecture (`family.Family`)."""
+    return dict(depth=self.depth, width=self.width, normalization=self.normalization)
+
   def frozen(self, params: Mapping[str, Any]) -> tuple['ResNetV2', dict[str, Any]]:
     """This model for fixed `params` (frozen teachers): the kernels standardised once, and a
     model that applies them as they are. Its outputs equal this model's up to float rounding."""
@@ -286,16 +290,6 @@ def model_param_shapes(model: ResNetV2, input_channels: int = 3
   return _flat_params(variables['params'])
 
 
-def replace_head(params: Mapping[str, Any], model: ResNetV2) -> dict[str, Any]:
-  """A copy of `params` whose head is zero-initialised (as BiT fine-tuning does) for
-  `model.num_classes` classes; everything else is shared with `params`."""
-  params = dict(params.unfreeze() if hasattr(params, 'unfreeze') else params)
-  features = params['norm_pre_head']['scale'].shape[-1]
-  params['head'] = {'kernel': np.zeros((features, model.num_classes), np.float32),
-                    'bias': np.zeros((model.num_classes,), np.float32)}
-  return params
-
-
 def _describe(model: ResNetV2) -> str:
   return f'ResNetV2(depth={model.depth}, width={model.width}, num_classes={model.num_classes})'
 
@@ -321,7 +315,7 @@ def _from_bit_npz_dict(arrays: Mapping[str, np.ndarray], model: ResNetV2, skip_h
   matching.check(problems, {k: arrays[k] for k in set(arrays) - known},
              f'{source} does not match {_describe(model)}')
   params = traverse_util.unflatten_dict(flat)
-  return replace_head(params, model) if skip_head else params
+  return family.with_zero_head(params, expected['head', 'kernel'].shape) if skip_head else params
 
 
 def bit_npz_dict_to_params(arrays: Mapping[str, np.ndarray], model: ResNetV2, *,
@@ -371,10 +365,12 @@ _TIMM_PARAM = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
 TIMM_HEAD = 'head.fc.weight'  # (classes, features, 1, 1)
 
 
-def timm_kwargs(name: str) -> dict[str, Any] | None:
-  """Our arguments for a timm BiT name (`resnetv2_152x2_bit`, tags such as `.goog_in21k` too)."""
+def timm_arguments(name: str) -> dict[str, Any] | None:
+  """Our arguments for a timm BiT name (`resnetv2_152x2_bit`, tags such as `.goog_in21k` too);
+  their inputs are in [-1, 1] (mean = std = 0.5)."""
   match = re.fullmatch(r'resnetv2_(\d+)x(\d+)_bit(\.[\w]+)?', name)
-  return dict(depth=int(match.group(1)), width=int(match.group(2))) if match else None
+  return dict(depth=int(match.group(1)), width=int(match.group(2)),
+              normalization='minus_one_to_one') if match else None
 
 
 def timm_key(path: tuple[str, ...]) -> str:
@@ -431,4 +427,74 @@ def params_from_timm(state_dict: Mapping[str, np.ndarray], model: ResNetV2, abst
   matching.check(problems, {k: state_dict[k] for k in set(state_dict) - known},
              f'{source} does not match {_describe(model)}')
   params = traverse_util.unflatten_dict(flat)
-  return replace_head(params, model) if skip_head else params
+  return family.with_zero_head(params, expected['head', 'kernel'].shape) if skip_head else params
+
+
+# ---------------------------------------------------------------------------------------------
+# The family's record: both layouts, and the architecture a file says.
+# ---------------------------------------------------------------------------------------------
+
+
+def _architecture(units: tuple[int, ...], root_channels: int, source: str) -> dict[str, Any]:
+  """depth and width of a file whose four stages have `units` units and whose root convolution
+  has `root_channels` outputs."""
+  depth = next((d for d, u in BLOCK_UNITS.items() if u == units), None)
+  if depth is None:
+    raise errors.BadInput(f'{source} has stages of {units} units, which is no BiT depth '
+                          f'({", ".join(map(str, sorted(BLOCK_UNITS)))}).')
+  width = root_channels / 64
+  return dict(depth=depth, width=int(width) if width.is_integer() else width)
+
+
+def _units(shapes: family.Shapes, pattern: str) -> tuple[int, ...]:
+  """Units per stage, counted from the keys that `pattern` (stage, unit groups) matches."""
+  found = {}
+  for key in shapes:
+    match = re.match(pattern, key)
+    if match:
+      found.setdefault(int(match[1]), set()).add(int(match[2]))
+  return tuple(len(found[s]) for s in sorted(found))
+
+
+def _npz_arguments(shapes: family.Shapes) -> dict[str, Any]:
+  root = shapes[bit_npz_key(('conv_root', 'kernel'))]
+  return _architecture(_units(shapes, r'resnet/block(\d+)/unit(\d+)/'), root[-1], 'The BiT file')
+
+
+def _timm_arguments_of(shapes: family.Shapes) -> dict[str, Any]:
+  return _architecture(_units(shapes, r'stages\.(\d+)\.blocks\.(\d+)\.'),
+                       shapes['stem.conv.weight'][0], 'The timm ResNetV2 file')
+
+
+def _read_npz(arrays, model, abstract, *, skip_head, source) -> family.Variables:
+  channels = abstract['params']['conv_root']['kernel'].shape[2]
+  return {'params': bit_npz_dict_to_params(renumbered(arrays), model, skip_head=skip_head,
+                                           input_channels=channels,
+                                           source=f'BiT checkpoint {source}')}
+
+
+def _read_timm(arrays, model, abstract, *, skip_head, source) -> family.Variables:
+  return {'params': params_from_timm(arrays, model, abstract['params'], skip_head=skip_head,
+                                     source=source)}
+
+
+FAMILY = family.Family(
+    name='bit', model=ResNetV2, timm_arguments=timm_arguments,
+    timm_names='resnetv2_{50,101,152}x{1,2,3,4}_bit',
+    layouts=(
+        family.Layout(
+            'bit', family.NPZ,
+            matches=lambda shapes: any(k.startswith('resnet/') for k in shapes),
+            head_classes=lambda shapes: (shapes[HEAD_KEYS[0]][-1] if HEAD_KEYS[0] in shapes
+                                         else None),
+            arguments=lambda shapes: _npz_arguments(renumbered(shapes)), read=_read_npz,
+            write=lambda variables, model: params_to_bit_npz_dict(variables['params'])),
+        family.Layout(
+            'timm', family.TIMM,
+            matches=lambda shapes: 'stem.conv.weight' in shapes,
+            head_classes=lambda shapes: shapes[TIMM_HEAD][0] if TIMM_HEAD in shapes else None,
+            arguments=_timm_arguments_of, read=_read_timm,
+            write=lambda variables, model: params_to_timm(variables['params']))),
+    demo_teacher=dict(depth=14, width=0.25),  # 0.51 M parameters.
+    demo_student=dict(depth=14, width=0.125),  # 0.13 M parameters.
+    tiny=dict(depth=14, width=0.25))

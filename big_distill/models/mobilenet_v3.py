@@ -28,7 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import matching, normalization
+from big_distill.models import family, matching, normalization
 
 # timm's arch strings: block type, r repeats, k depthwise kernel, s stride (of the first block
 # of a stage), e expansion, c output channels (times `width`), se squeeze-excite, nre ReLU (else
@@ -109,9 +109,8 @@ class DepthwiseConv(nn.Module):
   """Bias-free depthwise convolution (kernel (k, k, 1, channels)), padded as `conv`.
 
   A sum over the k * k taps of strided slices times the tap's weights (accumulated in float32):
-  what `nn.Conv(feature_group_count=channels)` computes, but on XLA:CPU (which fuses the sum
-  into one loop, while its grouped convolution is a slow path) about 5x faster to train and
-  7-10x faster to apply (batch 32 at 64x64).
+  what `nn.Conv(feature_group_count=channels)` computes, faster on XLA:CPU, which fuses the sum
+  into one loop while its grouped convolution takes a slow path (docs/performance.md).
   """
   kernel_size: int
   stride: int = 1
@@ -207,6 +206,10 @@ class MobileNetV3(nn.Module):
                  name='head')(x)
     return x.astype(jnp.float32)
 
+  def architecture(self) -> dict[str, Any]:
+    """The arguments that make this architecture (`family.Family`)."""
+    return dict(variant=self.variant, width=self.width, normalization=self.normalization)
+
   def frozen(self, variables: Mapping[str, Any]) -> tuple['MobileNetV3', Mapping[str, Any]]:
     """This model for fixed `variables` (frozen teachers): nothing to precompute, so both come
     back unchanged (apply with the default `train=False`: BN uses the running statistics)."""
@@ -234,13 +237,14 @@ _IN_BLOCK = {'ds': ('conv_dw', 'bn1', 'se', 'conv_pw', 'bn2'),
 _IN_LAYER = ('conv_reduce', 'conv_expand', 'weight', 'bias', 'running_mean', 'running_var')
 
 
-def timm_kwargs(name: str) -> dict[str, Any] | None:
-  """Our constructor arguments for a timm model name (`mobilenetv3_small_075`, with or without
-  a `.tag`), or None if it is not one of timm's `mobilenetv3_{large,small}_*` widths."""
+def timm_arguments(name: str) -> dict[str, Any] | None:
+  """Our arguments for a timm model name (`mobilenetv3_small_075`, with or without a `.tag`),
+  or None if it is not one of timm's `mobilenetv3_{large,small}_*` widths; their inputs are
+  normalised with ImageNet's mean and std."""
   match = _TIMM_NAME.fullmatch(name)
   if not match or match[2] not in TIMM_WIDTHS[match[1]]:
     return None
-  return dict(variant=match[1], width=int(match[2]) / 100)
+  return dict(variant=match[1], width=int(match[2]) / 100, normalization='imagenet')
 
 
 def timm_key(path: tuple[str, ...]) -> str:
@@ -298,7 +302,6 @@ def variables_from_timm(state_dict: Mapping[str, np.ndarray], model: MobileNetV3
     collection, path, spec = expected[key]
     want = _timm_shape(path, spec.shape)
     if skip_head and path[0] == 'head':
-      flat[collection][path] = np.zeros(spec.shape, spec.dtype)
       continue
     value = arrays.get(key)
     if value is not None:
@@ -315,4 +318,58 @@ def variables_from_timm(state_dict: Mapping[str, np.ndarray], model: MobileNetV3
       flat[collection][path] = value.reshape(value.shape[:2]).T if value.ndim > 1 else value
   matching.check(problems, {k: arrays[k] for k in set(arrays) - set(expected)},
              f'{source} does not fit {_describe(model)}')
-  return {collection: traverse_util.unflatten_dict(f) for collection, f in flat.items()}
+  variables = {collection: traverse_util.unflatten_dict(f) for collection, f in flat.items()}
+  if skip_head:
+    variables['params'] = family.with_zero_head(
+        variables['params'], abstract_variables['params']['head']['kernel'].shape)
+  return variables
+
+
+def variables_to_timm(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """`{'params', 'batch_stats'}` -> timm's MobileNetV3 state dict (C-contiguous float32 NumPy
+  arrays); `variables_from_timm` reads it back exactly. torch's `load_state_dict` fills in the
+  BatchNorm counters (`num_batches_tracked`) that it leaves out."""
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    for path, value in traverse_util.flatten_dict(dict(variables[collection])).items():
+      value = np.asarray(value, np.float32)
+      if value.ndim == 4:
+        value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW.
+      elif value.ndim == 2:  # (I, O) -> a Linear's (O, I), or a 1x1 conv's (O, I, 1, 1).
+        value = value.T if path[0] == 'head' else value.T[:, :, None, None]
+      out[timm_key(path)] = np.ascontiguousarray(value)
+  return out
+
+
+def _timm_arguments_of(shapes: family.Shapes) -> dict[str, Any]:
+  """The variant (its stage count) and width (the multiplier, rounder ones first, whose channels
+  are the file's) of a timm state dict."""
+  stages = len({k.split('.')[1] for k in shapes if k.startswith('blocks.')})
+  variant = next((v for v, arch in ARCH.items() if len(arch) == stages), None)
+  if variant is None:
+    raise errors.BadInput(f'The timm MobileNetV3 file has {stages} stages; large has '
+                          f'{len(ARCH["large"])}, small {len(ARCH["small"])}.')
+  out_key = {'ds': 'conv_pw', 'ir': 'conv_pwl', 'cn': 'conv'}
+  for width in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, *(k / 100 for k in range(5, 301, 5))):
+    specs = block_specs(variant, width)
+    if shapes.get('conv_stem.weight', (0,))[0] == stem_channels(width) and all(
+        shapes.get(f'blocks.{i}.{j}.{out_key[b.kind]}.weight', (0,))[0] == b.out
+        for i, stage in enumerate(specs) for j, b in enumerate(stage)):
+      return dict(variant=variant, width=width)
+  raise errors.BadInput(f'The timm MobileNetV3 {variant} file has channels of no width '
+                        'multiplier from 0.05 to 3.')
+
+
+FAMILY = family.Family(
+    name='mobilenet_v3', model=MobileNetV3, timm_arguments=timm_arguments,
+    timm_names='mobilenetv3_large_{075,100}, mobilenetv3_small_{050,075,100}',
+    layouts=(family.Layout(
+        'timm', family.TIMM, matches=lambda shapes: 'conv_stem.weight' in shapes,
+        head_classes=lambda shapes: (shapes['classifier.weight'][0]
+                                     if 'classifier.weight' in shapes else None),
+        arguments=_timm_arguments_of,
+        read=variables_from_timm,
+        write=lambda variables, model: variables_to_timm(variables)),),
+    demo_teacher=dict(variant='small', width=1.0),
+    demo_student=dict(variant='small', width=0.5),  # 0.58 M parameters.
+    tiny=dict(variant='small', width=0.25))

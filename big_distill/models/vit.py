@@ -27,11 +27,12 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import matching, normalization
+from big_distill.models import family, matching, normalization
 
 # width, depth, mlp_dim, num_heads of the 'Ti/16'-style variants.
 VARIANTS = {'Ti': (192, 12, 768, 3), 'S': (384, 12, 1536, 6), 'B': (768, 12, 3072, 12),
             'L': (1024, 24, 4096, 16)}
+_DIMS = ('patch_size', 'width', 'depth', 'mlp_dim', 'num_heads')
 _POSEMB = 'Transformer/posembed_input/pos_embedding'
 
 
@@ -96,15 +97,16 @@ class ViT(nn.Module):
   """ViT classifier: `ViT(variant='S/16', num_classes=1000)`, or explicit sizes with no variant.
 
   `variant` ('Ti', 'S', 'B' or 'L', '/', the patch size) sets `patch_size`, `width`, `depth`,
-  `mlp_dim` (None: 4 * width) and `num_heads`. `dtype` is the compute dtype (parameters and logits
+  `mlp_dim` and `num_heads`; sizes also given must agree with it. Without a variant, unset sizes
+  are Ti/16's and `mlp_dim` is 4 * width. `dtype` is the compute dtype (parameters and logits
   stay float32). `train` changes nothing: there is no dropout or stochastic depth.
   """
   variant: str | None = None
-  patch_size: int = 16
-  width: int = 192
-  depth: int = 12
+  patch_size: int | None = None
+  width: int | None = None
+  depth: int | None = None
   mlp_dim: int | None = None
-  num_heads: int = 3
+  num_heads: int | None = None
   pool_type: str = 'tok'
   num_classes: int = 1000
   dtype: Any = jnp.float32
@@ -112,13 +114,24 @@ class ViT(nn.Module):
 
   def dims(self) -> tuple[int, int, int, int, int]:
     """(patch_size, width, depth, mlp_dim, num_heads), from `variant` where it is set."""
+    given = (self.patch_size, self.width, self.depth, self.mlp_dim, self.num_heads)
     if self.variant is None:
-      return self.patch_size, self.width, self.depth, self.mlp_dim or 4 * self.width, self.num_heads
+      patch, width, depth, _, heads = (g or d for g, d in zip(given, (16, *VARIANTS['Ti'])))
+      return patch, width, depth, self.mlp_dim or 4 * width, heads
     size, _, patch = self.variant.partition('/')
     if size not in VARIANTS or not patch.isdigit():
       raise errors.BadInput(f"ViT variant {self.variant!r}: use {'/'.join(VARIANTS)}, '/' and a "
                             "patch size, e.g. 'S/16'.")
-    return (int(patch),) + VARIANTS[size]
+    dims = (int(patch),) + VARIANTS[size]
+    for name, value, want in zip(_DIMS, given, dims):
+      if value is not None and value != want:
+        raise errors.BadInput(f'ViT variant {self.variant!r} has {name}={want}, not {value}.')
+    return dims
+
+  def architecture(self) -> dict[str, Any]:
+    """The arguments that make this architecture (`family.Family`)."""
+    return dict(zip(_DIMS, self.dims()), pool_type=self.pool_type,
+                normalization=self.normalization)
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -202,10 +215,9 @@ def _fit(arrays: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], mod
 
 def _tree(flat: Mapping[str, Any], abstract: Mapping[str, Any], skip_head: bool) -> dict:
   """Float32 parameter tree of `flat` ('/'-joined keys), with a zero head where `skip_head`."""
-  flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
-  if skip_head:
-    flat |= {k: np.zeros(abstract[k].shape, np.float32) for k in ('head/kernel', 'head/bias')}
-  return traverse_util.unflatten_dict(flat, sep='/')
+  tree = traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()},
+                                      sep='/')
+  return family.with_zero_head(tree, abstract['head/kernel'].shape) if skip_head else tree
 
 
 # ----- timm's `state_dict()`: Linear weights (out, in), the patch conv OIHW, the query, key and
@@ -289,32 +301,28 @@ def params_from_timm(state_dict: Mapping[str, np.ndarray], model: ViT, abstract_
   return _tree(flat, abstract, skip_head)
 
 
-def timm_kwargs(name: str) -> dict[str, Any] | None:
-  """Our constructor arguments for timm's plain ViTs, `vit_{tiny,small,base,large}_patch{P}_{res}`
-  with any pretrained tag (e.g. 'vit_small_patch32_384.augreg_in21k_ft_in1k' ->
-  `dict(variant='S/32', pool_type='tok')`); None for other names (CLIP, `*_gap_*`, ...)."""
-  m = re.fullmatch(r'vit_(tiny|small|base|large)_patch(\d+)_\d+(\.[\w-]+)?', name)
-  if m is None:
-    return None
-  size = {'tiny': 'Ti', 'small': 'S', 'base': 'B', 'large': 'L'}[m[1]]
-  return dict(variant=f'{size}/{m[2]}', pool_type='tok')
-
-
+_TIMM_NAME = re.compile(r'vit_(tiny|small|base|large)_patch(\d+)_\d+(\.[\w-]+)?')
 # Pretrained tags whose timm `pretrained_cfg` mean and std are not 0.5 ('minus_one_to_one', that
 # of the AugReg, `orig_in21k` and SAM weights), and the bare names whose default tag is not such.
 TIMM_TAG_NORMALIZATION = {'dino': 'imagenet', 'mae': 'imagenet'}
 _TIMM_DEFAULT_TAG = {'vit_small_patch8_224': 'dino'}
 
 
-def timm_normalization(name: str) -> str:
-  """The input normalisation (see `normalization`) of the timm ViT `name`, with or without tag."""
-  if timm_kwargs(name) is None:
-    raise errors.BadInput(f'{name!r} is not a timm ViT that big_distill converts.')
+def timm_arguments(name: str) -> dict[str, Any] | None:
+  """Our arguments for timm's plain ViTs, `vit_{tiny,small,base,large}_patch{P}_{res}` with any
+  pretrained tag (e.g. 'vit_small_patch32_384.augreg_in21k_ft_in1k' -> `dict(variant='S/32',
+  pool_type='tok', normalization='minus_one_to_one')`), the normalisation that of the tag's
+  weights; None for other names (CLIP, `*_gap_*`, ...)."""
+  m = _TIMM_NAME.fullmatch(name)
+  if m is None:
+    return None
   tag = name.partition('.')[2] or _TIMM_DEFAULT_TAG.get(name, '')
   if tag == 'bamboo':
     raise errors.BadInput(f'timm model {name!r} expects OpenAI CLIP mean and std, which '
                           'big_distill has no normalisation for.')
-  return TIMM_TAG_NORMALIZATION.get(tag, 'minus_one_to_one')
+  size = {'tiny': 'Ti', 'small': 'S', 'base': 'B', 'large': 'L'}[m[1]]
+  return dict(variant=f'{size}/{m[2]}', pool_type='tok',
+              normalization=TIMM_TAG_NORMALIZATION.get(tag, 'minus_one_to_one'))
 
 
 # ----- big_vision / AugReg `.npz` files: our tree's paths joined by '/'. Also read: a top-level
@@ -359,12 +367,76 @@ def params_from_big_vision(arrays: Mapping[str, np.ndarray], model: ViT, abstrac
   return _tree(_fit(arrays, expected, model, layout, skip_head, source), abstract, skip_head)
 
 
-def checkpoint_side(arrays: Mapping[str, np.ndarray], patch_size: int) -> int | None:
+def _side(shapes: family.Shapes) -> int | None:
   """The input side a ViT weights file (timm or big_vision) was made for: its position-embedding
-  grid (with or without the class token's row) times the patch size; None if it has none."""
-  posemb = next((arrays[k] for k in ('pos_embed', _POSEMB, 'pos_embedding') if k in arrays), None)
+  grid (with or without the class token's row) times its patch size; None if it has none."""
+  posemb = next((shapes[k] for k in ('pos_embed', _POSEMB, 'pos_embedding') if k in shapes), None)
   if posemb is None:
     return None
-  tokens = posemb.shape[1]
-  grid = int(round(np.sqrt(tokens)))
-  return (grid if grid * grid == tokens else int(round(np.sqrt(tokens - 1)))) * patch_size
+  tokens = posemb[1]
+  grid = math.isqrt(tokens) if math.isqrt(tokens)**2 == tokens else math.isqrt(tokens - 1)
+  return grid * _patch(shapes)
+
+
+def _patch(shapes: family.Shapes) -> int:
+  kernel = shapes.get('patch_embed.proj.weight')
+  return kernel[2] if kernel else shapes['embedding/kernel'][0]
+
+
+def _blocks(shapes: family.Shapes, pattern: str) -> int:
+  return len({int(m[1]) for m in (re.match(pattern, k) for k in shapes) if m})
+
+
+def _big_vision_arguments(shapes: family.Shapes) -> dict[str, Any]:
+  """The sizes of a big_vision file; its pooling is taken as the class token's ('tok'), which
+  big_vision's classifiers with a class token use (the file does not say)."""
+  block = 'Transformer/encoderblock_0/'
+  width, heads, _ = shapes[block + 'MultiHeadDotProductAttention_1/query/kernel']
+  return dict(patch_size=_patch(shapes), width=width,
+              depth=_blocks(shapes, r'Transformer/encoderblock_(\d+)/'),
+              mlp_dim=shapes[block + 'MlpBlock_3/Dense_0/kernel'][1], num_heads=heads,
+              pool_type='tok')
+
+
+def _timm_arguments_of(shapes: family.Shapes) -> dict[str, Any]:
+  """The sizes of a timm state dict, and the pooling its norms say. A state dict does not say its
+  head count: it is that of the variant of its width (Ti, S, B, L: heads of 64 dimensions), and
+  other widths must be named."""
+  width = shapes['patch_embed.proj.weight'][0]
+  heads = {w: h for w, _, _, h in VARIANTS.values()}.get(width)
+  if heads is None:
+    raise errors.BadInput(f'The timm ViT file of width {width} does not say its number of heads; '
+                          'name its model, e.g. vit:...,num_heads=N.')
+  return dict(patch_size=_patch(shapes), width=width, depth=_blocks(shapes, r'blocks\.(\d+)\.'),
+              mlp_dim=shapes['blocks.0.mlp.fc1.weight'][0], num_heads=heads,
+              pool_type='gap' if 'fc_norm.weight' in shapes else 'tok')
+
+
+def _reader(convert):
+  def read(arrays, model, abstract, *, skip_head, source) -> family.Variables:
+    return {'params': convert(arrays, model, abstract['params'], skip_head=skip_head,
+                              source=source)}
+  return read
+
+
+FAMILY = family.Family(
+    name='vit', model=ViT, timm_arguments=timm_arguments,
+    timm_names='vit_{tiny,small,base,large}_patch{P}_{res} (the plain ViTs, any tag)',
+    layouts=(
+        family.Layout(
+            'big_vision', family.NPZ, matches=is_big_vision,
+            head_classes=lambda shapes: shapes['head/kernel'][-1] if 'head/kernel' in shapes
+            else None,
+            arguments=_big_vision_arguments, read=_reader(params_from_big_vision),
+            write=lambda variables, model: params_to_big_vision(variables['params']), side=_side),
+        family.Layout(
+            'timm', family.TIMM, matches=lambda shapes: 'patch_embed.proj.weight' in shapes,
+            head_classes=lambda shapes: shapes['head.weight'][0] if 'head.weight' in shapes
+            else None,
+            arguments=_timm_arguments_of, read=_reader(params_from_timm),
+            write=lambda variables, model: params_to_timm(variables['params'], model),
+            side=_side)),
+    # 49 tokens at 56 px; 0.81 M and 0.14 M parameters.
+    demo_teacher=dict(patch_size=8, width=128, depth=6, num_heads=4, mlp_dim=256, pool_type='gap'),
+    demo_student=dict(patch_size=8, width=64, depth=4, num_heads=4, mlp_dim=128, pool_type='gap'),
+    tiny=dict(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pool_type='gap'))

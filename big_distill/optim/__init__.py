@@ -2,6 +2,7 @@
 
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,26 +13,29 @@ from big_distill.optim import shampoo
 
 
 def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """`config.schedule.name`: 'cosine', 'linear' (to 0) or 'constant', after linear warm-up."""
+  """`config.schedule.name`: 'cosine' (`optax.warmup_cosine_decay_schedule`, the paper's
+  big_vision schedule: linear warm-up from 0, then cosine decay to 0), 'linear' (to 0) or
+  'constant', after linear warm-up. A warm-up as long as the whole run (a small dataset) becomes a
+  tenth of it, with a warning."""
   kw = dict(config.schedule)
   name, warmup = kw.pop('name'), kw.pop('warmup_steps', 0)
   if kw:
     raise errors.BadInput(f'Unknown config.schedule keys: {", ".join(kw)}.')
   if warmup >= total_steps:
-    raise errors.BadInput(f'config.schedule.warmup_steps={warmup} must be below the '
-                          f'{total_steps} training steps.')
-  decay_steps = total_steps - warmup
-  decays = {
-      'cosine': lambda: optax.cosine_decay_schedule(config.lr, decay_steps),
-      'linear': lambda: optax.linear_schedule(config.lr, 0.0, decay_steps),
-      'constant': lambda: optax.constant_schedule(config.lr),
-  }
+    logging.warning('config.schedule.warmup_steps=%d is not below the run\'s %d steps; warming '
+                    'up for %d steps, a tenth of them.', warmup, total_steps, total_steps // 10)
+    warmup = total_steps // 10
+  if name == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total_steps)
+  decays = {'linear': lambda: optax.linear_schedule(config.lr, 0.0, total_steps - warmup),
+            'constant': lambda: optax.constant_schedule(config.lr)}
   if name not in decays:
-    raise errors.BadInput(f"Unknown config.schedule.name {name!r}; use one of {', '.join(decays)}.")
-  warmup_fn = optax.linear_schedule(0.0, config.lr, warmup) if warmup else None
-  if warmup_fn is None:
+    raise errors.BadInput(f"Unknown config.schedule.name {name!r}; use one of cosine, "
+                          f"{', '.join(decays)}.")
+  if not warmup:
     return decays[name]()
-  return optax.join_schedules([warmup_fn, decays[name]()], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decays[name]()],
+                              [warmup])
 
 
 def decay_mask(params: Any) -> Any:
