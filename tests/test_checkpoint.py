@@ -2,6 +2,7 @@
 one a reader gets, and that reading writes nothing, logs no orbax warning and names a damaged
 checkpoint in one line."""
 
+import concurrent.futures
 import glob
 import logging
 import os
@@ -14,9 +15,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+import tensorflow as tf
 
 from big_distill import checkpoint, errors, steps, workdir
-from tests.helpers import snapshot
+from tests.helpers import command, run, snapshot
+
+ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')  # An absl INFO line's prefix.
 
 
 def _state(value: float, layers: int = 0) -> steps.TrainState:
@@ -139,3 +143,33 @@ def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, capfd, monkeypatch,
   out, err = capfd.readouterr()
   assert 'Traceback' not in out + err and 'Event loop is closed' not in out + err, err[-2000:]
   assert not unraisable, [str(u.exc_value) for u in unraisable]
+
+
+def test_commands_on_a_damaged_run_say_one_line(teacher_run, tmp_path):
+  """evaluate, predict and export on a run whose latest checkpoint is truncated: exit 2, the
+  error line alone besides absl's INFO log (no orbax warning, no traceback), nothing written."""
+  run_dir = str(tmp_path / 'run')
+  shutil.copytree(teacher_run, run_dir)
+  step_dir = os.path.join(workdir.checkpoints(run_dir), '10')
+  for path in glob.glob(os.path.join(step_dir, 'params', '**', 'd', '*'), recursive=True):
+    _damage(path, 'truncate')
+  image = tmp_path / 'image.png'
+  image.write_bytes(tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy())
+  commands = [command('big_distill.evaluate', f'--workdir={run_dir}'),
+              command('big_distill.predict', f'--workdir={run_dir}', str(image)),
+              command('big_distill.export', f'--workdir={run_dir}',
+                      f'--output={tmp_path / "out" / "student.npz"}')]
+  before = snapshot(str(tmp_path))
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    procs = list(pool.map(lambda cmd: run(cmd, check=False), commands))
+  expected = re.compile(
+      re.escape(f'big_distill: error: The checkpoint of step 10 in {run_dir} is damaged or '
+                f'incomplete (OUT_OF_RANGE: {step_dir}/params/d/') +
+      r'\w+: Requested byte range .*\); ' +
+      re.escape('its other checkpoints: step 5 (evaluate, predict and export take --step).'))
+  for cmd, proc in zip(commands, procs):
+    assert proc.returncode == errors.BAD_INPUT, (cmd, proc.stderr[-3000:])
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not ABSL_INFO.match(l)]
+    assert len(lines) == 1 and expected.fullmatch(lines[0]), (cmd, lines)
+    assert proc.stdout == ''
+  assert snapshot(str(tmp_path)) == before
