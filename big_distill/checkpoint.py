@@ -10,7 +10,10 @@ eval metrics). A checkpoint that cannot be read back is moved aside (`workdir.co
 never deleted) and the next older one is used.
 """
 
-from typing import Any
+import asyncio
+import contextlib
+import json
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import jax
@@ -101,7 +104,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     if abstract_state.model_state:
       items['model_state'] = ocp.args.StandardRestore(abstract_state.model_state)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      with _tolerant_event_loops():
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except ValueError as e:
       if 'shape' in str(e) or 'tree structures' in str(e):
         raise errors.BadInput(
@@ -141,39 +145,111 @@ def describe(manager: ocp.CheckpointManager, step: int) -> str:
 def read_variables(source: str, step: int | str | None = None
                    ) -> tuple[dict[str, Any], int, str]:
   """The student's variables (`{'params': ...}` plus its model state, host arrays as saved) of a
-  run's checkpoint, with its step and a note of which one it is. `step`: a step number, 'latest', or 'best' (the best eval accuracy; the latest
-  where no checkpoint has eval metrics); None: 'best'.
+  run's checkpoint, with its step and a note of which one it is. `step`: a step number,
+  'latest', or 'best' (the best eval accuracy; the latest where no checkpoint has eval metrics);
+  None: 'best'.
 
-  `source` is a run's workdir or its checkpoints directory; nothing is created there. Any device
-  layout may have written the checkpoint: the arrays are restored whole onto this process's first
-  device, with the shapes and dtypes of the checkpoint's own metadata.
+  `source` is a run's workdir or its checkpoints directory; nothing is created or changed there
+  (the manager never saves; orbax's `read_only` option would warn on every read that it is
+  read-only). Any device layout may have written the checkpoint: the arrays are restored whole
+  onto this process's first device, with the shapes and dtypes of the checkpoint's own metadata.
+  A damaged or incomplete checkpoint is bad input that names it.
   """
   directory = workdir_lib.find_checkpoints(source)
   if not directory.is_dir():
     raise errors.BadInput(f'No checkpoint found in {source!r} (no such directory).')
   handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
-  options = ocp.CheckpointManagerOptions(read_only=True, best_fn=best_metric, best_mode='max')
-  with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
-    steps = manager.all_steps()
+  # Metrics are read per step below, so that a damaged file names its step.
+  options = ocp.CheckpointManagerOptions(create=False, lightweight_initialize=True)
+  with _tolerant_event_loops(), ocp.CheckpointManager(
+      directory, item_handlers=handlers, options=options) as manager:
+    steps = sorted(manager.all_steps())
     if not steps:
       raise errors.BadInput(f'No checkpoint found in {source!r}.')
     if step in (None, 'best'):
-      best = manager.best_step()
-      step, which = (best, 'best') if best is not None else (max(steps), 'latest')
+      metrics = {s: _read(manager.metrics, s, source, steps) for s in steps}
+      ranked = [s for s in steps if metrics[s]]
+      step, which = ((max(ranked, key=lambda s: (best_metric(metrics[s]), s)), 'best') if ranked
+                     else (steps[-1], 'latest'))
     elif step == 'latest':
-      step, which = max(steps), 'latest'
+      step, which = steps[-1], 'latest'
     else:
       which = 'requested'
       if not str(step).isdigit() or int(step) not in steps:
         raise errors.BadInput(f'No checkpoint of step {step} in {source!r}; it has '
-                              f'{sorted(steps)} (or use best or latest).')
+                              f'{steps} (or use best or latest).')
       step = int(step)
-    note = f'the {which} checkpoint, {describe(manager, step)}'
+    note = f'the {which} checkpoint, {_read(lambda s: describe(manager, s), step, source, steps)}'
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    metadata = manager.item_metadata(step)
-    items = {name: ocp.args.StandardRestore(jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[name]))
-             for name in ('params', 'model_state') if metadata.get(name) is not None}
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+
+    def restore(s: int) -> Any:
+      metadata = manager.item_metadata(s)
+      if metadata.get('params') is None:
+        raise FileNotFoundError(f'{manager.directory / str(s)} holds no params')
+      items = {name: ocp.args.StandardRestore(jax.tree_util.tree_map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[name]))
+               for name in ('params', 'model_state') if metadata.get(name) is not None}
+      return manager.restore(s, args=ocp.args.Composite(**items))
+
+    restored = _read(restore, step, source, steps)
   variables = {'params': restored['params'], **(restored.get('model_state') or {})}
   return jax.tree_util.tree_map(np.asarray, variables), step, note
+
+
+def _read(fn: Callable[[int], Any], step: int, source: str, steps: list[int]) -> Any:
+  """`fn(step)`, a read of the checkpoint of `step`; a damaged or missing file is bad input that
+  names the checkpoint and the run's others."""
+  try:
+    return fn(step)
+  except (ValueError, OSError, KeyError, TypeError) as e:
+    others = ', '.join(str(s) for s in steps if s != step)
+    rest = (f'its other checkpoints: step {others} (evaluate, predict and export take --step)'
+            if others else 'it is the only checkpoint there')
+    raise errors.BadInput(f'The checkpoint of step {step} in {source} is damaged or incomplete '
+                          f'({_reason(e)}); {rest}.') from None
+
+
+def _reason(error: Exception) -> str:
+  """The gist of a failed read: tensorstore's status, innermost file and complaint, without its
+  spec."""
+  text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  text = text.split(' [tensorstore_spec=')[0]
+  if 'local file "' in text:
+    status = text.split(':', 1)[0]
+    path, _, complaint = text[text.rindex('local file "') + len('local file "'):].partition('"')
+    text = f'{status}: {path}{complaint}' if status.isupper() else f'{path}{complaint}'
+  if isinstance(error, json.JSONDecodeError):
+    text = f'a metadata file is not JSON: {text}'
+  return text[:300]
+
+
+class _TolerantEventLoop(asyncio.SelectorEventLoop):
+  """Drops what reaches the loop after it closed: callbacks scheduled by other threads, and the
+  errors of its unfinished tasks."""
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    if self.is_closed():
+      return None
+    return super().call_soon_threadsafe(callback, *args, context=context)
+
+  def call_exception_handler(self, context: dict[str, Any]) -> None:
+    if not self.is_closed():  # Closed: a task of a read that already failed was collected.
+      super().call_exception_handler(context)
+
+
+class _TolerantEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+  _loop_factory = _TolerantEventLoop
+
+
+@contextlib.contextmanager
+def _tolerant_event_loops() -> Iterator[None]:
+  """Orbax reads in a new event loop that it closes as soon as one read fails; tensorstore's
+  reads still in flight then complete into the closed loop, and each one's error is printed as a
+  traceback from a tensorstore thread (about one per array). The loops created meanwhile drop
+  those completions instead."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_TolerantEventLoopPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)

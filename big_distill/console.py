@@ -18,15 +18,15 @@ import tqdm
 import tqdm.auto
 
 _QUIET = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
-# Orbax warnings that say nothing wrong: a save without eval metrics while the best checkpoint is
-# tracked (only eval steps have metrics), and a read-only manager (`checkpoint.read_variables`).
-_NOISE = ('did not provide metrics', 'Given directory is read only')
+# An orbax warning that says nothing wrong: a save without eval metrics while the best checkpoint
+# is tracked (only eval steps have metrics).
+_NOISE = ('did not provide metrics',)
 _MAX_BUFFERED = 10_000
 
 
 class _QuietLibraries(std_logging.Filter):
   """Drops the INFO chatter of orbax, TFDS and JAX (every checkpoint write logs ~30 lines), and
-  orbax's `_NOISE` warnings."""
+  orbax's `_NOISE` warning."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if any(noise in str(record.msg) for noise in _NOISE):

@@ -8,7 +8,8 @@ Reads each workdir's `config.json` and `metrics.jsonl` and writes to OUTDIR, for
   (rows: the variant, with the optimizer where it is not Adam) and schedule length (columns),
   mean ± half the range over the runs of a cell (seeds); the teacher's accuracy; the supervised
   baseline (the best schedule of the supervised runs, trained from scratch on the same split) and
-  the share of the teacher's lead over it that each student recovers; one line per run;
+  the share of the teacher's lead over it that each student recovers (or why there is none);
+  one line per run;
 - `accuracy_<section>.png`: student accuracy against epochs, one colour per setup: every run's
   eval curve (thin) and each schedule length's final accuracy (markers on a line, min-max error
   bars over seeds), the teacher's accuracy dashed, the supervised baseline dotted;
@@ -19,10 +20,12 @@ Reads each workdir's `config.json` and `metrics.jsonl` and writes to OUTDIR, for
 - `agreement_<section>.png`: final top-1 agreement against final student accuracy, one point
   per distillation run.
 
-Supervised runs (`eval/accuracy`) count as the variant `supervised`. Epochs are
-`step * batch_size / N`, N the training examples, taken from the `epoch` field of the metrics
-(step / epoch is the steps per epoch) or else from the TFDS metadata of the run's train split;
-without either, lengths and x axes are in steps.
+Supervised runs (`eval/accuracy`) count as the variant `supervised`, the baseline, except those
+that a distillation run of the report learns from (its `teachers[i].checkpoint` is their workdir
+or its checkpoints): they are `teacher`. Epochs are `step * batch_size / N`, N the training
+examples, taken from the `epoch` field of the metrics (step / epoch is the steps per epoch) or else
+from the TFDS metadata of the run's train split; without either, lengths and x axes are in steps.
+Lengths in epochs are shown to 3 significant digits.
 """
 
 import dataclasses
@@ -38,6 +41,7 @@ from big_distill import cli, errors, variants, workdir as workdir_lib
 from big_distill.runs import SUPERVISED, TRAIN_EVAL
 
 STUDENT_KEYS = ('eval/student_accuracy', 'eval/accuracy')
+TEACHER_RUN = 'teacher'  # The setup of a supervised run that a distillation run learns from.
 AGREEMENT = 'eval/agreement_top1'
 TEACHER = 'eval/teacher_accuracy'
 
@@ -50,6 +54,7 @@ class Run:
   config: dict
   records: list[dict]
   steps_per_epoch: float | None  # None: epochs unknown, lengths in steps.
+  teaches: bool = False  # A distillation run of the report names it as a teacher.
 
   @property
   def dataset(self) -> str:
@@ -62,9 +67,13 @@ class Run:
     return self.dataset if split == 'train' else f'{self.dataset}, {split}'
 
   @property
+  def distills(self) -> bool:
+    return self.config.get('mode') != 'supervised'
+
+  @property
   def variant(self) -> str:
-    if self.config.get('mode') == 'supervised':
-      return SUPERVISED
+    if not self.distills:
+      return TEACHER_RUN if self.teaches else SUPERVISED
     return self.config.get('variant', 'funmatch')
 
   @property
@@ -103,9 +112,10 @@ class Run:
 
   @property
   def length(self) -> str:
-    """Schedule length for tables: '1000 epochs', or '500 steps' where epochs are unknown."""
+    """Schedule length for tables: '1000 epochs', '3.44 epochs', or '500 steps' where epochs are
+    unknown."""
     if self.epochs is not None:
-      return f'{self.epochs:g} epochs'
+      return f'{float(f"{self.epochs:.3g}"):g} epochs'
     return f'{self.config.get("total_steps") or self.last_step} steps'
 
   def final(self, key: str) -> float | None:
@@ -130,7 +140,17 @@ def load_runs(workdirs: list[str], labels: list[str] | None = None) -> list[Run]
     config, records = workdir_lib.read_config(workdir), workdir_lib.read_metrics(workdir)
     label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
     runs.append(Run(workdir, label, config, records, _steps_per_epoch(config, records)))
-  return runs
+  taught = {_run_dir(t['checkpoint']) for r in runs if r.distills
+            for t in r.config.get('teachers') or [] if t.get('checkpoint')}
+  return [dataclasses.replace(r, teaches=_run_dir(r.workdir) in taught) for r in runs]
+
+
+def _run_dir(path: str) -> str:
+  """A run's workdir, given it or its checkpoints directory, comparable with others."""
+  path = path.rstrip('/')
+  if os.path.basename(path) == workdir_lib.CHECKPOINTS:
+    path = os.path.dirname(path)
+  return path if '://' in path else os.path.realpath(path)
 
 
 def _steps_per_epoch(config: dict, records: list[dict]) -> float | None:
@@ -197,13 +217,13 @@ def _by_length(runs: list[Run]) -> dict[str, list[Run]]:
 
 def _setups(runs: list[Run]) -> list[str]:
   """The runs' setups in the paper's order of variants (Adam before other optimizers), then any
-  others, then the supervised ones."""
+  others, then the teachers, then the supervised ones."""
   order = variants.NAMES
   first = {}
   for r in runs:
     first.setdefault(r.setup, r)
   return sorted(first, key=lambda s: (
-      first[s].variant == SUPERVISED,
+      not first[s].distills, first[s].variant == SUPERVISED,
       order.index(first[s].variant) if first[s].variant in order else len(order),
       first[s].optimizer != 'adam', s))
 
@@ -232,6 +252,29 @@ def _recovered(run: Run, base: float) -> float | None:
   if student is None or teacher is None or teacher <= base:
     return None
   return (student - base) / (teacher - base)
+
+
+def _recovered_shares(runs: list[Run], setups: list[str], lengths: dict[str, list[Run]],
+                      base: tuple[float, str] | None) -> list[str]:
+  """The markdown of the share of the teacher's lead over the baseline that the distillation
+  `setups` recover per schedule length, or the sentence that says why there is none."""
+  if base is None:
+    return ['No share of the teacher\'s lead recovered: that needs a supervised baseline, a run '
+            'of the student\'s model trained on labels from scratch on the same training '
+            'examples, and none of these runs is one (a supervised run that a distillation run '
+            'here learns from is its teacher).']
+  if all(r.final(TEACHER) <= base[0] for r in runs if r.final(TEACHER) is not None):
+    return [f'No share of the teacher\'s lead recovered: the teacher is not ahead of the '
+            f'supervised baseline ({_percent(base[0])}).']
+  lines = ['Share of the teacher\'s lead over the supervised baseline that the student recovers, '
+           '(student - baseline) / (teacher - baseline), mean over the cell\'s runs:', '',
+           '| setup | ' + ' | '.join(lengths) + ' |', '|---' * (len(lengths) + 1) + '|']
+  for setup in setups:
+    shares = [[v for v in (_recovered(r, base[0]) for r in c if r.setup == setup)
+               if v is not None] for c in lengths.values()]
+    lines.append(f'| {setup} | ' + ' | '.join(
+        f'{100 * np.mean(v):.0f}%' if v else '—' for v in shares) + ' |')
+  return lines
 
 
 def results_markdown(runs: list[Run]) -> str:
@@ -268,20 +311,12 @@ def results_markdown(runs: list[Run]) -> str:
           f'{value} ({", ".join(labels)})' for value, labels in teachers.items()) + '.']
     base = baseline(group)
     distilled = list(dict.fromkeys(r.setup for r in sorted(
-        group, key=lambda r: setups.index(r.setup)) if r.variant != SUPERVISED))
+        group, key=lambda r: setups.index(r.setup)) if r.distills))
     if base is not None:
       lines += ['', f'Supervised baseline (from scratch on the same training examples, its best '
                 f'schedule): {_percent(base[0])} ({base[1]}).']
-    if base is not None and teachers and distilled:
-      lines += ['', 'Share of the teacher\'s lead over the supervised baseline that the student '
-                'recovers, (student - baseline) / (teacher - baseline), mean over the cell\'s '
-                'runs:', '', '| setup | ' + ' | '.join(lengths) + ' |',
-                '|---' * (len(lengths) + 1) + '|']
-      for setup in distilled:
-        shares = [[v for v in (_recovered(r, base[0]) for r in c if r.setup == setup)
-                   if v is not None] for c in lengths.values()]
-        lines.append(f'| {setup} | ' + ' | '.join(
-            f'{100 * np.mean(v):.0f}%' if v else '—' for v in shares) + ' |')
+    if teachers and distilled:
+      lines += ['', *_recovered_shares(group, distilled, lengths, base)]
     lines += ['', '| run | setup | length | seed | steps | student accuracy | agreement top-1 | '
               'train agreement top-1 | teacher accuracy | workdir |',
               '|---|---|---|---|---|---|---|---|---|---|']

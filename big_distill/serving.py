@@ -44,11 +44,13 @@ from typing import Any, Callable
 
 from ai_edge_litert import interpreter as litert
 from etils import epath
+from google.protobuf import message
 import jax
 from jax.experimental import jax2tf
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from big_distill import build, errors, workdir as workdir_lib
 from big_distill.data import input_pipeline
@@ -240,23 +242,46 @@ class Exported:
 def load(path: str | os.PathLike, num_threads: int | None = None) -> Exported:
   """An exported student (a SavedModel directory or a TFLite file) with its metadata.
   `num_threads`: the TFLite interpreter's (LiteRT's `ai_edge_litert`, the successor of
-  `tf.lite.Interpreter`, the same outputs bit for bit; None: its default)."""
+  `tf.lite.Interpreter`, the same outputs bit for bit; None: its default).
+
+  A damaged model or metadata file, a model without big_distill's metadata and metadata that
+  does not describe the model beside it are bad input naming the file and what is wrong.
+  """
   p = workdir_lib.path(path)
   fmt = 'savedmodel' if p.is_dir() else 'tflite'
   meta = metadata_path(p, fmt)
   if not p.exists() or not meta.exists():
     raise errors.BadInput(f'{path} is not a model written by big_distill.export (no {meta}).')
-  info = json.loads(meta.read_text())
+  info = _read_metadata(meta, fmt)
   if fmt == 'savedmodel':
-    model = tf.saved_model.load(os.fspath(p))
-    at_resolution, encoded = model.signatures['pixels_at_resolution'], model.signatures[
-        'serving_default']
+    signatures_ = _load_savedmodel(path, p).signatures
+    missing = [n for n in ('pixels_at_resolution', 'serving_default') if n not in signatures_]
+    if missing:
+      raise errors.BadInput(f'{path} has no {" or ".join(missing)} signature, so it was not '
+                            f'written by big_distill.export and {meta} describes another model.')
+    at_resolution, encoded = (signatures_[name] for name in ('pixels_at_resolution',
+                                                            'serving_default'))
+    images = at_resolution.structured_input_signature[1].get('images')
+    logits = at_resolution.structured_outputs.get('logits')
+    _check_matches(path, meta, info, None if images is None else images.dtype.as_numpy_dtype,
+                   None if images is None else images.shape,
+                   None if logits is None else logits.shape)
     return Exported(
         os.fspath(path), fmt, info,
         lambda x: at_resolution(images=tf.constant(x))['logits'].numpy(),
         lambda x: encoded(images=tf.constant(x, tf.string))['logits'].numpy())
-  runner = litert.Interpreter(model_path=os.fspath(p), num_threads=num_threads
-                              ).get_signature_runner('pixels_at_resolution')
+  try:
+    interpreter = litert.Interpreter(model_path=os.fspath(p), num_threads=num_threads)
+  except ValueError:
+    raise errors.BadInput(f'{path} is damaged or not a TFLite model (it is not a valid TFLite '
+                          'flatbuffer); export it again.') from None
+  if 'pixels_at_resolution' not in interpreter.get_signature_list():
+    raise errors.BadInput(f'{path} has no pixels_at_resolution signature, so it was not written '
+                          f'by big_distill.export and {meta} describes another model.')
+  runner = interpreter.get_signature_runner('pixels_at_resolution')
+  images = runner.get_input_details().get('images', {})
+  _check_matches(path, meta, info, images.get('dtype'), images.get('shape_signature'),
+                 runner.get_output_details().get('logits', {}).get('shape_signature'))
   batch = info.get('batch_size')  # None: a file of an earlier version, any batch size.
 
   def in_chunks(images: np.ndarray) -> np.ndarray:
@@ -272,6 +297,71 @@ def load(path: str | os.PathLike, num_threads: int | None = None) -> Exported:
     return np.concatenate(chunks)
 
   return Exported(os.fspath(path), fmt, info, in_chunks, None)
+
+
+# The metadata keys that loading and preprocessing read, with their types.
+_REQUIRED = {'resolution': int, 'channels': int, 'central_crop': (int, float), 'class_names': list}
+
+
+def _read_metadata(meta: epath.Path, fmt: str) -> dict[str, Any]:
+  """The metadata at `meta` of a `fmt` model; bad input unless export could have written it."""
+  try:
+    info = json.loads(meta.read_text())
+  except ValueError as e:  # Not JSON, or not text at all.
+    raise errors.BadInput(f'{meta} is damaged: it is not JSON ({e}); export the model '
+                          'again.') from None
+  wrong = [key for key, kind in _REQUIRED.items()
+           if not isinstance(info.get(key) if isinstance(info, dict) else None, kind)]
+  if isinstance(info, dict) and info.get('format') != fmt:
+    wrong.insert(0, 'format')
+  if wrong:
+    raise errors.BadInput(f'{meta} is not the metadata big_distill.export writes for a {fmt} '
+                          f'model (missing or wrong: {", ".join(wrong)}).')
+  return info
+
+
+def _load_savedmodel(path: str | os.PathLike, p: epath.Path) -> Any:
+  """`tf.saved_model.load` of the directory `p`, after checking its graph and variables."""
+  graph = p / 'saved_model.pb'
+  if not graph.exists():
+    raise errors.BadInput(f'{path} is not a SavedModel (no saved_model.pb in it).')
+  try:
+    saved_model_pb2.SavedModel().ParseFromString(graph.read_bytes())
+  except message.DecodeError:
+    raise errors.BadInput(f'{graph} is damaged: it does not parse as a SavedModel; export the '
+                          'model again.') from None
+  try:  # Every variable read once: a truncated or garbled file fails here (checksums).
+    reader = tf.train.load_checkpoint(os.fspath(p / 'variables' / 'variables'))
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, IndexError, ValueError, OSError):
+    raise errors.BadInput(f'The variables of {path} ({p / "variables"}) are missing or damaged; '
+                          'export the model again.') from None
+  try:
+    return tf.saved_model.load(os.fspath(p))
+  except (tf.errors.OpError, LookupError, ValueError, OSError, TypeError):
+    raise errors.BadInput(f'{path} cannot be loaded by TensorFlow {tf.__version__}: it is '
+                          'damaged or was not written by big_distill.export.') from None
+
+
+def _check_matches(path: str | os.PathLike, meta: epath.Path, info: dict[str, Any], dtype: Any,
+                   shape: Any, logits_shape: Any) -> None:
+  """Bad input unless the model takes the images (uint8 [batch, R, R, C]) and gives the class
+  count that its metadata describes: not a model and metadata of one export. Shapes: None or -1
+  for any size."""
+  text = lambda s: '[' + ', '.join('batch' if d is None or d < 0 else str(d) for d in s) + ']'
+  side, channels = info['resolution'], info['channels']
+  images = text([info.get('batch_size'), side, side, channels])
+  classes = len(info['class_names'])
+  if (dtype != np.uint8 or shape is None or text(shape) != images or logits_shape is None or
+      list(logits_shape)[1:] != [classes]):
+    takes = ('no images' if shape is None or dtype is None else
+             f'{np.dtype(dtype).name} images {text(shape)}')
+    gives = 'no logits' if logits_shape is None else f'logits {text(logits_shape)}'
+    raise errors.BadInput(
+        f'{path} does not match its metadata {meta}: the model takes {takes} and gives {gives}, '
+        f'the metadata describes uint8 images {images} and {classes} classes; export the model '
+        'again.')
 
 
 def pixels_at_resolution(image: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:

@@ -1,18 +1,49 @@
-"""`benchmarks.deploy` on the tiny run: its lines agree with the files it wrote and with the JAX
-model's accuracy on the same examples."""
+"""`big_distill.deploy` on the tiny run, from a non-editable install of the package run in another
+directory (as a user who installed big_distill runs it): its lines agree with the files it wrote
+and with the JAX model's accuracy on the same examples."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import command, run
+from tests.helpers import ROOT, env
 
 
-def test_deploy_benchmark_sizes_latencies_and_accuracy(teacher_run, tmp_path):
+def _install(target: str, tmp_path) -> None:
+  """`pip install --no-deps --target` of a copy of the checkout's package (building in the
+  checkout would leave build files there)."""
+  source = tmp_path / 'source'
+  for name in ('big_distill', 'configs'):
+    shutil.copytree(os.path.join(ROOT, name), source / name,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  for name in ('setup.py', 'README.md'):
+    shutil.copy(os.path.join(ROOT, name), source)
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
+                  '--no-build-isolation', '--no-compile', '--target', target, str(source)],
+                 check=True, capture_output=True, timeout=300)
+
+
+def test_deploy_benchmark_from_an_installed_package(teacher_run, tmp_path):
+  installed, elsewhere = str(tmp_path / 'site'), tmp_path / 'elsewhere'
+  _install(installed, tmp_path)
+  elsewhere.mkdir()
+  assert not os.path.exists(os.path.join(installed, 'benchmarks'))
+  environment = env(PYTHONPATH=installed)
+  spec = subprocess.run(
+      [sys.executable, '-c', 'import importlib.util; '
+       'print(importlib.util.find_spec("big_distill").origin)'],
+      env=environment, cwd=elsewhere, capture_output=True, text=True, check=True)
+  assert spec.stdout.strip() == os.path.join(installed, 'big_distill', '__init__.py')
   out = tmp_path / 'exports'
-  proc = run(command('benchmarks.deploy', f'--workdir={teacher_run}', f'--output_dir={out}',
-                     '--max_examples=40', '--rounds=2', '--batch=8'))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'big_distill.deploy', f'--workdir={teacher_run}',
+       f'--output_dir={out}', '--max_examples=40', '--rounds=2', '--batch=8'],
+      env=environment, cwd=elsewhere, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
   lines = [json.loads(line) for line in proc.stdout.splitlines()]  # Nothing but JSON lines.
   formats = {l['format']: l for l in lines if l['measure'] == 'format'}
   summary, = [l for l in lines if l['measure'] == 'summary']
@@ -40,3 +71,4 @@ def test_deploy_benchmark_sizes_latencies_and_accuracy(teacher_run, tmp_path):
   assert formats['tflite_int8']['bytes'] < 0.4 * formats['tflite_float32']['bytes']
   assert (out / 'student' / 'big_distill.json').exists()
   assert (out / 'student_int8.tflite.json').exists()
+  assert os.listdir(elsewhere) == []  # Nothing written where it ran.

@@ -1,9 +1,11 @@
 """`big_distill.export` to SavedModel and TFLite (`serving`): the exported models compute the
-run's logits, read back by plain TensorFlow in a fresh process; bad input writes nothing."""
+run's logits, read back by plain TensorFlow in a fresh process; bad input writes nothing; a
+damaged or foreign export is one sentence naming it."""
 
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from big_distill import build, checkpoint, errors, serving
 from big_distill.data import input_pipeline
 from tests.helpers import command, error_lines, get_config, run, snapshot
 
+ABSL_INFO = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')  # An absl INFO line's prefix.
 # What a deployment runs: only TensorFlow (no big_distill) reads the SavedModel.
 PLAIN_TF = '''
 import sys
@@ -74,6 +77,7 @@ def test_command_says_what_it_wrote(exported):
   for name, proc in exported['procs'].items():
     path = exported['paths'][name]
     assert proc.stdout.startswith(f'Wrote the student of the latest checkpoint, step 10 to {path} ')
+    assert 'checkpoint_manager.py' not in proc.stderr  # No orbax warning (read_only=True's).
     metadata = json.loads(serving.metadata_path(path, 'savedmodel' if name == 'savedmodel' else
                                                 'tflite').read_text())
     assert metadata['checkpoint']['step'] == exported['step'] == 10
@@ -219,3 +223,146 @@ def test_bad_input_one_line_and_nothing_written(teacher_run, tmp_path):
     assert proc.returncode == errors.BAD_INPUT, (flags_, proc.stderr[-2000:])
     assert error_lines(proc.stderr) == [f'big_distill: error: {expected}'], flags_
   assert (snapshot(str(d)), snapshot(teacher_run)) == before
+
+
+def _foreign_tflite(path) -> None:
+  """A TFLite file written by TensorFlow's converter, not by big_distill.export."""
+  double = tf.function(lambda x: {'y': 2.0 * x}, input_signature=[tf.TensorSpec([1, 4])])
+  path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions(
+      [double.get_concrete_function()], double).convert())
+
+
+def _foreign_savedmodel(path) -> None:
+  """A SavedModel written by TensorFlow, not by big_distill.export."""
+  module = tf.Module()
+  module.double = tf.function(lambda x: {'y': 2.0 * x}, input_signature=[tf.TensorSpec([None])])
+  tf.saved_model.save(module, str(path), signatures={'serving_default': module.double})
+
+
+def _edit(path, how: str) -> None:
+  """Truncates a file to half, cuts its last 16 bytes, garbles 10 bytes in its middle, or
+  replaces it with text that is not a model."""
+  data = path.read_bytes()
+  middle = len(data) // 2
+  path.write_bytes({'truncate': data[:middle], 'cut_16': data[:-16],
+                    'garble': data[:middle] + b'0123456789' + data[middle + 10:],
+                    'garbage': b'not a model\n' * 100}[how])
+
+
+def _metadata(path, **changes) -> None:
+  info = json.loads(path.read_text())
+  path.write_text(json.dumps({**info, **changes}))
+
+
+# (case, the model loaded, what is done to the copy in `d`, the message; {tfl}: d/student.tflite,
+# {sm}: d/student, {meta}: the model's metadata file).
+DAMAGED = [
+    ('tflite truncated', 'tflite', lambda d: _edit(d / 'student.tflite', 'truncate'),
+     '{tfl} is damaged or not a TFLite model (it is not a valid TFLite flatbuffer); export it '
+     'again.'),
+    ('tflite without its last 16 bytes', 'tflite', lambda d: _edit(d / 'student.tflite', 'cut_16'),
+     '{tfl} is damaged or not a TFLite model (it is not a valid TFLite flatbuffer); export it '
+     'again.'),
+    ('tflite garbage', 'tflite', lambda d: _edit(d / 'student.tflite', 'garbage'),
+     '{tfl} is damaged or not a TFLite model (it is not a valid TFLite flatbuffer); export it '
+     'again.'),
+    ('tflite from elsewhere', 'tflite', lambda d: (
+        _foreign_tflite(d / 'student.tflite'), os.remove(d / 'student.tflite.json')),
+     '{tfl} is not a model written by big_distill.export (no {meta}).'),
+    ('tflite from elsewhere with our metadata', 'tflite',
+     lambda d: _foreign_tflite(d / 'student.tflite'),
+     '{tfl} has no pixels_at_resolution signature, so it was not written by big_distill.export '
+     'and {meta} describes another model.'),
+    ('metadata not JSON', 'tflite', lambda d: _edit(d / 'student.tflite.json', 'truncate'),
+     "{meta} is damaged: it is not JSON (Unterminated string starting at: line "),
+    ('metadata not text', 'tflite', lambda d: (d / 'student.tflite.json').write_bytes(
+        bytes(range(256))),
+     "{meta} is damaged: it is not JSON ('utf-8' codec can't decode byte 0x80 in position 128"),
+    ('metadata of other content', 'tflite', lambda d: (d / 'student.tflite.json').write_text('{}'),
+     '{meta} is not the metadata big_distill.export writes for a tflite model (missing or wrong: '
+     'format, resolution, channels, central_crop, class_names).'),
+    ('metadata of a SavedModel', 'tflite', lambda d: _metadata(d / 'student.tflite.json',
+                                                              format='savedmodel'),
+     '{meta} is not the metadata big_distill.export writes for a tflite model (missing or wrong: '
+     'format).'),
+    ('metadata of another resolution', 'tflite', lambda d: _metadata(d / 'student.tflite.json',
+                                                                    resolution=32),
+     '{tfl} does not match its metadata {meta}: the model takes uint8 images [4, 28, 28, 1] and '
+     'gives logits [4, 10], the metadata describes uint8 images [4, 32, 32, 1] and 10 classes; '
+     'export the model again.'),
+    ('saved_model.pb truncated', 'savedmodel', lambda d: _edit(d / 'student' / 'saved_model.pb',
+                                                              'truncate'),
+     '{sm}/saved_model.pb is damaged: it does not parse as a SavedModel; export the model again.'),
+    ('saved_model.pb missing', 'savedmodel', lambda d: os.remove(d / 'student' / 'saved_model.pb'),
+     '{sm} is not a SavedModel (no saved_model.pb in it).'),
+    ('variables truncated', 'savedmodel', lambda d: _edit(
+        next((d / 'student' / 'variables').glob('variables.data-*')), 'truncate'),
+     'The variables of {sm} ({sm}/variables) are missing or damaged; export the model again.'),
+    ('variables garbled', 'savedmodel', lambda d: _edit(
+        next((d / 'student' / 'variables').glob('variables.data-*')), 'garble'),
+     'The variables of {sm} ({sm}/variables) are missing or damaged; export the model again.'),
+    ('variables index garbage', 'savedmodel', lambda d: _edit(
+        d / 'student' / 'variables' / 'variables.index', 'garbage'),
+     'The variables of {sm} ({sm}/variables) are missing or damaged; export the model again.'),
+    ('variables missing', 'savedmodel', lambda d: shutil.rmtree(d / 'student' / 'variables'),
+     'The variables of {sm} ({sm}/variables) are missing or damaged; export the model again.'),
+    ('SavedModel from elsewhere with our metadata', 'savedmodel', lambda d: (
+        shutil.move(d / 'student' / 'big_distill.json', d / 'meta.json'),
+        shutil.rmtree(d / 'student'), _foreign_savedmodel(d / 'student'),
+        shutil.move(d / 'meta.json', d / 'student' / 'big_distill.json')),
+     '{sm} has no pixels_at_resolution signature, so it was not written by big_distill.export and '
+     '{meta} describes another model.'),
+    ('SavedModel metadata of 2 classes', 'savedmodel', lambda d: _metadata(
+        d / 'student' / 'big_distill.json', class_names=['a', 'b']),
+     '{sm} does not match its metadata {meta}: the model takes uint8 images [batch, 28, 28, 1] '
+     'and gives logits [batch, 10], the metadata describes uint8 images [batch, 28, 28, 1] and 2 '
+     'classes; export the model again.'),
+]
+
+
+def _damaged_copy(exported, d, damage) -> None:
+  """The SavedModel and the TFLite file of 4 images a call, with their metadata, in `d`;
+  damaged."""
+  shutil.copytree(exported['paths']['savedmodel'], d / 'student')
+  for suffix in ('', '.json'):
+    shutil.copy(exported['paths']['tflite'] + suffix, d / f'student.tflite{suffix}')
+  damage(d)
+
+
+@pytest.mark.parametrize('case, fmt, damage, message', DAMAGED, ids=[c[0] for c in DAMAGED])
+def test_a_damaged_or_foreign_export_is_named_in_one_sentence(exported, tmp_path, case, fmt,
+                                                              damage, message):
+  _damaged_copy(exported, tmp_path, damage)
+  path = tmp_path / ('student' if fmt == 'savedmodel' else 'student.tflite')
+  expected = message.format(tfl=tmp_path / 'student.tflite', sm=tmp_path / 'student',
+                            meta=serving.metadata_path(path, fmt))
+  with pytest.raises(errors.BadInput) as e:
+    serving.load(str(path))
+  assert str(e.value).startswith(expected), case
+  assert '\n' not in str(e.value)
+
+
+def test_predict_on_a_damaged_export_says_one_line_and_no_tensorflow(exported, tmp_path):
+  cases = [c for c in DAMAGED if c[0] in (
+      'tflite truncated', 'tflite from elsewhere with our metadata', 'variables truncated')]
+  image = tmp_path / 'image.png'
+  tf.io.write_file(str(image), tf.io.encode_png(exported['pixels'][0]))
+
+  def attempt(case):
+    name, fmt, damage, message = case
+    d = tmp_path / name.replace(' ', '_')
+    d.mkdir()
+    _damaged_copy(exported, d, damage)
+    path = d / ('student' if fmt == 'savedmodel' else 'student.tflite')
+    before = snapshot(str(d))
+    proc = run(command('big_distill.predict', f'--exported={path}', str(image)), check=False)
+    return proc, before, d, message.format(tfl=d / 'student.tflite', sm=d / 'student',
+                                           meta=serving.metadata_path(path, fmt))
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    for proc, before, d, message in pool.map(attempt, cases):
+      assert proc.returncode == errors.BAD_INPUT, proc.stderr[-2000:]
+      # Besides absl's INFO log, the error line alone: no traceback, TensorFlow or LiteRT text.
+      lines = [l for l in proc.stderr.splitlines() if l.strip() and not ABSL_INFO.match(l)]
+      assert lines == [f'big_distill: error: {message}'], lines
+      assert proc.stdout == '' and snapshot(str(d)) == before

@@ -80,14 +80,16 @@ def test_each_concern_has_its_own_module():
 
 
 def test_the_benchmarks_build_through_create_run():
-  """No benchmark constructs models, teachers, meshes, shardings or datasets itself."""
+  """No benchmark (those in benchmarks/, and the deploy benchmark that ships in the package)
+  constructs models, teachers, meshes, shardings or datasets itself."""
   by_hand = ('from_config', 'get_model', 'teachers_lib', 'load_params', 'init_params',
              'make_mesh', 'param_shardings', 'get_builder', 'train_batches(self.config')
   directory = os.path.join(ROOT, 'benchmarks')
-  for name in sorted(os.listdir(directory)):
-    if name.endswith('.py') and name != '__init__.py':
-      with open(os.path.join(directory, name)) as f:
-        source = f.read()
-      assert not [s for s in by_hand if s in source], name
-      if name != 'comparison.py':
-        assert 'build.create_run' in source or 'train.train_and_evaluate' in source, name
+  paths = [os.path.join(directory, name) for name in sorted(os.listdir(directory))
+           if name.endswith('.py') and name != '__init__.py']
+  for path in [*paths, os.path.join(PACKAGE, 'deploy.py')]:
+    with open(path) as f:
+      source = f.read()
+    assert not [s for s in by_hand if s in source], path
+    if os.path.basename(path) != 'comparison.py':
+      assert 'build.create_run' in source or 'train.train_and_evaluate' in source, path

@@ -18,15 +18,17 @@ FLOWERS_TRAIN = 1020  # Examples in oxford_flowers102's train split.
 def _workdir(path, *, variant='funmatch', mode='distill', epochs=None, steps=None,
              batch_size=512, dataset='oxford_flowers102', data_dir=None, accuracy=0.5,
              agreement=None, teacher=None, num_train=FLOWERS_TRAIN, log_epoch=True,
-             train_split='train', seed=0, optimizer='adam', train_agreement=None):
+             train_split='train', seed=0, optimizer='adam', train_agreement=None,
+             teachers=()):
   """A workdir as the trainer leaves it: config.json and metrics.jsonl (train records with an
   `epoch` field if `log_epoch`, four evals ending at `accuracy` / `agreement` and, on the
-  training examples, `train_agreement`)."""
+  training examples, `train_agreement`); `teachers`: the checkpoints its teachers load."""
   os.makedirs(path)
   config = dict(mode=mode, variant=variant, total_epochs=epochs, total_steps=steps, seed=seed,
                 optimizer=dict(name=optimizer),
                 input=dict(dataset=dataset, data_dir=data_dir, train_split=train_split,
-                           batch_size=batch_size))
+                           batch_size=batch_size),
+                teachers=[dict(model='bit', checkpoint=str(t)) for t in teachers])
   with open(os.path.join(path, workdir_lib.CONFIG), 'w') as f:
     json.dump(config, f)
   last = steps or int(epochs * num_train / batch_size)
@@ -203,3 +205,58 @@ def test_small_data_study_seeds_baseline_and_fit_to_the_teacher(tmp_path):
   for name in names[:-1]:
     if name.endswith('.png'):
       _assert_png(tmp_path / 'out' / name)
+
+
+def test_a_supervised_run_that_a_student_learns_from_is_its_teacher(tmp_path, monkeypatch):
+  """The README's walk-through reports its teacher run and its student: the teacher is no
+  baseline, so no share of its lead can be recovered, and says so; lengths of runs that stop at
+  a number of steps are rounded. Teachers named by their checkpoints directory, a relative path
+  or a trailing slash are the same run."""
+  monkeypatch.chdir(tmp_path)
+  d = lambda name, **kw: _workdir(tmp_path / name, dataset='imagefolder:/data/pets', batch_size=16,
+                                  num_train=93, **kw)  # 93 / 16 steps per epoch.
+  teacher = d('my_teacher', mode='supervised', steps=20, accuracy=0.9)
+  other_teacher = d('other_teacher', mode='supervised', steps=20, accuracy=0.85)
+  student = d('my_student', steps=20, accuracy=0.8, agreement=0.85, teacher=0.9,
+              teachers=['my_teacher/'])
+  ensemble = d('ensemble_student', steps=40, accuracy=0.82, agreement=0.8, teacher=0.9,
+               teachers=[f'{other_teacher}/checkpoints', teacher])
+  runs = report.load_runs([teacher, student])
+  assert [(r.variant, r.length) for r in runs] == [('teacher', '3.44 epochs'),
+                                                   ('funmatch', '3.44 epochs')]
+  paths = report.write_report(runs, str(tmp_path / 'out'))
+  markdown = (tmp_path / 'out' / 'results.md').read_text()
+  for path in paths[1:]:
+    _assert_png(path)
+  assert _table(markdown, 'imagefolder:/data/pets') == {
+      'funmatch': {'3.44 epochs': '80.00% (85.00%)'}, 'teacher': {'3.44 epochs': '90.00%'}}
+  assert 'Supervised baseline' not in markdown and '3.44086' not in markdown
+  assert ("No share of the teacher's lead recovered: that needs a supervised baseline, a run of "
+          "the student's model trained on labels from scratch on the same training examples, and "
+          'none of these runs is one') in markdown
+  assert '| my_teacher | teacher | 3.44 epochs | 0 | 20 | 90.00% |' in markdown
+  assert [r.variant for r in report.load_runs([other_teacher, teacher, ensemble])] == [
+      'teacher', 'teacher', 'funmatch']
+  assert report.load_runs([other_teacher, student])[0].variant == 'supervised'  # Not its teacher.
+
+
+def test_the_share_recovered_with_a_teacher_run_and_a_baseline(tmp_path):
+  d = lambda name, **kw: _workdir(tmp_path / name, dataset='fashion_mnist', batch_size=128,
+                                  num_train=1000, train_split='train[:1000]', **kw)
+  teacher = d('teacher', mode='supervised', epochs=30, accuracy=0.90)
+  runs = report.load_runs([
+      teacher, d('baseline', mode='supervised', epochs=30, accuracy=0.78),
+      d('student', epochs=30, accuracy=0.87, agreement=0.9, teacher=0.90, teachers=[teacher])])
+  markdown = report.results_markdown(runs)
+  assert list(_table(markdown, 'fashion_mnist, train[:1000]')) == [
+      'funmatch', 'teacher', 'supervised']
+  assert ('Supervised baseline (from scratch on the same training examples, its best schedule): '
+          '78.00% (30 epochs).') in markdown
+  assert '| funmatch | 75% |' in markdown.split('(teacher - baseline)', 1)[1]  # 0.09 / 0.12.
+  behind = report.load_runs([
+      d('weak_teacher', mode='supervised', epochs=30, accuracy=0.7),
+      d('good_baseline', mode='supervised', epochs=30, accuracy=0.8),
+      d('taught', epochs=30, accuracy=0.75, agreement=0.9, teacher=0.7,
+        teachers=[tmp_path / 'weak_teacher'])])
+  assert ("No share of the teacher's lead recovered: the teacher is not ahead of the supervised "
+          'baseline (80.00%).') in report.results_markdown(behind)

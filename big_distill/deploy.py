@@ -1,7 +1,7 @@
 r"""A run's student exported for deployment, measured: size, CPU latency and eval accuracy of the
 SavedModel, float32 TFLite and int8 TFLite exports next to the JAX model. JSON lines on stdout.
 
-  python -m benchmarks.deploy --workdir=RUN [--output_dir=DIR] [--max_examples=N]
+  python -m big_distill.deploy --workdir=RUN [--output_dir=DIR] [--max_examples=N] [--rounds=N]
 
 The student (`--step`, default the best checkpoint) is exported with `serving.save`, as
 `big_distill.export` does, into `--output_dir` (default: a temporary directory, removed after).
