@@ -268,7 +268,7 @@ def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'loa
   config = config.copy_and_resolve_references()
   with config.unlocked():
     for entry, spec in zip([config.student, *config.teachers], (student, *specs)):
-      entry.model = entry.get('model') or str(spec)
+      entry['model'] = entry.get('model') or str(spec)
   return config, student, specs
 
 

@@ -21,17 +21,6 @@ from absl import flags
 from big_distill import build, checkpoint, cli, errors, models, workdir as workdir_lib
 from big_distill.models import loading
 
-_INPUT = flags.DEFINE_string('input', None, 'A weights file or a run\'s workdir.', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'The file to write: .npz or .safetensors.',
-                              required=True)
-_MODEL = flags.DEFINE_string('model', None, 'The input file\'s architecture: family[:k=v,...] or '
-                             'timm:<timm name> (default: what the file says; not for a run, which '
-                             'knows its student).')
-_STEP = flags.DEFINE_string('step', 'best', 'A run\'s checkpoint: best, latest, or a step.')
-_CHANNELS = flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.')
-_RESOLUTION = flags.DEFINE_integer('resolution', None, 'Input side (default: a ViT file\'s own '
-                                   'position-embedding grid, else 224).')
-
 def from_run(path: str, step: str) -> tuple[models.Spec, Any, dict[str, Any], str]:
   """(spec, model, variables, which checkpoint) of a run's student at `step`."""
   run = build.create_run_from_workdir(path)
@@ -67,11 +56,25 @@ def convert(source: str, output: str, *, model: str | None = None, step: str = '
   return f'Wrote {note}{len(arrays)} arrays of {spec} to {output} ({layout.name} layout).'
 
 
+def define_flags() -> None:
+  flags.DEFINE_string('input', None, 'A weights file or a run\'s workdir.', required=True)
+  flags.DEFINE_string('output', None, 'The file to write: .npz or .safetensors.', required=True)
+  flags.DEFINE_string('model', None, 'The input file\'s architecture: family[:k=v,...] or '
+                      'timm:<timm name> (default: what the file says; not for a run, which knows '
+                      'its student).')
+  flags.DEFINE_string('step', 'best', 'A run\'s checkpoint: best, latest, or a step.')
+  flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.')
+  flags.DEFINE_integer('resolution', None, 'Input side (default: a ViT file\'s own '
+                       'position-embedding grid, else 224).')
+
+
 def main(argv):
   del argv
-  print(convert(_INPUT.value, _OUTPUT.value, model=_MODEL.value, step=_STEP.value,
-                channels=_CHANNELS.value, resolution=_RESOLUTION.value))
+  f = flags.FLAGS
+  print(convert(f.input, f.output, model=f.model, step=f.step, channels=f.channels,
+                resolution=f.resolution))
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

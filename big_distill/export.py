@@ -23,15 +23,6 @@ from big_distill.models import loading
 
 FORMATS = ('npz', *serving.FORMATS)
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run whose student to export.', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'The file (npz, tflite) or directory (savedmodel) '
-                              'to write.', required=True)
-_FORMAT = flags.DEFINE_string('format', 'npz', f'One of {", ".join(FORMATS)}.')
-_INT8 = flags.DEFINE_bool('int8', False, 'tflite: dynamic-range int8 quantisation.')
-_BATCH = flags.DEFINE_integer('batch_size', None, 'tflite: images per call (default 1).')
-_STEP = flags.DEFINE_string('step', 'best', 'Checkpoint: best, latest, or a step number.')
-
-
 def check_flags(fmt: str, output: str, int8: bool, batch_size: int | None) -> None:
   """Bad flags and outputs, before anything is read or written."""
   if fmt not in FORMATS:
@@ -78,11 +69,22 @@ def export(workdir: str, output: str, fmt: str = 'npz', *, int8: bool = False,
   return f'Wrote the student of {note} to {output} ({kind}; metadata: {meta}).'
 
 
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'The run whose student to export.', required=True)
+  flags.DEFINE_string('output', None, 'The file (npz, tflite) or directory (savedmodel) to write.',
+                      required=True)
+  flags.DEFINE_string('format', 'npz', f'One of {", ".join(FORMATS)}.')
+  flags.DEFINE_bool('int8', False, 'tflite: dynamic-range int8 quantisation.')
+  flags.DEFINE_integer('batch_size', None, 'tflite: images per call (default 1).')
+  flags.DEFINE_string('step', 'best', 'Checkpoint: best, latest, or a step number.')
+
+
 def main(argv):
   del argv
-  print(export(_WORKDIR.value, _OUTPUT.value, _FORMAT.value, int8=_INT8.value,
-               batch_size=_BATCH.value, step=_STEP.value))
+  f = flags.FLAGS
+  print(export(f.workdir, f.output, f.format, int8=f.int8, batch_size=f.batch_size, step=f.step))
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -139,7 +139,7 @@ def with_stored_models(config: ml_collections.ConfigDict,
   config = config.copy_and_resolve_references()
   with config.unlocked():
     for entry, old in zip([config.student, *config.teachers], [o for _, o in pairs]):
-      entry.model = entry.get('model') or old.get('model', '')
+      entry['model'] = entry.get('model') or old.get('model', '')
   return config
 
 
