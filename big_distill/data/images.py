@@ -19,10 +19,11 @@ Colour profiles (ICC) are not applied, as by TF, PIL, torchvision and Keras.
 
 The stored form (`stored`): a JPEG or PNG that is already upright, 8-bit grey or RGB, without
 transparency, and that TF decodes to PIL's pixels (`decode`, within one level) is kept byte for
-byte, so the training path decodes exactly what it decoded before; anything else is re-encoded
-as a lossless PNG of the pixels above (several times the size of a photo's JPEG). `decode` is
-TF's decoding of a stored image, with JPEGs decoded by libjpeg's accurate integer IDCT: that
-equals PIL's pixels, where TF's default (the fast IDCT) is up to ~20 levels off at quality 95.
+byte, so the training path reads it as before; anything else is re-encoded as a lossless PNG of
+the pixels above (for a photo several times the size of its JPEG). `decode` is TF's decoding of
+a stored image with JPEGs decoded by libjpeg's accurate integer IDCT, which equals PIL's pixels;
+TF's default (the fast IDCT, what `tfds.features.Image` decodes with) is up to ~20 levels off at
+quality 95.
 
 Names that are no images of the user's are skipped when listing folders (`ignored`): hidden ones
 (`.DS_Store`, `._photo.jpg`, `.ipynb_checkpoints/`), the thumbnail caches and settings Windows
@@ -49,7 +50,7 @@ T = TypeVar('T')
 BACKGROUND = (255, 255, 255, 255)  # Opaque white, under every transparent pixel.
 IGNORED = frozenset({'thumbs.db', 'ehthumbs.db', 'desktop.ini', 'icon\r', '__macosx'})
 SHOWN = 3  # Bad files named in a message; the rest are listed in a file.
-_GREY = frozenset({'1', 'L', 'LA', 'La', 'I', 'F', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
+_GREY = frozenset({'1', 'L', 'LA', 'La'})  # 16-bit grey ('I;16', 'I') is scaled first.
 _KEPT = ('JPEG', 'MPO', 'PNG')  # Formats stored as they are (MPO: a camera's JPEG + previews).
 
 
