@@ -20,7 +20,7 @@ from big_distill import workdir as workdir_lib
 from big_distill.data import folders, images, input_pipeline
 from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
                            command, error_lines, main_command, metric, params, read_metrics, run,
-                           run_main, saved_steps, snapshot)
+                           run_main, saved_steps, snapshot, write_mixed_folder)
 
 # Five classes: the distillation eval's top-5 agreement needs at least five.
 CLASSES = ('blue', 'cyan', 'green', 'orange', 'red')
@@ -170,41 +170,6 @@ def test_two_data_shards_see_the_examples_of_one(image_dirs):
 
 
 PHOTO = os.path.join(matplotlib.get_data_path(), 'sample_data', 'grace_hopper.jpg')
-CUTOUT = os.path.join(matplotlib.get_data_path(), 'sample_data', 'Minduka_Present_Blue_Pack.png')
-
-
-def write_mixed(root) -> dict[str, str]:
-  """`root/train/{a,b}/` and `root/test/{a,b}/` holding every kind of file users have, cut from
-  real photographs, and the files operating systems leave in folders; relative path -> kind."""
-  photo = Image.open(PHOTO).convert('RGB')
-  crops = [photo.crop((x, 60 + 20 * x % 90, x + 56, 124 + 20 * x % 90)) for x in range(0, 400, 25)]
-  cutout = Image.open(CUTOUT)
-  kinds = {}
-
-  def add(rel, image, kind, **kwargs):
-    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
-    image.save(os.path.join(root, rel), **kwargs)
-    kinds[rel] = kind
-
-  for split, offset in (('train', 0), ('test', 8)):
-    for c, cls in enumerate('ab'):
-      i = offset + 4 * c
-      add(f'{split}/{cls}/photo.jpg', crops[i], 'as is')
-      add(f'{split}/{cls}/grey.png', crops[i + 1].convert('L'), 'as is')
-      exif = Image.Exif()
-      exif[0x0112] = 6  # Taken with the phone turned: rotate 90 degrees clockwise to view.
-      add(f'{split}/{cls}/phone.jpg', crops[i + 2], 'converted', exif=exif)
-      add(f'{split}/{cls}/cutout.png', cutout.rotate(90 * c), 'converted')
-      add(f'{split}/{cls}/screen.webp', crops[i + 3].convert('RGBA'), 'converted', lossless=True)
-      add(f'{split}/{cls}/scan.tif', crops[i + 3].convert('L'), 'converted')
-      add(f'{split}/{cls}/anim.gif', crops[i], 'converted', save_all=True,
-          append_images=[crops[i + 1]])
-      add(f'{split}/{cls}/print.jpg', crops[i + 1].convert('CMYK'), 'converted')
-      with open(os.path.join(root, split, cls, 'Thumbs.db'), 'wb') as f:
-        f.write(b'\xd0\xcf\x11\xe0 a thumbnail cache')
-      with open(os.path.join(root, split, cls, 'desktop.ini'), 'w') as f:
-        f.write('[.ShellClassInfo]\n')
-  return kinds
 
 
 def test_every_kind_of_file_is_stored_as_the_model_sees_it(tmp_path):
@@ -212,7 +177,7 @@ def test_every_kind_of_file_is_stored_as_the_model_sees_it(tmp_path):
   exactly (which tests/test_images.py holds against PIL and NumPy): JPEG/PNG files that need
   nothing byte for byte, the others as PNG; OS files ignored; the training path reads the copy."""
   root = str(tmp_path / 'mixed')
-  kinds = write_mixed(root)
+  kinds = write_mixed_folder(root)
   builder = folders.get_builder(f'imagefolder:{root}', str(tmp_path / 'tfds'))
   assert input_pipeline.channels(builder) == 3 and input_pipeline.class_names(builder) == ('a', 'b')
   stored = {e['file_name'].decode(): e for split in ('train', 'test')
