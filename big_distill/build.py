@@ -23,8 +23,8 @@ import tensorflow_datasets as tfds
 from big_distill import configlib, console, errors, parallel, steps, variants
 from big_distill import workdir as workdir_lib
 from big_distill import teachers as teachers_lib
-from big_distill.data import folders, input_pipeline
 from big_distill import models
+from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, loading
 from big_distill.optim import make_optimizer
 
@@ -195,44 +195,32 @@ def parse_evals(text: str) -> dict[str, tuple[str, str]]:
 
 
 def dataset_shape(config: ml_collections.ConfigDict) -> Data:
-  """The classes and channels of the config's dataset from TFDS's metadata, without preparing or
-  reading it (for measurements on random images); `num_train` is one batch."""
-  if folders.is_folder(config.input.dataset):  # Only its metadata: the folder's TFDS copy.
-    builder = input_pipeline.get_builder(config.input.dataset, config.input.data_dir)
-    return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder),
-                config.input.batch_size)
-  try:
-    info = tfds.builder(config.input.dataset, data_dir=config.input.data_dir).info
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise errors.BadInput(f'Unknown TFDS dataset {config.input.dataset!r}: '
-                          f'{str(e).splitlines()[0]}') from None
-  return Data(info.features['label'].num_classes, info.features['image'].shape[-1],
-              config.input.batch_size)
-
-
-def create_data(config: ml_collections.ConfigDict) -> Data:
-  """The run's TFDS dataset (prepared on first use) and its extra data; splits checked."""
+  """The classes and channels of the config's dataset, for measurements on random images: a
+  TFDS dataset's from its metadata (not prepared, not read), an image folder's as `describe_data`
+  checks it; nothing is written. `num_train` is one batch."""
   cfg = config.input
-  builder = input_pipeline.get_builder(cfg.dataset, cfg.data_dir)
-  num_train = input_pipeline.num_examples(builder, cfg.train_split)
-  input_pipeline.num_examples(builder, cfg.eval_split)
-  extra = None
-  if cfg.extra_data.dataset:
-    extra = input_pipeline.get_builder(cfg.extra_data.dataset, cfg.extra_data.data_dir,
-                                       labels=False)
-    input_pipeline.num_examples(extra, cfg.extra_data.split)
-  evals = {}
-  for name, (split, dataset) in parse_evals(config.evals).items():
-    other = input_pipeline.get_builder(dataset, cfg.data_dir) if dataset else builder
-    input_pipeline.num_examples(other, split)
-    for what, get in (('classes', input_pipeline.class_names),
-                      ('channels', input_pipeline.channels)):
-      if get(other) != get(builder):
-        raise errors.BadInput(f'config.evals: {name} ({dataset}) has the {what} {get(other)}, '
-                              f'{cfg.dataset} {get(builder)}; an eval set needs the same.')
-    evals[name] = (other, split)
-  return Data(input_pipeline.num_classes(builder), input_pipeline.channels(builder), num_train,
-              input_pipeline.class_names(builder), builder, extra, evals)
+  source = sources.describe(cfg.dataset, cfg.data_dir, read_tfds=False,
+                            skip_bad=cfg.get('skip_bad_images', False))
+  return Data(len(source.class_names), source.channels, cfg.batch_size, source.class_names)
+
+
+def describe_data(config: ml_collections.ConfigDict) -> Data:
+  """The run's datasets, every check done and nothing written (`sources.describe_run`: splits,
+  image folders' layouts and files, eval sets' channels and class names). Builders are None
+  for image folders not prepared yet; a TFDS dataset is prepared on first use, as only then are
+  its split sizes known."""
+  return create_data(config, prepare=False)
+
+
+def create_data(config: ml_collections.ConfigDict, *, prepare: bool = True) -> Data:
+  """The run's datasets, every check done (`describe_data`), then with `prepare` the image
+  folders prepared: every builder set."""
+  found = sources.describe_run(config, parse_evals(config.evals))
+  get = (lambda s: s and s.prepare()) if prepare else (lambda s: s and s.builder)
+  main = found.main
+  return Data(len(main.class_names), main.channels, found.num_train, main.class_names, get(main),
+              get(found.extra), {name: (get(source), split)
+                                 for name, (source, split) in found.evals.items()})
 
 
 def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_lib.Teachers,

@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict()
   c.input.dataset = 'fashion_mnist'  # Any TFDS name with 'image' and 'label' features.
   c.input.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir.
+  c.input.skip_bad_images = False  # Image folders: leave out unreadable files (logged).
   c.input.train_split = 'train'
   c.input.eval_split = 'test'  # Its metrics are `eval/*`; the best checkpoint is chosen on them.
   c.input.batch_size = 128  # Global, over all devices and processes.

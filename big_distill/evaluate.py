@@ -12,16 +12,22 @@ expected calibration error (15 equal-width confidence bins) and, with `--teacher
 own), the teachers' accuracy, top-1 agreement and KL(teacher || student) at temperature 1 (the
 definitions of the run's own eval, `steps.eval_step`). `--predictions=FILE` also writes each
 example's prediction as a JSON line.
+
+A dataset must have the model's classes, by name. An image folder may hold some of them: its
+class folders are matched to the model's classes by name (logged), and its images converted to
+the model's channels (`folders`); for a model that names no classes (a weights file) class
+folders named 0, 1, ... are matched by number, others taken in sorted order. Everything is
+checked before a folder's prepared copy is written.
 """
 
 import json
 
-from absl import flags
+from absl import flags, logging
 import ml_collections
 import numpy as np
 
 from big_distill import cli, errors, inference, losses, workdir as workdir_lib
-from big_distill.data import input_pipeline
+from big_distill.data import folders, input_pipeline, sources
 
 _DATASET = flags.DEFINE_string('dataset', None, 'TFDS name or imagefolder:/path (default: the '
                                'run\'s).')
@@ -31,6 +37,9 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: the r
 _TEACHERS = flags.DEFINE_bool('teachers', False, 'Also evaluate the run\'s teachers and the '
                               'student\'s agreement with them.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
+_SKIP_BAD = flags.DEFINE_bool('skip_bad_images', None, 'Image folders: leave out unreadable '
+                              'files and empty class folders (logged) instead of refusing them '
+                              '(default: the run\'s config.input.skip_bad_images, else False).')
 _PREDICTIONS = flags.DEFINE_string('predictions', None, 'Write per-example predictions (JSON '
                                    'lines: index, label, prediction, probability) here.')
 
@@ -88,6 +97,38 @@ def _dataset(classifier: inference.Classifier) -> tuple[str, str, str | None]:
   return dataset, split, _DATA_DIR.value or (run and run.data_dir)
 
 
+def _source(classifier: inference.Classifier, dataset: str, data_dir: str | None
+            ) -> sources.Source:
+  """The dataset checked against the model (see the module docstring); nothing written."""
+  names = classifier.class_names
+  named = names != tuple(str(i) for i in range(classifier.num_classes))
+  if folders.is_folder(dataset):
+    run = classifier.config.input if classifier.config else {}
+    skip = _SKIP_BAD.value if _SKIP_BAD.value is not None else run.get('skip_bad_images', False)
+    own = folders.scan(dataset[len(folders.PREFIX):], labels=True, skip_bad=skip).classes
+    by_name = named or set(own) <= set(names)
+    source = sources.describe(dataset, data_dir, classes=names if by_name else None,
+                              channels=classifier.channels, skip_bad=skip,
+                              skip_option='--skip_bad_images')
+    if not by_name:
+      logging.warning('%s names no classes: the class folders of %s, sorted, are its classes '
+                      '0, 1, ... (%s).', classifier.description, dataset,
+                      folders.name_list(source.class_names))
+  else:
+    source = sources.describe(dataset, data_dir)
+    if named and source.class_names != names:
+      raise errors.BadInput(
+          f'{dataset} has the classes {folders.name_list(source.class_names)}; '
+          f'{classifier.description} has {folders.name_list(names)}: evaluate it on a dataset of '
+          'its classes (an image folder may hold some of them).')
+  for what, want, have in (('classes', classifier.num_classes, len(source.class_names)),
+                           ('channels', classifier.channels, source.channels)):
+    if want != have:
+      raise errors.BadInput(f'{classifier.description} takes {want} {what}; {dataset} has '
+                            f'{have}.')
+  return source
+
+
 def main(argv):
   del argv
   if _BATCH_SIZE.value < 1:
@@ -99,14 +140,9 @@ def main(argv):
     workdir_lib.check_writable(output.parent, '--predictions')
   classifier = inference.from_flags(teachers=_TEACHERS.value)
   dataset, split, data_dir = _dataset(classifier)
-  builder = input_pipeline.get_builder(dataset, data_dir)
-  input_pipeline.num_examples(builder, split)
-  for what, want, have in (
-      ('classes', classifier.num_classes, input_pipeline.num_classes(builder)),
-      ('channels', classifier.channels, input_pipeline.channels(builder))):
-    if want != have:
-      raise errors.BadInput(f'{classifier.description} takes {want} {what}; {dataset} has '
-                            f'{have}.')
+  source = _source(classifier, dataset, data_dir)
+  source.num_examples(split)
+  builder = source.prepare()
   index, labels, logits, teacher_logp = collect(classifier, builder, split, _BATCH_SIZE.value)
   result = {'model': classifier.description, 'dataset': dataset, 'split': split,
             **metrics(logits, labels, teacher_logp)}

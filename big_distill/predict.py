@@ -3,43 +3,51 @@ r"""Classifies image files with a trained classifier, preprocessed exactly as it
   python -m big_distill.predict --workdir=RUN photo.jpg more_photos/   [--top_k=5] [--json]
   python -m big_distill.predict --exported=/tmp/student.tflite photo.png
 
-The model comes from a run (`--step=best|latest|N`), a weights file or an export (`inference`).
-Arguments are image files (PNG, JPEG, BMP, GIF) or folders, searched recursively for those; each
-image is decoded, resized and centre-cropped as the run's eval split is (`input_pipeline.eval_image`)
-and classified. Prints a table of the top-k classes with their names and probabilities per file,
-or with `--json` one JSON line per file. An image whose channel count is not the model's (e.g. a
-colour photo for a greyscale model) or a file that is not a readable image is bad input.
+The model comes from a run (`--step=best|latest|N`), a weights file or an export (`inference`);
+the command says which on stderr. Arguments are image files or folders, searched recursively;
+every file found must be an image (any format PIL reads), as in an image folder dataset, except
+hidden files and those operating systems leave in folders (`images.ignored`). Each image is
+decoded as an image folder's copy stores it (`images.load`: upright, alpha on white, converted to
+the model's grey or RGB), then resized and centre-cropped as the run's eval split is
+(`input_pipeline.eval_image`), and classified. Prints a table of the top-k classes with their
+names and probabilities per file, or with `--json` one JSON line per file on stdout. Every file
+that is not a readable image is named in one error (bad input), or left out with
+`--skip_bad_images`; all are checked before anything is printed.
 """
 
 import json
 import os
+import sys
 
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from big_distill import cli, errors, inference
-from big_distill.data import input_pipeline
+from big_distill.data import images, input_pipeline
 
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes shown per image.')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON line per image instead of a table.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.')
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+_SKIP_BAD = flags.DEFINE_bool('skip_bad_images', False, 'Leave out files that are not readable '
+                              'images (counted on stderr) instead of refusing them.')
 
 
 def image_files(paths: list[str]) -> list[str]:
-  """The files named, and the image files under the folders named (sorted, recursive)."""
+  """The files named, and every file under the folders named (sorted, recursive), but those
+  `images.ignored` leaves out."""
   if not paths:
     raise errors.BadInput('Name image files or folders after the flags, e.g. '
                           'python -m big_distill.predict --workdir=RUN photo.jpg.')
   files = []
   for path in paths:
     if os.path.isdir(path):
-      found = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
-                     if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
+      found = []
+      for top, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not images.ignored(d))
+        found += [os.path.join(top, f) for f in sorted(names) if not images.ignored(f)]
       if not found:
-        raise errors.BadInput(f'{path} holds no image files ({", ".join(IMAGE_SUFFIXES)}).')
+        raise errors.BadInput(f'{path} holds no files to classify.')
       files += found
     elif os.path.isfile(path):
       files.append(path)
@@ -49,16 +57,10 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def load_image(path: str, classifier: inference.Classifier) -> np.ndarray:
-  """`path` decoded and preprocessed for `classifier`: float32 [R, R, C] in [-1, 1]."""
-  try:
-    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-    raise errors.BadInput(f'{path} is not a readable image ({e.message.splitlines()[0]}).'
-                          ) from None
-  if image.shape[-1] != classifier.channels:
-    raise errors.BadInput(f'{path} has {image.shape[-1]} channels; {classifier.description} '
-                          f'takes {classifier.channels}-channel images.')
-  return input_pipeline.eval_image(image, classifier.input).numpy()
+  """`path` decoded and preprocessed for `classifier`: float32 [R, R, C] in [-1, 1]; raises
+  `images.Unreadable`."""
+  pixels = images.load(path, classifier.channels)
+  return input_pipeline.eval_image(tf.constant(pixels), classifier.input).numpy()
 
 
 def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
@@ -73,11 +75,22 @@ def main(argv):
     raise errors.BadInput('--top_k and --batch_size must be positive.')
   files = image_files(argv[1:])
   classifier = inference.from_flags()
-  images = [load_image(f, classifier) for f in files]  # All checked before any output.
+  if classifier.channels not in (1, 3):
+    raise errors.BadInput(f'{classifier.description} takes {classifier.channels}-channel images; '
+                          'image files are grey (1 channel) or RGB (3).')
+  loaded, bad = images.read_all(files, lambda f: load_image(f, classifier))
+  images.report_bad(bad, 'to classify', skip=_SKIP_BAD.value, skip_option='--skip_bad_images')
+  files = [f for f in files if f in loaded]
+  if not files:
+    raise errors.BadInput('None of the files named is a readable image.')
+  run = f', in {inference.WORKDIR.value}' if inference.WORKDIR.value else ''  # Files: named.
+  print(f'Classifying {len(files)} image{"s" if len(files) > 1 else ""} with '
+        f'{classifier.description}{run}.', file=sys.stderr, flush=True)
   k = min(_TOP_K.value, classifier.num_classes)
   results = []
-  for start in range(0, len(images), _BATCH_SIZE.value):
-    results += top_k(classifier.logits(np.stack(images[start:start + _BATCH_SIZE.value])), k)
+  for start in range(0, len(files), _BATCH_SIZE.value):
+    batch = [loaded[f] for f in files[start:start + _BATCH_SIZE.value]]
+    results += top_k(classifier.logits(np.stack(batch)), k)
   names = classifier.class_names
   for path, top in zip(files, results):
     if _JSON.value:

@@ -136,3 +136,41 @@ def run_in_terminal(cmd: list[str], *, columns: int = 120, timeout: int = 600,
   os.close(master)
   code = proc.wait(timeout=max(1, deadline - time.time()))
   return code, out.decode(errors='replace')
+
+
+def write_mixed_folder(root: str) -> dict[str, str]:
+  """`root/train/{a,b}/` and `root/test/{a,b}/` holding every kind of file users have, cut from
+  real photographs, and the files operating systems leave in folders; relative path -> kind."""
+  # pylint: disable=g-import-not-at-top  # Only the tests of users' images need these.
+  import matplotlib
+  from PIL import Image
+  samples = os.path.join(matplotlib.get_data_path(), 'sample_data')  # Real photographs.
+  photo = Image.open(os.path.join(samples, 'grace_hopper.jpg')).convert('RGB')
+  crops = [photo.crop((x, 60 + 20 * x % 90, x + 56, 124 + 20 * x % 90)) for x in range(0, 400, 25)]
+  cutout = Image.open(os.path.join(samples, 'Minduka_Present_Blue_Pack.png'))
+  kinds = {}
+
+  def add(rel, image, kind, **kwargs):
+    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+    image.save(os.path.join(root, rel), **kwargs)
+    kinds[rel] = kind
+
+  for split, offset in (('train', 0), ('test', 8)):
+    for c, cls in enumerate('ab'):
+      i = offset + 4 * c
+      add(f'{split}/{cls}/photo.jpg', crops[i], 'as is')
+      add(f'{split}/{cls}/grey.png', crops[i + 1].convert('L'), 'as is')
+      exif = Image.Exif()
+      exif[0x0112] = 6  # Taken with the phone turned: rotate 90 degrees clockwise to view.
+      add(f'{split}/{cls}/phone.jpg', crops[i + 2], 'converted', exif=exif)
+      add(f'{split}/{cls}/cutout.png', cutout.rotate(90 * c), 'converted')
+      add(f'{split}/{cls}/screen.webp', crops[i + 3].convert('RGBA'), 'converted', lossless=True)
+      add(f'{split}/{cls}/scan.tif', crops[i + 3].convert('L'), 'converted')
+      add(f'{split}/{cls}/anim.gif', crops[i], 'converted', save_all=True,
+          append_images=[crops[i + 1]])
+      add(f'{split}/{cls}/print.jpg', crops[i + 1].convert('CMYK'), 'converted')
+      with open(os.path.join(root, split, cls, 'Thumbs.db'), 'wb') as f:
+        f.write(b'\xd0\xcf\x11\xe0 a thumbnail cache')
+      with open(os.path.join(root, split, cls, 'desktop.ini'), 'w') as f:
+        f.write('[.ShellClassInfo]\n')
+  return kinds

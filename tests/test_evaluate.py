@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -98,17 +99,98 @@ def test_eval_sets_are_logged_under_their_names(tmp_path):
   assert 0 <= final['train_part/accuracy'] <= 1 and final['train_part/loss'] > 0
 
 
-def _color_image(path: str) -> str:
-  tf.io.write_file(path, tf.io.encode_png(np.zeros((28, 28, 3), np.uint8)))
-  return path
+FASHION_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                 'Sneaker', 'Bag', 'Ankle boot')
+
+
+def _every_kind(folder, pixels: np.ndarray) -> dict[str, str]:
+  """One grey image [H, W, 1] written as every kind of file users have, each showing the same
+  pixels once decoded (upright, alpha on white, grey): file name -> kind."""
+  grey = Image.fromarray(pixels[..., 0])
+  exif = Image.Exif()
+  exif[0x0112] = 8  # Stored turned clockwise; to be viewed turned back.
+  kinds = {'image.png': ('png', grey, {}), 'image.tif': ('tiff', grey, {}),
+           'image.bmp': ('bmp', grey, {}),
+           'image.webp': ('lossless webp', grey, {'lossless': True}),
+           'image.gif': ('gif', grey, {}), 'colour.png': ('RGB', grey.convert('RGB'), {}),
+           'opaque.png': ('RGBA', grey.convert('RGBA'), {}),
+           'deep.png': ('16-bit', Image.fromarray(pixels[..., 0].astype(np.uint16) * 257), {}),
+           'turned.png': ('EXIF-rotated', grey.transpose(Image.Transpose.ROTATE_270),
+                          {'exif': exif})}
+  for name, (_, image, kwargs) in kinds.items():
+    image.save(folder / name, **kwargs)
+  return {name: kind for name, (kind, _, _) in kinds.items()}
+
+
+def test_predict_reads_every_kind_of_file_and_says_which_model(tmp_path, teacher_run):
+  """Each file of one image gives the same prediction as its PNG; the OS's own files are skipped,
+  an empty file is left out with --skip_bad_images, and stderr names the checkpoint."""
+  example = next(tfds.load('fashion_mnist', split='test[:1]').as_numpy_iterator())
+  folder = tmp_path / 'kinds'
+  folder.mkdir()
+  kinds = _every_kind(folder, example['image'])
+  (folder / 'Thumbs.db').write_bytes(b'thumbnail cache')
+  (folder / 'desktop.ini').write_text('[.ShellClassInfo]')
+  (folder / 'empty.jpg').write_bytes(b'')
+  proc = run(command('big_distill.predict', f'--workdir={teacher_run}', '--json',
+                     '--skip_bad_images', str(folder)))
+  shown = {os.path.basename(s['file']): s['top'] for s in map(json.loads,
+                                                              proc.stdout.splitlines())}
+  assert sorted(shown) == sorted(kinds)
+  for name, kind in kinds.items():
+    assert [t['class'] for t in shown[name]] == [t['class'] for t in shown['image.png']], kind
+    np.testing.assert_allclose([t['probability'] for t in shown[name]],
+                               [t['probability'] for t in shown['image.png']], rtol=1e-5,
+                               err_msg=kind)
+  assert f'Left out 1 file to classify, not a readable image: {folder}/empty.jpg (empty file)' in (
+      proc.stderr)
+  assert (f'Classifying 9 images with the student of the latest checkpoint, step 10, in '
+          f'{teacher_run}.\n' in proc.stderr)
+
+
+def test_evaluate_maps_a_folder_of_some_classes_by_name(tmp_path, teacher_run):
+  """A hold-out folder with two of the run's ten classes: its labels are the run's, by name."""
+  examples = tfds.load('fashion_mnist', split='test[:200]').as_numpy_iterator()
+  held = {1: [], 8: []}  # Trouser, Bag.
+  for ex in examples:
+    if int(ex['label']) in held and len(held[int(ex['label'])]) < 4:
+      held[int(ex['label'])].append(ex['image'])
+  for label, pixels in held.items():
+    for i, image in enumerate(pixels):
+      os.makedirs(tmp_path / 'holdout' / 'test' / FASHION_NAMES[label], exist_ok=True)
+      Image.fromarray(image[..., 0]).save(tmp_path / 'holdout' / 'test' / FASHION_NAMES[label] /
+                                          f'{i}.png')
+  predictions = tmp_path / 'p.jsonl'
+  proc = run(command('big_distill.evaluate', f'--workdir={teacher_run}',
+                     f'--dataset=imagefolder:{tmp_path}/holdout', '--split=test',
+                     f'--data_dir={tmp_path}/tfds', f'--predictions={predictions}'))
+  assert (f"imagefolder:{tmp_path}/holdout holds 2 of the model's 10 classes (not: Ankle boot, "
+          'Coat, Dress, Pullover, Sandal, Shirt, Sneaker, T-shirt/top); its labels are the '
+          "model's, matched by name." in proc.stderr)
+  got = json.loads(proc.stdout.splitlines()[-1])
+  rows = [json.loads(l) for l in open(predictions)]
+  assert sorted(r['label'] for r in rows) == [1] * 4 + [8] * 4 and got['examples'] == 8
+  assert got['accuracy'] == np.mean([r['prediction'] == r['label'] for r in rows])
+
+
+def _other_classes(tmp_path) -> str:
+  for name in ('cat', 'dog'):
+    os.makedirs(tmp_path / 'pets' / 'test' / name)
+    Image.new('L', (28, 28)).save(tmp_path / 'pets' / 'test' / name / '1.png')
+  return f'imagefolder:{tmp_path}/pets'
 
 
 @pytest.mark.parametrize('case', [
     'no_model', 'two_models', 'teachers_of_supervised', 'weights_without_model', 'missing_run',
-    'predictions_dir', 'bad_step', 'no_images', 'not_an_image', 'colour_for_grey', 'bad_evals'])
+    'predictions_dir', 'bad_step', 'no_images', 'not_an_image', 'empty_file', 'truncated',
+    'folder_of_other_classes', 'bad_evals'])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, distill_run):
   text = tmp_path / 'notes.png'
   text.write_text('not an image')
+  (tmp_path / 'empty.jpg').write_bytes(b'')
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).save(
+      tmp_path / 'whole.png')
+  (tmp_path / 'cut.png').write_bytes((tmp_path / 'whole.png').read_bytes()[:300])
   predictions = tmp_path / 'out' / 'p.jsonl'
   cmd, message = {
       'no_model': (('evaluate',), 'Name one model'),
@@ -122,9 +204,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, d
                           'is a directory'),
       'bad_step': (('evaluate', f'--workdir={distill_run}', '--step=7'), '7'),
       'no_images': (('predict', f'--workdir={teacher_run}'), 'Name image files'),
-      'not_an_image': (('predict', f'--workdir={teacher_run}', str(text)), 'not a readable image'),
-      'colour_for_grey': (('predict', f'--workdir={teacher_run}',
-                           _color_image(str(tmp_path / 'c.png'))), 'has 3 channels'),
+      'not_an_image': (('predict', f'--workdir={teacher_run}', str(text)),
+                       f'1 file to classify is not a readable image: {text} (not an image file'),
+      'empty_file': (('predict', f'--workdir={teacher_run}', f'{tmp_path}/empty.jpg'),
+                     f'{tmp_path}/empty.jpg (empty file). Remove or replace it, or set '
+                     '--skip_bad_images'),
+      'truncated': (('predict', f'--workdir={teacher_run}', f'{tmp_path}/cut.png',
+                     f'{tmp_path}/whole.png'), f'{tmp_path}/cut.png ('),
+      'folder_of_other_classes': (
+          ('evaluate', f'--workdir={teacher_run}', f'--dataset={_other_classes(tmp_path)}',
+           '--split=test', f'--data_dir={tmp_path}/tfds'),
+          "the class folders test/cat/, test/dog/ are not among the model's classes "
+          '(T-shirt/top, Trouser,'),
       'bad_evals': (('main', f'--config={TEACHER_CONFIG}:runlocal=True',
                      f'--workdir={tmp_path}/run', '--config.evals=holdout'), 'NAME=SPLIT'),
   }[case]
@@ -133,4 +224,5 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, d
   assert proc.returncode == errors.BAD_INPUT, proc.stderr[-2000:]
   line, = error_lines(proc.stderr)
   assert line.startswith('big_distill: error: ') and message in line, line
+  assert 'Op:' not in line and '{{' not in line  # No TensorFlow text.
   assert {p: snapshot(p) for p in before} == before

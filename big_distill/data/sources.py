@@ -1,0 +1,104 @@
+"""A run's datasets by name, checked and described before anything is written: TFDS datasets and
+image folders (`folders`) behind one interface, for `build`'s `describe_data` and `create_data`.
+
+This is the one place that tells an image folder from a TFDS name for a run; `input_pipeline`
+reads the builders it gives.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from big_distill import errors
+from big_distill.data import folders, input_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset, checked: its class names and channels, its splits' sizes (`num_examples`,
+  TFDS's sub-split syntax), its builder (None for an image folder not prepared yet) and, for an
+  image folder, its description, to prepare it."""
+  class_names: tuple[str, ...]
+  channels: int
+  num_examples: Callable[[str], int]
+  builder: tfds.core.DatasetBuilder | None
+  folder: folders.Described | None = None
+
+  def prepare(self) -> tfds.core.DatasetBuilder:
+    """The builder, the image folder's copy written first if needed."""
+    return folders.prepare(self.folder) if self.folder else self.builder
+
+
+def describe(name: str, data_dir: str | None, *, labels: bool = True, read_tfds: bool = True,
+             **folder_options) -> Source:
+  """The dataset `name`, checked without writing anything: an image folder (`folders.describe`
+  with `folder_options`) or a TFDS dataset, which with `read_tfds` is prepared (downloaded) on
+  first use, as only then are its split sizes known, and otherwise only looked up (its
+  metadata: classes and channels)."""
+  if folders.is_folder(name):
+    described = folders.describe(name, data_dir, labels=labels, **folder_options)
+    return Source(described.classes, described.channels,
+                  functools.partial(folders.num_examples, described), described.builder,
+                  described)
+  if read_tfds:
+    builder = input_pipeline.get_builder(name, data_dir)
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise errors.BadInput(f'Unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
+  return Source(input_pipeline.class_names(builder) if labels else (),
+                input_pipeline.channels(builder),
+                functools.partial(input_pipeline.num_examples, builder), builder)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSources:
+  """A run's datasets (`describe_run`): the main one and the size of its train split, the extra
+  data (None without), and the eval sets: name -> (dataset, split)."""
+  main: Source
+  num_train: int
+  extra: Source | None
+  evals: dict[str, tuple[Source, str]]
+
+
+def describe_run(config: ml_collections.ConfigDict,
+                 evals: dict[str, tuple[str, str]]) -> RunSources:
+  """The datasets of a run's config, checked, nothing written: every configured split exists,
+  image folders are sound (with `config.input.skip_bad_images`, their unreadable files and empty
+  class folders left out), every eval set (`evals`: `build.parse_evals` of `config.evals`) has
+  the run's channels and class names; an image folder may hold some of the classes, its labels
+  then mapped to the run's by name (logged), and is converted to the run's channels."""
+  cfg = config.input
+  skip = cfg.get('skip_bad_images', False)  # Runs stored before the key existed lack it.
+  main = describe(cfg.dataset, cfg.data_dir, skip_bad=skip)
+  num_train = main.num_examples(cfg.train_split)
+  main.num_examples(cfg.eval_split)
+  extra = None
+  if cfg.extra_data.dataset:
+    extra = describe(cfg.extra_data.dataset, cfg.extra_data.data_dir, labels=False,
+                     skip_bad=skip)
+    extra.num_examples(cfg.extra_data.split)
+  sets = {}
+  for name, (split, dataset) in evals.items():
+    other = main
+    if folders.is_folder(dataset):
+      try:
+        other = describe(dataset, cfg.data_dir, classes=main.class_names, channels=main.channels,
+                         skip_bad=skip)
+      except errors.BadInput as e:
+        raise errors.BadInput(f'config.evals: {name}: {e}') from None
+    elif dataset:
+      other = describe(dataset, cfg.data_dir)
+      for what, get in (('classes', lambda s: s.class_names), ('channels', lambda s: s.channels)):
+        if get(other) != get(main):
+          raise errors.BadInput(
+              f'config.evals: {name} ({dataset}) has the {what} {get(other)}, {cfg.dataset} '
+              f'{get(main)}; an eval set needs the same (an image folder may hold some of the '
+              'classes).')
+    other.num_examples(split)
+    sets[name] = (other, split)
+  return RunSources(main, num_train, extra, sets)
