@@ -30,14 +30,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from ml_collections import config_flags
 
 from big_distill import build, cli, errors, parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'),
-    'A big_distill config: models, dataset (classes, channels), resolution, batch size.')
 _MEASURE = flags.DEFINE_list('measure', ['scaling', 'flops'], 'scaling and/or flops.')
 _DEVICES = flags.DEFINE_list('devices', ['1', '2', '4'], 'Simulated CPU device counts.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Fixed global batch (default: the config\'s).')
@@ -126,7 +122,7 @@ def flops(config: ml_collections.ConfigDict, resolution: int) -> None:
                    distill.teacher_params, images)
   student_step = gflops(student.train_step, student.abstract_state, (), batch, rng)
   print(json.dumps({
-      'measure': 'flops', 'config': config_flags.get_config_filename(flags.FLAGS['config']),
+      'measure': 'flops', 'config': flags.FLAGS.config.partition(':')[0],
       'resolution': resolution, 'flops_batch': b,
       'teacher_params_m': round(_count(distill.teacher_params) / 1e6, 2),
       'student_params_m': round(_count(student.abstract_state.params) / 1e6, 2),
@@ -140,9 +136,8 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def main(argv):
+def main(argv, config):
   del argv
-  config = _CONFIG.value
   resolution = _RESOLUTION.value or config.input.resolution
   if _WORKER.value:
     time_steps(config, resolution)
@@ -154,4 +149,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, config=_CONFIG)
+  cli.run(main, config=os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'))

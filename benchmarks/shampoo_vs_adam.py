@@ -25,14 +25,11 @@ import tempfile
 
 from absl import flags, logging
 import numpy as np
-from ml_collections import config_flags
+import ml_collections
 
 from benchmarks import comparison
 from big_distill import cli, train, workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/distill.py:teacher=/tmp/big_distill_demo/teacher',
-    'The distillation config every run starts from.')
 _EPOCHS = flags.DEFINE_float('epochs', 8.0, 'Adam\'s schedule length in epochs.')
 _FRACTIONS = flags.DEFINE_list('shampoo_fractions', ['0.25', '0.5'],
                                'Shampoo schedule lengths, as fractions of Adam\'s.')
@@ -45,9 +42,11 @@ _SHAMPOO = flags.DEFINE_string(
     'config.optimizer of the Shampoo runs, as JSON.')
 
 
-def run(optimizer: dict, lr: float, fraction: float, seed: int, workdir: str) -> dict:
-  """One complete run of `fraction` of Adam's schedule; its final accuracy and time."""
-  config = _CONFIG.value.copy_and_resolve_references()
+def run(config: ml_collections.ConfigDict, optimizer: dict, lr: float, fraction: float,
+        seed: int, workdir: str) -> dict:
+  """One complete run of `config` for `fraction` of Adam's schedule; its final accuracy and
+  time."""
+  config = config.copy_and_resolve_references()
   config.optimizer = optimizer
   config.lr = lr
   config.seed = seed
@@ -67,7 +66,7 @@ def run(optimizer: dict, lr: float, fraction: float, seed: int, workdir: str) ->
           'train_seconds': steps * sec_per_step}
 
 
-def main(argv):
+def main(argv, config):
   del argv
   logging.set_verbosity(logging.WARNING)
   shampoo = json.loads(_SHAMPOO.value)
@@ -78,7 +77,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for i, (name, optimizer, fraction, lr) in enumerate(plan):
       for seed in map(int, _SEEDS.value):
-        result = run(dict(optimizer), lr, fraction, seed, os.path.join(tmp, f'{i}_{seed}'))
+        result = run(config, dict(optimizer), lr, fraction, seed,
+                     os.path.join(tmp, f'{i}_{seed}'))
         print(json.dumps(result), flush=True)
         results.append({**result, 'fraction': fraction})
 
@@ -87,4 +87,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, config=_CONFIG)
+  cli.run(main, config='configs/distill.py:teacher=/tmp/big_distill_demo/teacher')

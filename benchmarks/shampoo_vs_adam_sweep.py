@@ -32,15 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 from benchmarks import comparison
 from big_distill import build, cli, configlib, errors, parallel, steps, variants
 from big_distill.optim import make_optimizer, make_schedule
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/distill.py:teacher=/tmp/big_distill_demo/teacher',
-    'The distillation config every setting starts from.')
 _TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', None,
                                        'Use the first this many training images (default: all).')
 _EPOCHS = flags.DEFINE_float('epochs', 8.0, 'Adam\'s schedule length in epochs.')
@@ -210,10 +206,10 @@ def grid(config: ml_collections.ConfigDict, num_train: int, fractions: list[str]
   return hps
 
 
-def main(argv):
+def main(argv, config):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value.copy_and_resolve_references()
+  config = config.copy_and_resolve_references()
   if _TRAIN_EXAMPLES.value:
     config.input.train_split = f'{config.input.train_split.split("[")[0]}[:{_TRAIN_EXAMPLES.value}]'
   run = build.create_run(config)
@@ -241,4 +237,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, config=_CONFIG)
+  cli.run(main, config='configs/distill.py:teacher=/tmp/big_distill_demo/teacher')

@@ -60,15 +60,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from ml_collections import config_flags
 
 from big_distill import build, cli, parallel, steps
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'),
-    'A big_distill config file.')
 _CHANNELS = flags.DEFINE_integer('channels', None, 'Image channels (default: the dataset\'s).')
 _CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: the dataset\'s).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Calls per timing.')
@@ -189,12 +185,12 @@ def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
   config.input.train_split, config.input.eval_split = train, evaluation
 
 
-def main(argv):
+def main(argv, config):
   del argv
   with tempfile.TemporaryDirectory() as directory:
     if _STANDIN.value:
-      make_standin(_CONFIG.value, directory)
-    benchmark(_CONFIG.value)
+      make_standin(config, directory)
+    benchmark(config)
 
 
 def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
@@ -338,4 +334,4 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, config=_CONFIG)
+  cli.run(main, config=os.path.join(ROOT, 'configs', 'distill.py:teacher_model=bit'))

@@ -1,22 +1,53 @@
-"""big_distill: knowledge distillation of big vision models into small ones (JAX/Flax)."""
+"""big_distill: knowledge distillation of big vision models into small ones (JAX/Flax).
 
-import importlib
+Importing the package imports nothing heavy. TensorFlow (the input pipeline, TFDS, TensorBoard and
+export use it) is imported by the modules that use it, when they are imported; its C++ start-up
+lines (oneDNN, CPU features: absl log lines that TF_CPP_MIN_LOG_LEVEL no longer silences) are kept
+off stderr by a hook on its first import (`_QuietTensorFlow`), whichever module imports it first.
+Written by hand: no library offers a quiet import of a C extension's start-up output.
+"""
+
+import contextlib
+import importlib.abc
+import importlib.machinery
 import os
+import sys
 
 
-def _import_tensorflow_quietly() -> None:
-  """Imports TensorFlow (only the input pipeline and TensorBoard use it) with its C++ start-up
-  chatter (oneDNN, CPU features: absl log lines that TF_CPP_MIN_LOG_LEVEL no longer silences)
-  kept off stderr. A failing import still raises, after stderr is back."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+@contextlib.contextmanager
+def _stderr_to_devnull():
+  """File descriptor 2 points at /dev/null (C++ code writes there, not to `sys.stderr`)."""
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   try:
     os.dup2(devnull, 2)
-    importlib.import_module('tensorflow')
+    yield
   finally:
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
 
 
-_import_tensorflow_quietly()
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+  """Finds `tensorflow` as Python would, and runs its module code with stderr silenced; a
+  failing import still raises, after stderr is back. Leaves `sys.meta_path` once used."""
+
+  def find_spec(self, name, path, target=None):
+    if name != 'tensorflow':
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def quietly(module):
+      with _stderr_to_devnull():
+        exec_module(module)
+
+    spec.loader.exec_module = quietly
+    return spec
+
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if 'tensorflow' not in sys.modules:
+  sys.meta_path.insert(0, _QuietTensorFlow())

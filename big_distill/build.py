@@ -20,10 +20,9 @@ import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from big_distill import configlib, console, errors, parallel, steps, variants
-from big_distill import workdir as workdir_lib
+from big_distill import checkpoint, configlib, console, errors, models, parallel, steps
 from big_distill import teachers as teachers_lib
-from big_distill import models
+from big_distill import variants, workdir as workdir_lib
 from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, loading
 from big_distill.optim import make_optimizer
@@ -44,6 +43,9 @@ class Data:
   extra_builder: tfds.core.DatasetBuilder | None = None
   # `config.evals`: name -> (builder, split).
   evals: dict[str, tuple[tfds.core.DatasetBuilder, str]] = dataclasses.field(default_factory=dict)
+  # The train and eval splits read (`input_pipeline.fit_split`); None: the config's.
+  splits: tuple[str, str] | None = None
+  full_name: str = ''  # TFDS's name/config/version of the dataset (known before it is prepared).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +93,20 @@ class Run:
         teacher_view=self.teacher_view if teacher_view is None else teacher_view,
         extra_builder=self.data.extra_builder)
 
-  def eval_batches(self, split: str | None = None, cache: bool | None = None) -> tf.data.Dataset:
-    return input_pipeline.eval_batches(self.config.input, self.data.builder, split=split,
-                                       cache=cache)
+  def eval_batches(self, split: str | None = None, cache: bool | None = None,
+                   builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:
+    """A split (default the eval split) of the dataset (or `builder`'s) as the run evaluates
+    it (`input_pipeline.eval_batches`), cached as `config.input.cache` says unless `cache`."""
+    cfg = self.config.input
+    return input_pipeline.eval_batches(
+        builder or self.data.builder, split or cfg.eval_split, batch_size=cfg.eval_batch_size,
+        resolution=cfg.resolution, central_crop=cfg.central_crop,
+        cache=cfg.cache if cache is None else cache)
 
   def eval_sets(self) -> dict[str, tf.data.Dataset]:
     """The eval split as `eval`, then `config.evals` under their names."""
     return {EVAL: self.eval_batches(), **{
-        name: input_pipeline.eval_batches(self.config.input, builder, split=split)
+        name: self.eval_batches(split, builder=builder)
         for name, (builder, split) in self.data.evals.items()}}
 
   def evaluate(self, variables: Any,
@@ -123,7 +131,7 @@ class Run:
     """What the fixed teachers' precomputed logits depend on (`teachers.fingerprint`)."""
     cfg = self.config.input
     return teachers_lib.fingerprint(
-        self.config.teachers, self.teacher_params, dataset=self.data.builder.info.full_name,
+        self.config.teachers, self.teacher_params, dataset=self.data.full_name,
         split=cfg.train_split, num_examples=self.data.num_train, resolution=cfg.resolution,
         central_crop=cfg.central_crop)
 
@@ -220,7 +228,8 @@ def create_data(config: ml_collections.ConfigDict, *, prepare: bool = True) -> D
   main = found.main
   return Data(len(main.class_names), main.channels, found.num_train, main.class_names, get(main),
               get(found.extra), {name: (get(source), split)
-                                 for name, (source, split) in found.evals.items()})
+                                 for name, (source, split) in found.evals.items()},
+              (found.train_split, found.eval_split), main.full_name)
 
 
 def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_lib.Teachers,
@@ -261,15 +270,20 @@ def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'loa
 
 
 def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
-               teacher_params: str = 'load') -> Run:
+               teacher_params: str = 'load', prepare: bool = True) -> Run:
   """Builds the run of `config` (see the module docstring). `data` replaces the dataset (the
-  benchmarks' random images); `teacher_params` is one of `TEACHER_PARAMS`. `Run.config` is
-  `config` with each teacher's architecture filled in (`resolve_models`)."""
+  benchmarks' random images); `teacher_params` is one of `TEACHER_PARAMS`; without `prepare`,
+  image folders are checked but not yet prepared (`prepare_data` writes them, once the caller's
+  own checks have passed too). `Run.config` is `config` with every model's architecture and the
+  splits it reads resolved (`resolve_models`, `input_pipeline.fit_split`)."""
   if teacher_params not in TEACHER_PARAMS:
     raise ValueError(f'teacher_params={teacher_params!r}; use one of {TEACHER_PARAMS}.')
   variant = validate(config)
   config, student_spec, teacher_specs = resolve_models(config, teacher_params)
-  data = data or create_data(config)
+  shape = data or describe_data(config)  # Checked; nothing written before every check passed.
+  if shape.splits:
+    config.input.update(train_split=shape.splits[0], eval_split=shape.splits[1])
+  data = shape
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   image_shape = (config.input.resolution, config.input.resolution, data.channels)
@@ -292,6 +306,8 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       params = jax.device_put(params, teacher_sharding)
     step_kwargs.update(teachers=teachers, variant=variant, temperature=config.temperature,
                        mixup_alpha=config.mixup_alpha)
+  if data.splits and prepare:
+    data = create_data(config)
   train_step = jax.jit(
       functools.partial(steps.train_step, **step_kwargs), donate_argnums=0,
       in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
@@ -310,6 +326,49 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       abstract_state=parallel.with_shardings(abstract, state_sharding),
       init_state=jax.jit(init, out_shardings=state_sharding), train_step=train_step,
       eval_step=eval_step, step_kwargs=step_kwargs)
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """What `big_distill.main` would run in `workdir`, every check done and nothing written: the
+  resolved config, the models with their parameter counts and the teachers' sources, the data,
+  the steps, and the step a restart would resume from. A TFDS dataset that is not prepared yet is
+  not downloaded: only its metadata is read (its sizes are then unknown, None)."""
+  cfg = config.input
+  data = None if sources.readable(cfg.dataset, cfg.data_dir) else dataset_shape(config)
+  run = create_run(workdir_lib.with_stored_models(config, workdir), data=data,
+                   teacher_params='abstract', prepare=False)
+  workdir_lib.check(run.config, workdir)
+  cfg = run.config.input
+  return {
+      'config': workdir_lib.config_json(run.config),
+      'student': dict(model=str(run.student_spec), parameters=_count(run.abstract_state.params),
+                      init=run.config.student.get('init') or None),
+      'teachers': [dict(model=str(spec), parameters=_count(params['params']),
+                        checkpoint=entry.get('checkpoint'),
+                        resolution=entry.get('resolution') or cfg.resolution)
+                   for spec, params, entry in zip(run.teachers.specs if run.teachers else (),
+                                                  run.teacher_params, run.config.teachers)],
+      'data': dict(dataset=cfg.dataset, classes=run.data.num_classes,
+                   class_names=list(run.data.class_names), channels=run.data.channels,
+                   train_split=cfg.train_split,
+                   train_examples=run.data.num_train if data is None else None,
+                   eval_split=cfg.eval_split, evals=sorted(run.data.evals)),
+      'steps': run.num_steps,
+      'epochs': run.num_steps * cfg.batch_size / run.data.num_train if data is None else None,
+      'devices': jax.device_count(),
+      'resumes_from_step': max(checkpoint.saved_steps(workdir), default=None),
+  }
+
+
+def _count(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def prepare_data(run: Run) -> Run:
+  """`run` with its image folders prepared (written into the TFDS data dir) if they were not."""
+  if not run.data.splits or run.data.builder is not None:
+    return run
+  return dataclasses.replace(run, data=create_data(run.config))
 
 
 def create_run_from_workdir(workdir: str, teacher_params: str = 'abstract') -> Run:

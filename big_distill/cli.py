@@ -1,25 +1,36 @@
-"""What every command shares: flag parsing and the error contract of `errors`.
+"""What every command shares: flags, config files, and the error contract of `errors`.
 
-  cli.run(main, config=_CONFIG)   # instead of absl's app.run(main)
+  def main(argv, config):  # `config`: the command's `--config=FILE[:ARG]` with its overrides.
+    ...
 
-Flags that cannot be parsed (an unknown flag or config key, a value of the wrong type, a missing
-required flag, a config file that does not exist or has no `get_config`) and the project's own
-errors end the command with one line `big_distill: error: ...` on stderr and the exit code of
-`errors`; any other exception keeps its traceback (exit 1).
+  if __name__ == '__main__':
+    define_flags()                     # The command's absl flags, defined only when it runs.
+    cli.run(main, config=True)         # Instead of absl's app.run(main).
+
+absl parses the flags; `configlib` reads the config file and applies its `--config.KEY=VALUE`
+overrides. A failure of either (an unknown flag, a value of the wrong type, a missing required
+flag, a config file that does not exist, does not run (its line) or has no `get_config`, an
+override of a key or list entry the config lacks) and the project's own errors end the command
+with one line `big_distill: error: ...` on stderr and the exit code of `errors.exit_code`; any
+other exception keeps its traceback (exit 1). Messages come from the exception types and their
+public fields, never from matching a library's text.
+
+This module imports nothing heavy, and the commands import JAX and TensorFlow only when they run
+(their `main`): `--help` and a misspelt flag answer at once, and `announce` says what a command is
+doing before it loads them.
 """
 
-import importlib.util
+import difflib
 import os
-import re
 import sys
 from typing import Callable
 
 from absl import app, flags
-import ml_collections
 
 from big_distill import console, errors
 
-ConfigFlag = flags.FlagHolder[ml_collections.ConfigDict]
+CONFIG = 'config'
+_OVERRIDE = f'--{CONFIG}.'
 
 
 def say(line: str) -> None:
@@ -35,17 +46,35 @@ def fail(message: str, code: int = errors.BAD_INPUT) -> None:
   sys.exit(code)
 
 
-def run(main: Callable[[list[str]], None], *, config: ConfigFlag | None = None,
-        positional: bool = False) -> None:
-  """`app.run(main)` with the error contract; `config` is the command's config-file flag;
-  `positional`: the command takes arguments besides its flags (`predict`'s image files)."""
+def run(main: Callable[..., None], *, config: bool | str = False, positional: bool = False,
+        announce: Callable[[], str] | None = None) -> None:
+  """`app.run(main)` with the error contract. `config`: the command takes `--config=FILE[:ARG]`
+  (a string: its default) and `--config.KEY=VALUE` overrides, and `main(argv, config)` gets the
+  resulting ConfigDict; `positional`: it takes arguments besides its flags (`predict`'s image
+  files); `announce`: the line (from the parsed flags) that says what it does, printed as it
+  starts."""
+  argv, overrides = _split_overrides(sys.argv)
+  if config:
+    flags.DEFINE_string(CONFIG, config if isinstance(config, str) else None,
+                        'The config file, FILE[:ARG] (ARG: the file\'s arguments); then '
+                        f'{_OVERRIDE}KEY=VALUE sets any of its keys.',
+                        required=not isinstance(config, str))
+  elif overrides:
+    argv = [argv[0], *overrides, *argv[1:]]  # absl refuses them: not a flag of this command.
 
-  def main_with_contract(argv: list[str]) -> None:
+  def main_with_contract(args: list[str]) -> None:
     console.start()
-    if len(argv) > 1 and not positional:
-      fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    if len(args) > 1 and not positional:
+      fail(f'unexpected arguments: {" ".join(args[1:])}')
     try:
-      main(argv)
+      if announce:
+        say(announce())
+      if config:
+        from big_distill import configlib  # pylint: disable=g-import-not-at-top  # Loads JAX.
+        path, _, arg = flags.FLAGS[CONFIG].value.partition(':')
+        main(args, configlib.override(configlib.load(path, arg or None), overrides))
+      else:
+        main(args)
     except errors.Error as e:
       if isinstance(e, errors.Preempted):
         say(f'big_distill: {e}')
@@ -54,88 +83,35 @@ def run(main: Callable[[list[str]], None], *, config: ConfigFlag | None = None,
         fail(str(e), e.exit_code)
       sys.exit(e.exit_code)
     except OSError as e:
-      fail(f'{e}', errors.IO_ERROR)
+      fail(f'{e}', errors.exit_code(e))
 
-  app.run(main_with_contract, flags_parser=lambda argv: _parse_flags(argv, config))
+  app.run(main_with_contract, argv=argv, flags_parser=_parse_flags)
 
 
-def _parse_flags(argv: list[str], config: ConfigFlag | None) -> list[str]:
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(argv without the config overrides, the overrides as `--config.KEY=VALUE`); an override's
+  value may also be the next argument (`--config.KEY VALUE`)."""
+  rest, overrides, args = [], [], iter(argv)
+  for arg in args:
+    if not arg.startswith(_OVERRIDE):
+      rest.append(arg)
+    elif '=' in arg:
+      overrides.append(arg)
+    else:
+      overrides.append(f'{arg}={next(args, "")}')
+  return rest, overrides
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every failure as one `big_distill: error:` line and exit 2."""
-  config_arg = next((a.split('=', 1)[1] for a in argv[1:]
-                     if config is not None and a.startswith(f'--{config.name}=')), None)
-  config_path = config_arg.split(':', 1)[0] if config_arg else None
   try:
-    if config_path and not os.path.exists(config_path):
-      raise errors.BadInput(f'config file {config_path} does not exist.')
-    rest = flags.FLAGS(argv)
-    if config is not None:
-      config.value  # Loads the config file now, if the flag has not yet.
-    return rest
+    return flags.FLAGS(argv)
   except flags.UnrecognizedFlagError as e:
-    message = _unknown_flag(e, config)
-  except IndexError:  # ml_collections: an override of a list entry that does not exist.
-    message = _missing_list_entry(argv, config_arg)
-  except AttributeError as e:  # An override of a key the config does not have.
-    message = (f'{config_path} has no get_config(arg) function.' if 'get_config' in str(e)
-               else _unknown_key(e, argv))
-  except (flags.Error, ValueError, OSError, TypeError) as e:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    message = ' '.join(lines[-1:] if len(lines) > 1 and 'Traceback' in str(e) else lines)
-    if 'get_config' in message:
-      message = f'{config_path} has no get_config(arg) function.'
-    message = message.split('Pass --helpshort')[0].strip()
-  fail(message)
-
-
-def _load_config(config_arg: str) -> ml_collections.ConfigDict | None:
-  """`get_config(arg)` of a `--config=FILE[:arg]` value (the flag's own value is unset when one
-  of its overrides failed), None if that fails too."""
-  path, _, arg = config_arg.partition(':')
-  try:
-    spec = importlib.util.spec_from_file_location('config_file', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-  except Exception:  # pylint: disable=broad-except  # Only for a better message.
-    return None
-
-
-def _unknown_flag(error: flags.UnrecognizedFlagError, config: ConfigFlag | None) -> str:
-  name = error.flagname
-  if config is not None and name.startswith(f'{config.name}.'):
-    return (f"unknown config key '{name[len(config.name) + 1:]}' in --{name}; the config file "
-            'and configlib.base_config() list the keys.')
-  hint = str(error).split('. Did you mean', 1)
-  return f'unknown flag --{name}' + (f'. Did you mean{hint[1]}' if len(hint) > 1 else
-                                     '; see --helpfull.')
-
-
-def _unknown_key(error: AttributeError, argv: list[str]) -> str:
-  inner = error.args[0] if error.args else error  # ml_collections wraps a KeyError('key\nhint').
-  key, *hint = str(inner.args[0] if isinstance(inner, KeyError) else inner).splitlines()
-  key = key.strip('\'"')
-  arg = next((a for a in argv if a.startswith('--config.') and f'.{key}' in a.split('=', 1)[0]),
-             f'--config...{key}')
-  return (f"unknown config key '{arg.split('=', 1)[0][len('--config.'):]}' in {arg}. "
-          f'{" ".join(hint) or "The config file and configlib.base_config() list the keys."}')
-
-
-def _missing_list_entry(argv: list[str], config_arg: str | None) -> str:
-  """The override of `config.<list>[i]` past the list's end, and how to add an entry."""
-  config = _load_config(config_arg) if config_arg else None
-  for arg in argv:
-    match = re.match(r'--config\.([\w.]+)\[(\d+)\]', arg)
-    if not match or config is None:
-      continue
-    name, index = match.group(1), int(match.group(2))
-    try:
-      entries = len(config[name])
-    except (KeyError, AttributeError, TypeError):
-      continue
-    if index >= entries:
-      how = (' List the teachers in the config argument, their checkpoints joined by "+" '
-             '(--config=FILE:teacher=A.npz+B.npz), then set --config.teachers[1].* as needed.'
-             if name == 'teachers' else '')
-      return (f'{arg.split("=", 1)[0]}: config.{name} has {entries} '
-              f'entr{"y" if entries == 1 else "ies"}, so [{index}] does not exist.{how}')
-  return 'an override names a list entry that the config does not have.'
+    name = e.flagname
+    if name.startswith(f'{CONFIG}.'):
+      fail(f'--{name}: this command takes no config file.')
+    close = difflib.get_close_matches(name, list(flags.FLAGS), n=1)
+    fail(f'unknown flag --{name}' + (f'; did you mean --{close[0]}?' if close else
+                                     '; see --helpfull.'))
+  except flags.Error as e:  # A value of the wrong type, a missing required flag.
+    fail(str(e))

@@ -10,7 +10,6 @@ import importlib.util
 import os
 import re
 import traceback
-from typing import Any
 
 from absl import flags
 import ml_collections
@@ -51,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'distill'  # 'supervised' (train on labels) or 'distill' (match frozen teachers).
   # Distillation setup (what the teacher sees): 'fixed' (un-augmented image), 'independent' (its
-  # own augmentation), 'consistent' (the student's augmented image), 'funmatch' (consistent + mixup).
+  # own augmentation), 'consistent' (the student's augmented image), 'funmatch' (consistent and
+  # mixup).
   c.variant = 'funmatch'
   # 'fixed' only: .npy file of precomputed teacher logits (relative paths are in the workdir),
   # computed on first use and reused by later runs; '' computes the teacher every step.

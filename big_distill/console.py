@@ -1,21 +1,22 @@
 """What a person sees while a command runs.
 
-On a terminal or in a notebook (Jupyter, Colab): a progress bar per stage (tqdm: steps, rate, ETA, and the latest loss and eval as
-postfix), warnings and errors on stderr, and the full absl log in `WORKDIR/log.txt` once the
+On a terminal or in a notebook (Jupyter, Colab): a progress bar per stage (tqdm: steps, rate,
+ETA, and the latest loss and eval as postfix), warnings and errors on stderr, and the full absl log in `WORKDIR/log.txt` once the
 command knows its workdir (`log_to`); records logged before that are kept and written first.
 Without a terminal (CI, a cluster's log) the absl log goes to stderr as always, no bars are drawn,
 and the log file is written too. Only process 0 draws bars.
 """
 
 import logging as std_logging
+import os
 import sys
 from typing import Any
 
 from absl import logging
-from etils import epath
-import jax
 import tqdm
 import tqdm.auto
+
+from big_distill import workdir
 
 _QUIET = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 # An orbax warning that says nothing wrong: a save without eval metrics while the best checkpoint
@@ -58,6 +59,7 @@ def in_notebook() -> bool:
 
 def interactive() -> bool:
   """Whether this process draws progress bars: process 0, on a terminal or in a notebook."""
+  import jax  # pylint: disable=g-import-not-at-top  # Commands start without it (`cli`).
   return (sys.stderr.isatty() or in_notebook()) and jax.process_index() == 0
 
 
@@ -75,11 +77,11 @@ def start() -> None:
   _state['handler'] = buffer
 
 
-def log_to(path: epath.Path) -> None:
+def log_to(path: str | os.PathLike) -> None:
   """Writes the log to `path` (local files only; a remote workdir keeps the stderr log alone),
   starting with what was logged so far."""
   buffer = _state.get('handler')
-  if not isinstance(buffer, _Buffer) or '://' in str(path):
+  if not isinstance(buffer, _Buffer) or workdir.is_remote(path):
     return
   handler = std_logging.FileHandler(path, encoding='utf-8')
   handler.setLevel(std_logging.INFO)

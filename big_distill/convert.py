@@ -18,11 +18,13 @@ from typing import Any
 
 from absl import flags
 
-from big_distill import build, checkpoint, cli, errors, models, workdir as workdir_lib
-from big_distill.models import loading
+from big_distill import cli, errors, workdir as workdir_lib
 
-def from_run(path: str, step: str) -> tuple[models.Spec, Any, dict[str, Any], str]:
+
+def from_run(path: str, step: str) -> tuple[Any, Any, dict[str, Any], str]:
   """(spec, model, variables, which checkpoint) of a run's student at `step`."""
+  from big_distill import build, checkpoint  # pylint: disable=g-import-not-at-top
+  from big_distill.models import loading  # pylint: disable=g-import-not-at-top
   run = build.create_run_from_workdir(path)
   variables, _, note = checkpoint.read_variables(path, step)
   loading.check_fits(variables, run.abstract_state.variables, f'{path} ({note})')
@@ -34,6 +36,8 @@ def convert(source: str, output: str, *, model: str | None = None, step: str = '
   """Writes the weights of `source` (a file, or a run's student at `step`) to `output` in the
   layout of its suffix; returns what it did, in words. `model`: the file's architecture where it
   is not what the file says."""
+  from big_distill import models  # pylint: disable=g-import-not-at-top  # Heavy: JAX, Flax.
+  from big_distill.models import loading  # pylint: disable=g-import-not-at-top
   suffix = os.path.splitext(output)[1]
   workdir_lib.check_writable(workdir_lib.path(output).parent, '--output')
   if not workdir_lib.path(source).exists():
@@ -77,4 +81,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, announce=lambda: f'big_distill.convert: reading {flags.FLAGS.input}.')

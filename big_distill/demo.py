@@ -14,18 +14,22 @@ from absl import flags
 from big_distill import cli, workdir as workdir_lib
 from big_distill.runs import CONFIGS, run_stage
 
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/big_distill_demo', 'Where both runs live.')
-_TEACHER_EPOCHS = flags.DEFINE_float('teacher_epochs', None, 'Override the teacher config.')
-_STUDENT_EPOCHS = flags.DEFINE_float('student_epochs', None, 'Override the student config.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', '/tmp/big_distill_demo', 'Where both runs live.')
+  flags.DEFINE_float('teacher_epochs', None, 'Override the teacher config.')
+  flags.DEFINE_float('student_epochs', None, 'Override the student config.')
 
 
 def main(argv):
   del argv
-  teacher_dir = os.path.join(_WORKDIR.value, 'teacher')
-  student_dir = os.path.join(_WORKDIR.value, 'student')
-  teacher_args = f':epochs={_TEACHER_EPOCHS.value}' if _TEACHER_EPOCHS.value else ''
+  teacher_dir = os.path.join(FLAGS.workdir, 'teacher')
+  student_dir = os.path.join(FLAGS.workdir, 'student')
+  teacher_args = f':epochs={FLAGS.teacher_epochs}' if FLAGS.teacher_epochs else ''
   student_args = f'teacher={teacher_dir}' + (
-      f',epochs={_STUDENT_EPOCHS.value}' if _STUDENT_EPOCHS.value else '')
+      f',epochs={FLAGS.student_epochs}' if FLAGS.student_epochs else '')
   t_teacher = run_stage('1/2 teacher', f'{CONFIGS}/teacher.py{teacher_args}',
                         teacher_dir)
   t_student = run_stage('2/2 student', f'{CONFIGS}/distill.py:{student_args}',
@@ -44,4 +48,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  define_flags()
+  cli.run(main, announce=lambda: f'big_distill.demo: a teacher and its student in {FLAGS.workdir}.')

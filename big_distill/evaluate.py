@@ -23,25 +23,28 @@ checked before a folder's prepared copy is written.
 import json
 
 from absl import flags, logging
-import ml_collections
 import numpy as np
 
-from big_distill import cli, errors, inference, losses, workdir as workdir_lib
-from big_distill.data import folders, input_pipeline, sources
+from big_distill import cli, errors, inference, workdir as workdir_lib
 
-_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name or imagefolder:/path (default: the '
-                               'run\'s).')
-_SPLIT = flags.DEFINE_string('split', None, 'Split, TFDS syntax (default: the run\'s eval split, '
-                             'else test).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: the run\'s).')
-_TEACHERS = flags.DEFINE_bool('teachers', False, 'Also evaluate the run\'s teachers and the '
-                              'student\'s agreement with them.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
-_SKIP_BAD = flags.DEFINE_bool('skip_bad_images', None, 'Image folders: leave out unreadable '
-                              'files and empty class folders (logged) instead of refusing them '
-                              '(default: the run\'s config.input.skip_bad_images, else False).')
-_PREDICTIONS = flags.DEFINE_string('predictions', None, 'Write per-example predictions (JSON '
-                                   'lines: index, label, prediction, probability) here.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  inference.define_flags()
+  flags.DEFINE_string('dataset', None, 'TFDS name or imagefolder:/path (default: the run\'s).')
+  flags.DEFINE_string('split', None, 'Split, TFDS syntax (default: the run\'s eval split, else '
+                      'test).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: the run\'s).')
+  flags.DEFINE_bool('teachers', False, 'Also evaluate the run\'s teachers and the student\'s '
+                    'agreement with them.')
+  flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
+  flags.DEFINE_bool('skip_bad_images', None, 'Image folders: leave out unreadable files and empty '
+                    'class folders (logged) instead of refusing them (default: the run\'s '
+                    'config.input.skip_bad_images, else False).')
+  flags.DEFINE_string('predictions', None, 'Write per-example predictions (JSON lines: index, '
+                      'label, prediction, probability) here.')
+
 
 ECE_BINS = 15
 
@@ -58,6 +61,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
 def metrics(logits: np.ndarray, labels: np.ndarray,
             teacher_logp: np.ndarray | None = None) -> dict[str, float]:
   """The evaluation of per-example `logits` against `labels` (and the teachers')."""
+  from big_distill import losses  # pylint: disable=g-import-not-at-top  # Loads JAX.
   probs = inference.softmax(logits)
   top5 = np.argsort(-logits, -1)[:, :min(5, logits.shape[-1])]
   out = {'examples': int(len(labels)),
@@ -74,10 +78,12 @@ def metrics(logits: np.ndarray, labels: np.ndarray,
 def collect(classifier: inference.Classifier, builder, split: str, batch_size: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
   """(index, label, logits, teacher log-probabilities or None) of every example of `split`."""
-  cfg = ml_collections.ConfigDict(dict(**classifier.input, eval_batch_size=batch_size,
-                                       cache=False))
+  from big_distill.data import input_pipeline  # pylint: disable=g-import-not-at-top  # Loads TF.
+  batches = input_pipeline.eval_batches(builder, split, batch_size=batch_size,
+                                        resolution=classifier.resolution,
+                                        central_crop=classifier.central_crop)
   parts = []
-  for batch in input_pipeline.eval_batches(cfg, builder, split=split).as_numpy_iterator():
+  for batch in batches.as_numpy_iterator():
     real = batch['mask'] == 1
     images = batch['image']
     part = [batch['index'][real], batch['label'][real], classifier.logits(images)[real]]
@@ -90,21 +96,23 @@ def collect(classifier: inference.Classifier, builder, split: str, batch_size: i
 
 def _dataset(classifier: inference.Classifier) -> tuple[str, str, str | None]:
   run = classifier.config.input if classifier.config else None
-  dataset = _DATASET.value or (run and run.dataset)
+  dataset = FLAGS.dataset or (run and run.dataset)
   if not dataset:
     raise errors.BadInput('--dataset is needed for a model that is not a run\'s.')
-  split = _SPLIT.value or (run.eval_split if run and dataset == run.dataset else 'test')
-  return dataset, split, _DATA_DIR.value or (run and run.data_dir)
+  split = FLAGS.split or (run.eval_split if run and dataset == run.dataset else 'test')
+  return dataset, split, FLAGS.data_dir or (run and run.data_dir)
 
 
-def _source(classifier: inference.Classifier, dataset: str, data_dir: str | None
-            ) -> sources.Source:
-  """The dataset checked against the model (see the module docstring); nothing written."""
+def _source(classifier: inference.Classifier, dataset: str, data_dir: str | None):
+  """The dataset (a `sources.Source`) checked against the model (see the module docstring);
+  nothing written."""
+  from big_distill.data import folders, sources  # pylint: disable=g-import-not-at-top
   names = classifier.class_names
   named = names != tuple(str(i) for i in range(classifier.num_classes))
   if folders.is_folder(dataset):
     run = classifier.config.input if classifier.config else {}
-    skip = _SKIP_BAD.value if _SKIP_BAD.value is not None else run.get('skip_bad_images', False)
+    skip = FLAGS.skip_bad_images
+    skip = run.get('skip_bad_images', False) if skip is None else skip
     own = folders.scan(dataset[len(folders.PREFIX):], labels=True, skip_bad=skip).classes
     by_name = named or set(own) <= set(names)
     source = sources.describe(dataset, data_dir, classes=names if by_name else None,
@@ -131,22 +139,22 @@ def _source(classifier: inference.Classifier, dataset: str, data_dir: str | None
 
 def main(argv):
   del argv
-  if _BATCH_SIZE.value < 1:
-    raise errors.BadInput(f'--batch_size={_BATCH_SIZE.value}; use a positive integer.')
-  if _PREDICTIONS.value:
-    output = workdir_lib.path(_PREDICTIONS.value)
+  if FLAGS.batch_size < 1:
+    raise errors.BadInput(f'--batch_size={FLAGS.batch_size}; use a positive integer.')
+  if FLAGS.predictions:
+    output = workdir_lib.path(FLAGS.predictions)
     if output.is_dir():
-      raise errors.BadInput(f'--predictions={_PREDICTIONS.value} is a directory; name a file.')
+      raise errors.BadInput(f'--predictions={FLAGS.predictions} is a directory; name a file.')
     workdir_lib.check_writable(output.parent, '--predictions')
-  classifier = inference.from_flags(teachers=_TEACHERS.value)
+  classifier = inference.from_flags(teachers=FLAGS.teachers)
   dataset, split, data_dir = _dataset(classifier)
   source = _source(classifier, dataset, data_dir)
   source.num_examples(split)
   builder = source.prepare()
-  index, labels, logits, teacher_logp = collect(classifier, builder, split, _BATCH_SIZE.value)
+  index, labels, logits, teacher_logp = collect(classifier, builder, split, FLAGS.batch_size)
   result = {'model': classifier.description, 'dataset': dataset, 'split': split,
             **metrics(logits, labels, teacher_logp)}
-  if _PREDICTIONS.value:
+  if FLAGS.predictions:
     probs = inference.softmax(logits)
     lines = [json.dumps({'index': int(i), 'label': int(l), 'prediction': int(p.argmax()),
                          'probability': float(p.max())})
@@ -162,4 +170,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  define_flags()
+  cli.run(main, announce=lambda: (
+      f'big_distill.evaluate: loading the model of {inference.source()}.'))

@@ -18,10 +18,9 @@ the command says which one it wrote. Docs: docs/deployment.md.
 
 from absl import flags
 
-from big_distill import build, checkpoint, cli, errors, serving, workdir as workdir_lib
-from big_distill.models import loading
+from big_distill import cli, errors, workdir as workdir_lib
 
-FORMATS = ('npz', *serving.FORMATS)
+FORMATS = ('npz', 'savedmodel', 'tflite')  # `serving.FORMATS` after the first.
 
 def check_flags(fmt: str, output: str, int8: bool, batch_size: int | None) -> None:
   """Bad flags and outputs, before anything is read or written."""
@@ -50,6 +49,8 @@ def export(workdir: str, output: str, fmt: str = 'npz', *, int8: bool = False,
   """Writes the student of the run in `workdir` at `step` to `output` as `fmt`; returns what it
   wrote, in words."""
   check_flags(fmt, output, int8, batch_size)
+  from big_distill import build, checkpoint, serving  # pylint: disable=g-import-not-at-top
+  from big_distill.models import loading  # pylint: disable=g-import-not-at-top
   run = build.create_run_from_workdir(workdir)
   layout = run.student_spec.family.writer('.npz')
   if fmt == 'npz' and layout is None:
@@ -87,4 +88,5 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, announce=lambda: f'big_distill.export: the student of {flags.FLAGS.workdir} as '
+          f'{flags.FLAGS.format}.')

@@ -10,42 +10,52 @@ central crop); an exported model gets them as the uint8 pixels a deployed app wo
 """
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from absl import flags
-import jax
-import ml_collections
 import numpy as np
+import scipy.special
 
-from big_distill import build, checkpoint, errors, models, teachers as teachers_lib
-from big_distill.models import loading
+from big_distill import errors
 
 Logits = Callable[[np.ndarray], np.ndarray]
+FLAGS = flags.FLAGS
 
-WORKDIR = flags.DEFINE_string('workdir', None, 'A run: its student (and teachers, --teachers).')
-STEP = flags.DEFINE_string('step', 'best', 'The run\'s checkpoint: best, latest, or a step.')
-WEIGHTS = flags.DEFINE_string('weights', None, 'A weights file (.npz, .safetensors, .pth).')
-MODEL = flags.DEFINE_string('model', None, 'Architecture of --weights: family[:k=v,...] or '
-                            'timm:<timm name> (default: what the file says).')
-EXPORTED = flags.DEFINE_string('exported', None, 'A SavedModel directory or .tflite file '
-                               'written by big_distill.export.')
-CHANNELS = flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.')
-RESOLUTION = flags.DEFINE_integer('resolution', None, '--weights: input side (default: a ViT '
-                                  'file\'s own grid, else 224).')
-CENTRAL_CROP = flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction.')
+
+def define_flags() -> None:
+  """The flags that name a model, for `evaluate` and `predict` (`from_flags`)."""
+  flags.DEFINE_string('workdir', None, 'A run: its student (and teachers, --teachers).')
+  flags.DEFINE_string('step', 'best', 'The run\'s checkpoint: best, latest, or a step.')
+  flags.DEFINE_string('weights', None, 'A weights file (.npz, .safetensors, .pth).')
+  flags.DEFINE_string('model', None, 'Architecture of --weights: family[:k=v,...] or '
+                      'timm:<timm name> (default: what the file says).')
+  flags.DEFINE_string('exported', None, 'A SavedModel directory or .tflite file written by '
+                      'big_distill.export.')
+  flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.')
+  flags.DEFINE_integer('resolution', None, '--weights: input side (default: a ViT file\'s own '
+                       'grid, else 224).')
+  flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction.')
+
+
+def source() -> str:
+  """The model the flags name, in words, before it is loaded (for `cli.run`'s `announce`)."""
+  return next((f'--{name}={FLAGS[name].value}' for name in ('workdir', 'weights', 'exported')
+               if FLAGS[name].value), 'no model')
 
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
   """`logits(images)`: float32 [batch, R, R, channels] in [-1, 1] (`input_pipeline.eval_image`
-  with `input`) -> [batch, classes]. `teacher_logits`, where asked for and the run has teachers:
-  the same for the teachers' combined prediction (log-probabilities at temperature 1)."""
+  at `resolution` and `central_crop`) -> [batch, classes]. `teacher_logits`, where asked for and
+  the run has teachers: the same for the teachers' combined prediction (log-probabilities at
+  temperature 1)."""
   description: str
   logits: Logits
   class_names: tuple[str, ...]
-  input: ml_collections.ConfigDict  # resolution and central_crop, as config.input has them.
+  resolution: int
+  central_crop: float
   channels: int
-  config: ml_collections.ConfigDict | None = None  # A run's config.
+  config: Any = None  # A run's config (a ConfigDict).
   teacher_logits: Logits | None = None
 
   @property
@@ -54,27 +64,24 @@ class Classifier:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-  """Probabilities of per-row `logits`, as NumPy."""
-  return np.asarray(jax.nn.softmax(logits, axis=-1))
+  """Probabilities of per-row `logits` (SciPy's softmax)."""
+  return scipy.special.softmax(logits, axis=-1)
 
 
 def from_flags(*, teachers: bool = False) -> Classifier:
   """The classifier the flags name (exactly one source); `teachers` loads a run's teachers."""
-  given = [f.name for f in (WORKDIR, WEIGHTS, EXPORTED) if f.value]
+  given = [name for name in ('workdir', 'weights', 'exported') if FLAGS[name].value]
   if len(given) != 1:
     raise errors.BadInput('Name one model: --workdir=RUN, --weights=FILE --model=ARCH, or '
                           f'--exported=PATH (given: {", ".join(given) or "none"}).')
-  if teachers and not WORKDIR.value:
+  if teachers and not FLAGS.workdir:
     raise errors.BadInput('--teachers needs --workdir (a run names its teachers).')
-  if WORKDIR.value:
-    return from_workdir(WORKDIR.value, STEP.value, teachers=teachers)
-  if WEIGHTS.value:
-    return from_weights(WEIGHTS.value, MODEL.value)
-  return from_export(EXPORTED.value)
-
-
-def _input(resolution: int, central_crop: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(resolution=resolution, central_crop=central_crop))
+  if FLAGS.workdir:
+    return from_workdir(FLAGS.workdir, FLAGS.step, teachers=teachers)
+  if FLAGS.weights:
+    return from_weights(FLAGS.weights, FLAGS.model, channels=FLAGS.channels,
+                        resolution=FLAGS.resolution, central_crop=FLAGS.central_crop)
+  return from_export(FLAGS.exported)
 
 
 def _names(names: tuple[str, ...] | list[str], count: int) -> tuple[str, ...]:
@@ -83,6 +90,10 @@ def _names(names: tuple[str, ...] | list[str], count: int) -> tuple[str, ...]:
 
 def from_workdir(workdir: str, step: str = 'best', *, teachers: bool = False) -> Classifier:
   """A run's student at `step` (best, latest or a number), and its teachers if asked for."""
+  import jax  # pylint: disable=g-import-not-at-top  # The heavy modules, when a model loads.
+  from big_distill import build, checkpoint  # pylint: disable=g-import-not-at-top
+  from big_distill import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  from big_distill.models import loading  # pylint: disable=g-import-not-at-top
   run = build.create_run_from_workdir(workdir, teacher_params='load' if teachers else 'abstract')
   if teachers and not run.distill:
     raise errors.BadInput(f'--teachers: {workdir} is a supervised run, without teachers.')
@@ -97,20 +108,23 @@ def from_workdir(workdir: str, step: str = 'best', *, teachers: bool = False) ->
   return Classifier(
       f'the student of {note}', lambda x: np.asarray(student(x)),
       _names(run.data.class_names, run.data.num_classes),
-      _input(cfg.resolution, cfg.central_crop), run.data.channels, run.config,
+      cfg.resolution, cfg.central_crop, run.data.channels, run.config,
       teacher_logits and (lambda x: np.asarray(teacher_logits(x))))
 
 
-def from_weights(path: str, model: str | None) -> Classifier:
+def from_weights(path: str, model: str | None, *, channels: int = 3,
+                 resolution: int | None = None, central_crop: float = 1.0) -> Classifier:
   """A weights file and its architecture (`models.resolve`; None: what the file says), at
-  `--resolution`."""
+  `resolution` (None: the file's own, else 224)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_distill import models  # pylint: disable=g-import-not-at-top
+  from big_distill.models import loading  # pylint: disable=g-import-not-at-top
   spec, net, variables, side = loading.model_from_file(
-      path, models.resolve(model, '--model') if model else None, channels=CHANNELS.value,
-      resolution=RESOLUTION.value)
+      path, models.resolve(model, '--model') if model else None, channels=channels,
+      resolution=resolution)
   apply = jax.jit(lambda x: net.apply(variables, x))
   return Classifier(f'the {spec} model of {path}', lambda x: np.asarray(apply(x)),
-                    _names((), net.num_classes), _input(side, CENTRAL_CROP.value),
-                    CHANNELS.value)
+                    _names((), net.num_classes), side, central_crop, channels)
 
 
 def from_export(path: str) -> Classifier:
@@ -122,4 +136,4 @@ def from_export(path: str) -> Classifier:
   return Classifier(f'the exported model {path}',
                     lambda images: exported.logits_from_pixels(serving.to_pixels(images)),
                     _names(meta['class_names'], len(meta['class_names'])),
-                    _input(meta['resolution'], meta['central_crop']), meta['channels'])
+                    meta['resolution'], meta['central_crop'], meta['channels'])

@@ -13,40 +13,43 @@ Anything else is a single-process run and initialises nothing.
 
 import glob
 import importlib.util
+import json
 import os
 
 from absl import flags, logging
-import jax
-from ml_collections import config_flags
 
-from big_distill import cli, errors, train
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (big_distill configs/).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, config.')
-flags.mark_flags_as_required(['config', 'workdir'])
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'Multi-process: HOST:PORT of process 0 (default: the '
-    'environment variable JAX_COORDINATOR_ADDRESS); needs --num_processes and --process_id.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Multi-process: number of processes (default: $JAX_NUM_PROCESSES).')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'Multi-process: this process, 0 .. N-1 (default: $JAX_PROCESS_ID).')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR',
-                                            '~/.cache/big_distill/jax'),
-    'JAX\'s persistent compilation cache (local or gs://), so that a restarted run skips '
-    'compiling; empty: off.')
+from big_distill import cli, errors
 
 GOOGLE_PCI_VENDOR = '0x1ae0'
 PCI_ACCELERATOR_CLASS = '0x12'  # "Processing accelerators" (a TPU chip; not Google's gVNIC NIC).
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, config.',
+                      required=True)
+  flags.DEFINE_bool('dry_run', False, 'Print the resolved config and what the run would build '
+                    '(models, data, steps, teachers\' sources), then exit, writing nothing.')
+  flags.DEFINE_string(
+      'coordinator_address', None, 'Multi-process: HOST:PORT of process 0 (default: the '
+      'environment variable JAX_COORDINATOR_ADDRESS); needs --num_processes and --process_id.')
+  flags.DEFINE_integer('num_processes', None,
+                       'Multi-process: number of processes (default: $JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', None,
+                       'Multi-process: this process, 0 .. N-1 (default: $JAX_PROCESS_ID).')
+  flags.DEFINE_string(
+      'compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                                              '~/.cache/big_distill/jax'),
+      'JAX\'s persistent compilation cache (local or gs://), so that a restarted run skips '
+      'compiling; empty: off.')
 
 
 def distributed_args() -> tuple[str, int, int] | None:
   """(coordinator, processes, id) from the flags, else the environment; None if nothing is set."""
-  args = [flag.value if flag.value is not None else os.environ.get(var) for flag, var in (
-      (_COORDINATOR, 'JAX_COORDINATOR_ADDRESS'), (_NUM_PROCESSES, 'JAX_NUM_PROCESSES'),
-      (_PROCESS_ID, 'JAX_PROCESS_ID'))]
+  args = [FLAGS[name].value if FLAGS[name].value is not None else os.environ.get(var)
+          for name, var in (('coordinator_address', 'JAX_COORDINATOR_ADDRESS'),
+                            ('num_processes', 'JAX_NUM_PROCESSES'),
+                            ('process_id', 'JAX_PROCESS_ID'))]
   if args == [None] * 3:
     return None
   address, num, pid = args
@@ -80,19 +83,28 @@ def init_distributed() -> None:
   args = distributed_args()
   if args is None and not cluster_detected():
     return
+  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Collectives across CPU hosts.
   jax.distributed.initialize(*(args or ()))  # No arguments: JAX reads the cluster's layout.
 
 
-def main(argv):
+def main(argv, config):
   del argv
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(_COMPILATION_CACHE.value))
   init_distributed()
+  import jax  # pylint: disable=g-import-not-at-top  # After `jax.distributed.initialize`.
+  from big_distill import build, train  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache_dir))
+  if FLAGS.dry_run:
+    print(json.dumps(build.dry_run(config, FLAGS.workdir), indent=2))
+    return
   logging.info('JAX process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  cli.run(main, config=_CONFIG)
+  define_flags()
+  cli.run(main, config=True, announce=lambda: (
+      f'big_distill.main: {"a dry run of" if FLAGS.dry_run else "starting"} {FLAGS.config} in '
+      f'{FLAGS.workdir}: loading JAX and TensorFlow, then the data and the models.'))

@@ -21,21 +21,25 @@ import sys
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 from big_distill import cli, errors, inference
-from big_distill.data import images, input_pipeline
 
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes shown per image.')
-_JSON = flags.DEFINE_bool('json', False, 'One JSON line per image instead of a table.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.')
-_SKIP_BAD = flags.DEFINE_bool('skip_bad_images', False, 'Leave out files that are not readable '
-                              'images (counted on stderr) instead of refusing them.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  inference.define_flags()
+  flags.DEFINE_integer('top_k', 5, 'Classes shown per image.')
+  flags.DEFINE_bool('json', False, 'One JSON line per image instead of a table.')
+  flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.')
+  flags.DEFINE_bool('skip_bad_images', False, 'Leave out files that are not readable images '
+                    '(counted on stderr) instead of refusing them.')
 
 
 def image_files(paths: list[str]) -> list[str]:
   """The files named, and every file under the folders named (sorted, recursive), but those
   `images.ignored` leaves out."""
+  from big_distill.data import images  # pylint: disable=g-import-not-at-top  # Loads TensorFlow.
   if not paths:
     raise errors.BadInput('Name image files or folders after the flags, e.g. '
                           'python -m big_distill.predict --workdir=RUN photo.jpg.')
@@ -59,8 +63,11 @@ def image_files(paths: list[str]) -> list[str]:
 def load_image(path: str, classifier: inference.Classifier) -> np.ndarray:
   """`path` decoded and preprocessed for `classifier`: float32 [R, R, C] in [-1, 1]; raises
   `images.Unreadable`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from big_distill.data import images, input_pipeline  # pylint: disable=g-import-not-at-top
   pixels = images.load(path, classifier.channels)
-  return input_pipeline.eval_image(tf.constant(pixels), classifier.input).numpy()
+  return input_pipeline.eval_image(tf.constant(pixels), classifier.resolution,
+                                   classifier.central_crop).numpy()
 
 
 def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
@@ -71,7 +78,8 @@ def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
 
 
 def main(argv):
-  if _TOP_K.value < 1 or _BATCH_SIZE.value < 1:
+  from big_distill.data import images  # pylint: disable=g-import-not-at-top
+  if FLAGS.top_k < 1 or FLAGS.batch_size < 1:
     raise errors.BadInput('--top_k and --batch_size must be positive.')
   files = image_files(argv[1:])
   classifier = inference.from_flags()
@@ -79,21 +87,22 @@ def main(argv):
     raise errors.BadInput(f'{classifier.description} takes {classifier.channels}-channel images; '
                           'image files are grey (1 channel) or RGB (3).')
   loaded, bad = images.read_all(files, lambda f: load_image(f, classifier))
-  images.report_bad(bad, 'to classify', skip=_SKIP_BAD.value, skip_option='--skip_bad_images')
+  images.report_bad(bad, 'to classify', skip=FLAGS.skip_bad_images,
+                    skip_option='--skip_bad_images')
   files = [f for f in files if f in loaded]
   if not files:
     raise errors.BadInput('None of the files named is a readable image.')
-  run = f', in {inference.WORKDIR.value}' if inference.WORKDIR.value else ''  # Files: named.
+  run = f', in {FLAGS.workdir}' if FLAGS.workdir else ''  # Files name themselves.
   print(f'Classifying {len(files)} image{"s" if len(files) > 1 else ""} with '
         f'{classifier.description}{run}.', file=sys.stderr, flush=True)
-  k = min(_TOP_K.value, classifier.num_classes)
+  k = min(FLAGS.top_k, classifier.num_classes)
   results = []
-  for start in range(0, len(files), _BATCH_SIZE.value):
-    batch = [loaded[f] for f in files[start:start + _BATCH_SIZE.value]]
+  for start in range(0, len(files), FLAGS.batch_size):
+    batch = [loaded[f] for f in files[start:start + FLAGS.batch_size]]
     results += top_k(classifier.logits(np.stack(batch)), k)
   names = classifier.class_names
   for path, top in zip(files, results):
-    if _JSON.value:
+    if FLAGS.json:
       print(json.dumps({'file': path, 'top': [
           {'class': c, 'name': names[c], 'probability': p} for c, p in top]}))
     else:
@@ -101,4 +110,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, positional=True)
+  define_flags()
+  cli.run(main, positional=True, announce=lambda: (
+      f'big_distill.predict: loading the model of {inference.source()}.'))

@@ -150,7 +150,7 @@ def _run_dir(path: str) -> str:
   path = path.rstrip('/')
   if os.path.basename(path) == workdir_lib.CHECKPOINTS:
     path = os.path.dirname(path)
-  return path if '://' in path else os.path.realpath(path)
+  return path if workdir_lib.is_remote(path) else os.path.realpath(path)
 
 
 def _steps_per_epoch(config: dict, records: list[dict]) -> float | None:
@@ -454,17 +454,20 @@ def write_report(runs: list[Run], output_dir: str) -> list[str]:
   return paths
 
 
-_WORKDIRS = flags.DEFINE_list('workdirs', None, 'Comma-separated run workdirs.', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'Directory for results.md and the plots.',
-                              required=True)
-_LABELS = flags.DEFINE_list('labels', None, 'Names of the runs (default: workdir base names).')
+def define_flags() -> None:
+  flags.DEFINE_list('workdirs', None, 'Comma-separated run workdirs.', required=True)
+  flags.DEFINE_string('output', None, 'Directory for results.md and the plots.', required=True)
+  flags.DEFINE_list('labels', None, 'Names of the runs (default: workdir base names).')
 
 
 def main(argv):
   del argv
-  paths = write_report(load_runs(_WORKDIRS.value, _LABELS.value), _OUTPUT.value)
+  f = flags.FLAGS
+  paths = write_report(load_runs(f.workdirs, f.labels), f.output)
   print('\n'.join(f'Wrote {p}' for p in paths))
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  define_flags()
+  cli.run(main, announce=lambda: (
+      f'big_distill.report: {len(flags.FLAGS.workdirs)} runs into {flags.FLAGS.output}.'))

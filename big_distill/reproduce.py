@@ -35,22 +35,24 @@ from absl import flags
 from big_distill import cli, variants
 from big_distill.runs import CONFIGS, Stage, finished, plan, run_command, run_stage
 
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/fmnist_repro', 'Where every run lives.')
-_TEACHER = flags.DEFINE_string('teacher', None, 'A finished teacher run (default: train one).')
-_EPOCHS = flags.DEFINE_list('epochs', ['1', '3', '9'], 'Schedule lengths in epochs.')
-_VARIANTS = flags.DEFINE_list('variants', list(variants.NAMES), 'Teaching setups to compare.')
-_AUGMENT = flags.DEFINE_string('augment', 'inception_crop', 'The students\' augmentation.')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'config.seed of the runs: one run per seed.')
-_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    'train_examples', None, 'Train the students on the first N examples of the train split '
-    '(default: all of it).')
-_OPTIMIZER = flags.DEFINE_enum('optimizer', 'adam', ['adam', 'shampoo'],
-                               'The students\' optimizer.')
-_BASELINE = flags.DEFINE_bool('baseline', False,
-                              'Also train the student from scratch on labels (supervised).')
-_OVERRIDES = flags.DEFINE_multi_string(
-    'override', [], 'KEY=VALUE: --config.KEY=VALUE for every student run (repeatable), e.g. '
-    'input.batch_size=256.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', '/tmp/fmnist_repro', 'Where every run lives.')
+  flags.DEFINE_string('teacher', None, 'A finished teacher run (default: train one).')
+  flags.DEFINE_list('epochs', ['1', '3', '9'], 'Schedule lengths in epochs.')
+  flags.DEFINE_list('variants', list(variants.NAMES), 'Teaching setups to compare.')
+  flags.DEFINE_string('augment', 'inception_crop', 'The students\' augmentation.')
+  flags.DEFINE_list('seeds', ['0'], 'config.seed of the runs: one run per seed.')
+  flags.DEFINE_integer('train_examples', None, 'Train the students on the first N examples of '
+                       'the train split (default: all of it).')
+  flags.DEFINE_enum('optimizer', 'adam', ['adam', 'shampoo'], 'The students\' optimizer.')
+  flags.DEFINE_bool('baseline', False, 'Also train the student from scratch on labels '
+                    '(supervised).')
+  flags.DEFINE_multi_string('override', [], 'KEY=VALUE: --config.KEY=VALUE for every student run '
+                            '(repeatable), e.g. input.batch_size=256.')
+
 
 def _report(root: str, teacher: str) -> None:
   """`big_distill.report` of every finished run in `root` but the teacher, into `root`."""
@@ -63,14 +65,14 @@ def _report(root: str, teacher: str) -> None:
 
 def main(argv):
   del argv
-  root = os.path.abspath(_WORKDIR.value)
-  teacher = os.path.abspath(_TEACHER.value or os.path.join(root, 'teacher'))
-  students = plan(root, teacher, epochs=_EPOCHS.value, variant_names=_VARIANTS.value,
-                  seeds=_SEEDS.value, train_examples=_TRAIN_EXAMPLES.value,
-                  optimizer=_OPTIMIZER.value, baseline=_BASELINE.value,
-                  augment=_AUGMENT.value, overrides=_OVERRIDES.value)
+  root = os.path.abspath(FLAGS.workdir)
+  teacher = os.path.abspath(FLAGS.teacher or os.path.join(root, 'teacher'))
+  students = plan(root, teacher, epochs=FLAGS.epochs, variant_names=FLAGS.variants,
+                  seeds=FLAGS.seeds, train_examples=FLAGS.train_examples,
+                  optimizer=FLAGS.optimizer, baseline=FLAGS.baseline, augment=FLAGS.augment,
+                  overrides=FLAGS.override)
   stages = list(enumerate(students, 1))
-  if not _TEACHER.value:
+  if not FLAGS.teacher:
     stages.insert(0, (0, Stage('teacher', f'{CONFIGS}/teacher.py', teacher)))
   ran = False
   for i, stage in stages:
@@ -87,4 +89,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  define_flags()
+  cli.run(main, announce=lambda: f'big_distill.reproduce: planning the runs in {FLAGS.workdir}.')

@@ -11,8 +11,7 @@ import time
 
 import ml_collections
 
-from big_distill import checkpoint, configlib, errors, variants, workdir as workdir_lib
-from big_distill.data import input_pipeline
+from big_distill import errors, variants, workdir as workdir_lib
 
 
 def _configs_dir() -> str:
@@ -54,6 +53,7 @@ def finished(workdir: str) -> bool:
   data = workdir_lib.read_data(workdir) if os.path.isdir(workdir) else None
   if data is None or not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
     return False
+  from big_distill import checkpoint, configlib  # pylint: disable=g-import-not-at-top  # JAX.
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   return configlib.total_steps(config, data['num_train']) in checkpoint.saved_steps(workdir)
 
@@ -75,11 +75,13 @@ class Stage:
 
 def _config_file(name: str, arg: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of `CONFIGS/<name>`."""
+  from big_distill import configlib  # pylint: disable=g-import-not-at-top  # Loads JAX.
   return configlib.load(os.path.join(CONFIGS, name), arg)
 
 
 def _resolve(name: str, arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
   """The config `big_distill.main` builds from `--config=CONFIGS/<name>:<arg> <overrides>`."""
+  from big_distill import configlib  # pylint: disable=g-import-not-at-top  # Loads JAX.
   return configlib.override(_config_file(name, arg), overrides)
 
 
@@ -109,6 +111,8 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
   for item in overrides:
     if '=' not in item:
       raise errors.BadInput(f'--override: {item!r} is not KEY=VALUE.')
+  from big_distill import configlib  # pylint: disable=g-import-not-at-top  # JAX, TensorFlow.
+  from big_distill.data import input_pipeline  # pylint: disable=g-import-not-at-top
   student = _config_file('distill.py', f'teacher={teacher}')
   builder = input_pipeline.get_builder(student.input.dataset, student.input.data_dir)
   split = student.input.train_split

@@ -53,7 +53,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from big_distill import build, errors, workdir as workdir_lib
-from big_distill.data import input_pipeline
+from big_distill.data import images, input_pipeline
 
 METADATA = 'big_distill.json'  # Inside a SavedModel directory.
 FORMATS = ('savedmodel', 'tflite')
@@ -122,11 +122,10 @@ class StudentModule(tf.Module):
       return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
 
     def preprocess(image: tf.Tensor) -> tf.Tensor:
-      return input_pipeline.eval_image(image, cfg)
+      return input_pipeline.eval_image(image, cfg.resolution, cfg.central_crop)
 
     def decode(encoded: tf.Tensor) -> tf.Tensor:
-      image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-      return preprocess(image)
+      return preprocess(images.decode(encoded, channels))
 
     self.signature_functions = {'pixels_at_resolution': tf.function(
         lambda images: outputs(input_pipeline.to_float(images)),
@@ -372,6 +371,5 @@ def pixels_at_resolution(image: np.ndarray, metadata: dict[str, Any]) -> np.ndar
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != channels:
     raise errors.BadInput(f'Expected a uint8 [height, width, {channels}] image, not '
                           f'{image.dtype} {list(image.shape)}.')
-  cfg = ml_collections.ConfigDict(dict(resolution=metadata['resolution'],
-                                       central_crop=metadata['central_crop']))
-  return to_pixels(input_pipeline.eval_image(tf.constant(image), cfg).numpy())
+  return to_pixels(input_pipeline.eval_image(tf.constant(image), metadata['resolution'],
+                                             metadata['central_crop']).numpy())

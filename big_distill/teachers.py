@@ -5,7 +5,6 @@ fingerprint of the teachers and data they came from)."""
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any, Callable, Iterable
 
 from absl import logging
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from big_distill import errors, models
+from big_distill import errors, models, workdir
 from big_distill.models import loading
 
 
@@ -136,7 +135,7 @@ def read_cached(path: epath.Path, meta: dict[str, Any]) -> np.ndarray | None:
                           f'or data (differs in: {", ".join(stale)}); delete it or set '
                           'config.teacher_logits_cache to a new path.')
   logging.info('Reusing the teacher logits in %s.', path)
-  if '://' in os.fspath(path):
+  if workdir.is_remote(path):
     with path.open('rb') as f:
       return np.load(f)
   return np.load(path, mmap_mode='r')

@@ -27,8 +27,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the step it has finished and raise `errors.Preempted`.
   """
   with preemption.Preemption() as preempt:
-    run = build.create_run(workdir_lib.with_stored_models(config, workdir))
-    config = run.config  # With every model's architecture resolved.
+    run = build.create_run(workdir_lib.with_stored_models(config, workdir), prepare=False)
+    config = run.config  # With every model's architecture and split resolved.
     workdir_lib.check(config, workdir)
     logits = _cached_teacher_logits(run, workdir)
     saved = checkpoint.saved_steps(workdir)  # A resumed run needs no `student.init`.
@@ -36,6 +36,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_params = build.load_student_init(run) if init and not saved else None
     if preempt.requested:  # During start-up: nothing new to save.
       raise errors.Preempted(max(saved, default=0))
+    run = build.prepare_data(run)  # Every check has passed: image folders may be written.
 
     workdir_lib.create(workdir)
     console.log_to(workdir_lib.log_file(workdir, jax.process_index()))

@@ -37,6 +37,11 @@ RUNTIME_KEYS = ('mesh.', 'profile.', 'log_every_steps', 'eval_every_steps',
                 'input.data_dir')
 
 
+def is_remote(p: str | os.PathLike) -> bool:
+  """Whether `p` names a remote path (`gs://...`: no local file locks, memory maps or logs)."""
+  return '://' in os.fspath(p)
+
+
 def path(workdir: str | os.PathLike) -> epath.Path:
   """`workdir` as an absolute `epath.Path` (local, or remote such as `gs://bucket/dir`)."""
   p = epath.Path(workdir)
@@ -91,7 +96,7 @@ def check_writable(target: str | os.PathLike, flag: str) -> None:
   """Refuses a local path that cannot be created or written, creating nothing: its nearest
   existing ancestor must be a writable directory. Remote paths are not checked here."""
   p = path(target)
-  if '://' in os.fspath(p):
+  if is_remote(p):
     return
   existing = p
   while not existing.exists():

@@ -85,7 +85,9 @@ def params(workdir_: str, step: int | str = 'latest') -> list[np.ndarray]:
 
 def eval_images(input_cfg, builder) -> tuple[np.ndarray, np.ndarray]:
   """The eval split's images and labels as a run's eval pipeline gives them (padding dropped)."""
-  batches = list(input_pipeline.eval_batches(input_cfg, builder).as_numpy_iterator())
+  batches = list(input_pipeline.eval_batches(
+      builder, input_cfg.eval_split, batch_size=input_cfg.eval_batch_size,
+      resolution=input_cfg.resolution, central_crop=input_cfg.central_crop).as_numpy_iterator())
   mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
   return (np.concatenate([b['image'] for b in batches])[mask],
           np.concatenate([b['label'] for b in batches])[mask])

@@ -90,7 +90,9 @@ def test_augmentations_crop_and_flip():
 
 def test_eval_batches_cover_the_split_once_with_padding(fmnist_builder):
   cfg = _input_config()
-  batches = list(input_pipeline.eval_batches(cfg, fmnist_builder).as_numpy_iterator())
+  batches = list(input_pipeline.eval_batches(
+      fmnist_builder, cfg.eval_split, batch_size=cfg.eval_batch_size, resolution=cfg.resolution,
+      central_crop=cfg.central_crop).as_numpy_iterator())
   assert [len(b['label']) for b in batches] == [48, 48, 48]
   masks = np.concatenate([b['mask'] for b in batches])
   assert masks.sum() == 100 and masks[:100].all() and not masks[100:].any()

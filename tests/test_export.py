@@ -67,7 +67,8 @@ def exported(teacher_run, fmnist_builder, tmp_path_factory):
   # Another size (not square, not the resolution): resized and cropped inside the model.
   other = tf.cast(tf.round(tf.image.resize(pixels, (36, 30))), tf.uint8).numpy()
   forward = jax.jit(lambda images: state.student.apply(variables, images, train=False))
-  eval_images = lambda images: np.stack([input_pipeline.eval_image(i, cfg) for i in images])
+  eval_images = lambda images: np.stack([
+      input_pipeline.eval_image(i, cfg.resolution, cfg.central_crop) for i in images])
   return dict(paths=paths, procs=procs, step=step, pixels=pixels, other_size=other,
               labels=raw['label'], logits=np.asarray(forward(eval_images(pixels))),
               other_logits=np.asarray(forward(eval_images(other))), run=state)

@@ -14,7 +14,7 @@ import pytest
 
 from big_distill import checkpoint, convert, export, models, train, workdir
 from big_distill.models import family, loading, normalization
-from tests.helpers import TEACHER_CONFIG, FUNMATCH_CONFIG, get_config
+from tests.helpers import get_config
 
 
 class Toy(nn.Module):

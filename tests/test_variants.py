@@ -29,7 +29,8 @@ def _input_config(**overrides) -> ml_collections.ConfigDict:
 
 def _plain_images(builder, split: str, cfg) -> dict[bytes, int]:
   """{bytes of an un-augmented (eval-preprocessed) image of `split`: its index}."""
-  ds = input_pipeline.eval_batches(cfg, builder, split=split, cache=False)
+  ds = input_pipeline.eval_batches(builder, split, batch_size=cfg.eval_batch_size,
+                                   resolution=cfg.resolution, central_crop=cfg.central_crop)
   return {img.tobytes(): int(i) for b in ds.as_numpy_iterator()
           for img, i, m in zip(b['image'], b['index'], b['mask']) if m}
 
@@ -197,8 +198,9 @@ def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
   assert meta['split'] == 'train[:1024]' and meta['num_examples'] == 1024
   # The cached rows are the teacher's logits on the plain images, computed independently here.
   cfg = _input_config(train_split='train[:1024]')
-  plain = next(input_pipeline.eval_batches(cfg, fmnist_builder, split='train[:1024]')
-               .as_numpy_iterator())
+  plain = next(input_pipeline.eval_batches(
+      fmnist_builder, 'train[:1024]', batch_size=cfg.eval_batch_size, resolution=cfg.resolution,
+      central_crop=cfg.central_crop).as_numpy_iterator())
   teacher = models.resolve('bit:depth=14,width=0.25').create(10)
   expected = teacher.apply(checkpoint.read_variables(teacher_run, 'latest')[0],
                            plain['image'][:16])

@@ -40,21 +40,18 @@ for the lock): the first writes the copy, the others then read it.
 """
 
 import collections
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import re
-from typing import Iterator
 
 from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import errors
-from big_distill.data import images
+from big_distill.data import images, locks
 
 PREFIX = 'imagefolder:'
 NAME = 'image_folder'
@@ -242,7 +239,7 @@ def prepare(described: Described) -> tfds.core.DatasetBuilder:
   """The prepared TFDS dataset of a described folder; writes it if it does not exist yet."""
   if described.builder:
     return described.builder
-  with _folder_lock(described.folder.root):
+  with locks.exclusive(described.folder.root):
     if not tf.io.gfile.exists(os.path.join(described.path, 'dataset_info.json')):
       _write(described)
   return tfds.builder_from_directory(described.path)
@@ -402,14 +399,3 @@ def _write(described: Described) -> None:
   ImageFolderDataset(data_dir=os.path.dirname(os.path.dirname(config_dir)),
                      config=os.path.basename(config_dir)).download_and_prepare(
                          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-
-
-@contextlib.contextmanager
-def _folder_lock(path: str) -> Iterator[None]:
-  """Holds an exclusive lock on the folder `path` itself, which creates no file."""
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)  # Released when the descriptor is closed.
-    yield
-  finally:
-    os.close(fd)

@@ -12,11 +12,11 @@ image (no extra key), its own augmentation or the un-augmented image (`teacher_i
 but the example's position in the split (`index`), to look up precomputed logits.
 """
 
-import contextlib
-import fcntl
 import os
-from typing import Iterator
+import re
+from typing import Callable, Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import errors, variants
-from big_distill.data import folders, offline
+from big_distill.data import folders, images, locks, offline
 
 Batch = dict[str, np.ndarray]
 AUGMENTATIONS = ('crop_flip', 'inception_crop', 'none')
@@ -65,7 +65,7 @@ def get_builder(name: str, data_dir: str | None = None, *,
         f'download ({" ".join(instructions.split())}); put those files into {manual_dir}, or set '
         'config.input.data_dir to a TFDS data dir that holds the prepared dataset.')
   lock = os.path.join(builder.data_dir_root, f'.{name.replace("/", "_")}.prepare.lock')
-  with _host_lock(lock):
+  with locks.exclusive(lock):
     builder = tfds.builder(name, data_dir=data_dir)  # Another process may have prepared it.
     if not builder.is_prepared():
       if offline.local_files_available(name):
@@ -74,19 +74,6 @@ def get_builder(name: str, data_dir: str | None = None, *,
       else:
         builder.download_and_prepare()
   return builder
-
-
-@contextlib.contextmanager
-def _host_lock(path: str) -> Iterator[None]:
-  """Holds an exclusive lock on the local file `path`; no lock for a remote path (gs://...),
-  where datasets are prepared before a run."""
-  if '://' in path:
-    yield
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file is closed.
-    yield
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -98,6 +85,21 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
                       for name, info in builder.info.splits.items())
     raise errors.BadInput(f'Split {split!r} of {builder.name}: '
                           f'{str(e).strip(chr(39)).splitlines()[0]} Its splits: {sizes}.') from e
+
+
+def fit_split(split: str, num_examples: Callable[[str], int]) -> str:
+  """`split`, or where it is `NAME[:N]` (`runlocal`'s slice) and NAME has fewer than N examples,
+  all of NAME, with a warning: the first N examples, as Python slices them. `num_examples` gives
+  a split's size (bad input for a split that does not exist)."""
+  match = re.fullmatch(r'(\w+)\[:(\d+)\]', split)
+  if match:
+    available = num_examples(match[1])
+    if available < int(match[2]):
+      logging.warning('%s asks for the first %s examples of %d; using all of them (%s).', split,
+                      match[2], available, match[1])
+      return match[1]
+  num_examples(split)
+  return split
 
 
 def num_classes(builder: tfds.core.DatasetBuilder) -> int:
@@ -129,17 +131,17 @@ def _match_channels(image: tf.Tensor, num_channels: int) -> tf.Tensor:
   return tf.image.grayscale_to_rgb(image) if num_channels == 3 else tf.image.rgb_to_grayscale(image)
 
 
-def eval_image(image: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
+def eval_image(image: tf.Tensor, resolution: int, central_crop: float) -> tf.Tensor:
   """Un-augmented: short side resized to `resolution / central_crop`, centre crop, float32."""
   image = to_float(image)
   shape = tf.shape(image)
-  scale = cfg.resolution / cfg.central_crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
-  size = tf.maximum(cfg.resolution, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale),
-                                            tf.int32))
-  if cfg.central_crop != 1.0 or tuple(image.shape[:2]) != (cfg.resolution, cfg.resolution):
+  scale = resolution / central_crop / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+  size = tf.maximum(resolution, tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale),
+                                        tf.int32))
+  if central_crop != 1.0 or tuple(image.shape[:2]) != (resolution, resolution):
     image = _resize(image, size)
-  top, left = (size[0] - cfg.resolution) // 2, (size[1] - cfg.resolution) // 2
-  return tf.image.crop_to_bounding_box(image, top, left, cfg.resolution, cfg.resolution)
+  top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+  return tf.image.crop_to_bounding_box(image, top, left, resolution, resolution)
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
@@ -208,11 +210,11 @@ def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
   ds = ds.enumerate(start=first_epoch * size).skip(into_epoch)
   base_seed = tf.constant([0, seed], tf.int64)
-  decode = builder.info.features['image'].decode_example
+  num_channels = channels(builder)
 
   def preprocess(position, indexed):
     index, example = indexed
-    example = {**example, 'image': decode(example['image'])}
+    example = {**example, 'image': images.decode(example['image'], num_channels)}
     return views(example, index, tf.random.experimental.stateless_fold_in(base_seed, position))
 
   return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -250,7 +252,7 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
       out['teacher_image'] = augment(
           image, tf.random.experimental.stateless_fold_in(example_seed, 1), cfg)
     elif teacher_view == variants.UNAUGMENTED:
-      out['teacher_image'] = eval_image(image, cfg)
+      out['teacher_image'] = eval_image(image, cfg.resolution, cfg.central_crop)
     elif teacher_view == variants.INDEX:
       out['index'] = tf.cast(index, tf.int32)
     return out
@@ -277,30 +279,31 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def eval_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                 split: str | None = None, cache: bool | None = None) -> tf.data.Dataset:
-  """A split (default the eval split) un-augmented, padded to whole global batches.
+def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int,
+                 resolution: int, central_crop: float, cache: bool = False) -> tf.data.Dataset:
+  """A split un-augmented (`eval_image`), in global batches of `batch_size`, the last padded.
 
   `mask` marks real examples and `index` is each one's position in the split. Every process
   yields the same number of batches, as the eval step is a global computation.
   """
-  split = split or cfg.eval_split
   procs = jax.process_count()
-  local_batch = cfg.eval_batch_size // procs
+  local_batch = batch_size // procs
   per_process = -(-num_examples(builder, split) // procs)
   steps = -(-per_process // local_batch)
   (_, subsplit, offset), = process_slices(builder, split, procs, drop_remainder=False)
-  ds = builder.as_dataset(split=subsplit, shuffle_files=False).enumerate(start=offset)
+  ds = builder.as_dataset(split=subsplit, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()}).enumerate(start=offset)
   num_channels = channels(builder)
 
   def preprocess(index, example):
-    return {'image': eval_image(_match_channels(example['image'], num_channels), cfg),
+    image = images.decode(example['image'], num_channels)
+    return {'image': eval_image(image, resolution, central_crop),
             'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32),
             'index': tf.cast(index, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
   ds = ds.concatenate(padding).take(steps * local_batch).batch(local_batch)
-  if cfg.cache if cache is None else cache:
+  if cache:
     ds = ds.cache()
   return ds.prefetch(tf.data.AUTOTUNE)

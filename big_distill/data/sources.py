@@ -27,6 +27,13 @@ class Source:
   builder: tfds.core.DatasetBuilder | None
   folder: folders.Described | None = None
 
+  @property
+  def full_name(self) -> str:
+    """TFDS's `name/config/version` of the dataset (an image folder's prepared copy's)."""
+    if self.folder:
+      return f'{folders.NAME}/{self.folder.folder.config_name(self.channels)}/{folders.VERSION}'
+    return self.builder.info.full_name
+
   def prepare(self) -> tfds.core.DatasetBuilder:
     """The builder, the image folder's copy written first if needed."""
     return folders.prepare(self.folder) if self.folder else self.builder
@@ -55,11 +62,25 @@ def describe(name: str, data_dir: str | None, *, labels: bool = True, read_tfds:
                 functools.partial(input_pipeline.num_examples, builder), builder)
 
 
+def readable(name: str, data_dir: str | None) -> bool:
+  """Whether describing the dataset `name` writes nothing: an image folder (checked, prepared
+  only later) or a TFDS dataset already prepared in `data_dir`."""
+  if folders.is_folder(name):
+    return True
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except tfds.core.registered.DatasetNotFoundError:
+    return True  # `describe` says it is unknown, writing nothing.
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSources:
-  """A run's datasets (`describe_run`): the main one and the size of its train split, the extra
-  data (None without), and the eval sets: name -> (dataset, split)."""
+  """A run's datasets (`describe_run`): the main one, its train and eval splits
+  (`input_pipeline.fit_split`) and the train split's size, the extra data (None without), and the
+  eval sets: name -> (dataset, split)."""
   main: Source
+  train_split: str
+  eval_split: str
   num_train: int
   extra: Source | None
   evals: dict[str, tuple[Source, str]]
@@ -75,8 +96,8 @@ def describe_run(config: ml_collections.ConfigDict,
   cfg = config.input
   skip = cfg.get('skip_bad_images', False)  # Runs stored before the key existed lack it.
   main = describe(cfg.dataset, cfg.data_dir, skip_bad=skip)
-  num_train = main.num_examples(cfg.train_split)
-  main.num_examples(cfg.eval_split)
+  train_split = input_pipeline.fit_split(cfg.train_split, main.num_examples)
+  eval_split = input_pipeline.fit_split(cfg.eval_split, main.num_examples)
   extra = None
   if cfg.extra_data.dataset:
     extra = describe(cfg.extra_data.dataset, cfg.extra_data.data_dir, labels=False,
@@ -101,4 +122,4 @@ def describe_run(config: ml_collections.ConfigDict,
               'classes).')
     other.num_examples(split)
     sets[name] = (other, split)
-  return RunSources(main, num_train, extra, sets)
+  return RunSources(main, train_split, eval_split, main.num_examples(train_split), extra, sets)

@@ -1,0 +1,27 @@
+"""One process of a host at a time: the processes of a multi-process run that start together
+prepare a dataset once (TFDS's own preparation fails in all but the first to finish)."""
+
+import contextlib
+import fcntl
+import os
+from typing import Iterator
+
+from big_distill import workdir
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+  """Holds an exclusive `flock` on `path` while the block runs: on a directory itself (nothing is
+  created), or on a file, created if missing. No lock on a remote path (gs://...), where datasets
+  are prepared before a run."""
+  if workdir.is_remote(path):
+    yield
+    return
+  if not os.path.isdir(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # Released when the descriptor is closed.
+    yield
+  finally:
+    os.close(fd)
