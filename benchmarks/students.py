@@ -48,8 +48,7 @@ def measure(path: str) -> dict:
   cost = forward.lower(variables, images[:1]).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {
-      'measure': 'student', 'workdir': path, 'model': run.config.student.model,
-      'student': {k: v for k, v in run.config.student.items() if k not in ('model', 'init')},
+      'measure': 'student', 'workdir': path, 'model': str(run.student_spec),
       'steps': step, 'epochs': final.get('epoch'),
       'student_accuracy': final.get('eval/student_accuracy'),
       'teacher_accuracy': final.get('eval/teacher_accuracy'),

@@ -51,8 +51,8 @@ def run(main: Callable[..., None], *, config: bool | str = False, positional: bo
   """`app.run(main)` with the error contract. `config`: the command takes `--config=FILE[:ARG]`
   (a string: its default) and `--config.KEY=VALUE` overrides, and `main(argv, config)` gets the
   resulting ConfigDict; `positional`: it takes arguments besides its flags (`predict`'s image
-  files); `announce`: the line (from the parsed flags) that says what it does, printed as it
-  starts."""
+  files); `announce`: the line (from the parsed flags) that says what it does, printed on a
+  terminal as it starts."""
   argv, overrides = _split_overrides(sys.argv)
   if config:
     flags.DEFINE_string(CONFIG, config if isinstance(config, str) else None,
@@ -67,7 +67,7 @@ def run(main: Callable[..., None], *, config: bool | str = False, positional: bo
     if len(args) > 1 and not positional:
       fail(f'unexpected arguments: {" ".join(args[1:])}')
     try:
-      if announce:
+      if announce and sys.stderr.isatty():  # A person waits; a log has absl's lines.
         say(announce())
       if config:
         from big_distill import configlib  # pylint: disable=g-import-not-at-top  # Loads JAX.

@@ -6,6 +6,7 @@ Config files call `base_config()` and set what their run needs, so every run car
 of keys and a command-line override of a misspelt key fails loudly.
 """
 
+import difflib
 import importlib.util
 import os
 import re
@@ -41,7 +42,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     elif default is None:
       result[key] = value
     else:
-      result[key] = type(default)(value)
+      try:
+        result[key] = type(default)(value)
+      except ValueError:
+        raise errors.BadInput(f'Config argument {key}={value!r} is not a '
+                              f'{type(default).__name__}.') from None
   return result
 
 
@@ -176,9 +181,11 @@ def _check_key(config: ml_collections.ConfigDict, item: str, flag: str) -> None:
   node, walked = config, flag
   for name, index in re.findall(r'([^.\[\]]+)(?:\[(\d+)\])?', path):
     if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      known = ', '.join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ''
-      raise errors.BadInput(f'{item.split("=", 1)[0]}: {walked} has no key {name!r}'
-                            + (f' (its keys: {known}).' if known else '.'))
+      keys = sorted(node) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(name, keys, n=1)
+      hint = (f'; did you mean {close[0]!r}?' if close else
+              f' (its keys: {", ".join(keys)}).' if keys else '.')
+      raise errors.BadInput(f'{item.split("=", 1)[0]}: {walked} has no key {name!r}{hint}')
     node, walked = node[name], f'{walked}.{name}'
     if index:
       if not isinstance(node, (list, tuple)) or int(index) >= len(node):

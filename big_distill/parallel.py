@@ -32,8 +32,11 @@ def mesh_shape(data: int, fsdp: int, devices: int) -> tuple[int, int]:
 
 
 def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
-  """A (data, fsdp) mesh over every device of every process, in `jax.devices()` order (so each
-  process's devices hold consecutive rows of the batch)."""
+  """A (data, fsdp) mesh over every device of every process, in `jax.devices()` order, so that
+  each process's devices hold consecutive rows of the batch: a global batch is then the same on
+  any process layout with the same `input.data_shards` (mixup pairs neighbouring rows).
+  `jax.make_mesh` is not used: it orders devices by the chips' physical topology, which can
+  interleave the processes' devices along the batch."""
   shape = mesh_shape(data, fsdp, jax.device_count())
   return Mesh(np.asarray(jax.devices()).reshape(shape), AXES)
 

@@ -15,9 +15,9 @@ one model for every batch size. Its forward pass is `jax.vmap`ped over single im
 the shapes inside the model are static: with a symbolic batch, jnp's strided slices (BiT's
 strided 1x1 convolutions) lower to dynamic gathers. A TFLite model has a fixed batch size
 instead (1 by default, as on a phone): the converter turns a symbolic batch into shape
-arithmetic around every layer, which TFLite runs about 7 times slower than the same model at a
-fixed batch, where convolutions stay the runtime's own optimised kernels (`Exported` feeds it
-larger inputs in chunks of that size).
+arithmetic around every layer, which TFLite runs far slower than the same model at a fixed
+batch, where convolutions stay the runtime's own optimised kernels (`Exported` feeds it larger
+inputs in chunks of that size).
 
 A SavedModel has three signatures, each with outputs `logits` and `probabilities` (float32
 [batch, classes]), all computing exactly what the run's eval computes:

@@ -27,9 +27,9 @@ class Teachers:
   Their weights travel separately, as a tuple of one variables dict per teacher
   (`{'params': ...}`, plus `batch_stats` for BatchNorm models), here called `params`.
   """
-  specs: tuple[models.Spec, ...]
   models: tuple[nn.Module, ...]
   resolutions: tuple[int | None, ...]
+  specs: tuple[models.Spec, ...] = ()  # What each model is (`resolve`).
 
   def logits(self, params: tuple[Any, ...], images: jax.Array) -> jax.Array:
     """[batch, teacher, class] logits; each teacher sees `images` resized to its resolution."""
@@ -66,8 +66,8 @@ def build(specs: tuple[models.Spec, ...], entries: list[ml_collections.ConfigDic
           num_classes: int, dtype: str = 'float32') -> Teachers:
   """The (unloaded) teachers of `specs` (`resolve`) at the resolutions of their config
   `entries`, computing in `dtype`."""
-  return Teachers(specs, tuple(spec.create(num_classes, dtype) for spec in specs),
-                  tuple(entry.get('resolution') for entry in entries))
+  return Teachers(tuple(spec.create(num_classes, dtype) for spec in specs),
+                  tuple(entry.get('resolution') for entry in entries), specs)
 
 
 def init_params(teachers: Teachers, image_shape: tuple[int, int, int],

@@ -4,6 +4,8 @@ A run is resumable at any point: its data and randomness are functions of (seed,
 same command continues from the newest intact checkpoint with the batches it would have seen.
 """
 
+import contextlib
+import functools
 import itertools
 import time
 from typing import Any, Iterator
@@ -72,65 +74,33 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
   rng = jax.random.PRNGKey(config.seed)
   writer = metrics.create_writer(workdir)
   writer.write_hparams(workdir_lib.flatten(config.to_dict()))
-
-  def batches_from(step: int) -> Iterator[dict[str, np.ndarray]]:
-    stream = run.train_batches(step)
-    if logits is not None:  # The fixed teachers' logits, looked up by the examples' index.
-      stream = ({**b, 'teacher_logits': np.asarray(logits[b.pop('index')])} for b in stream)
-    return stream
-
+  batches_from = functools.partial(_batches, run, logits)
   batches = parallel.prefetch_to_mesh(batches_from(start_step), run.mesh, config.input.prefetch)
-  train_step = run.train_step
-  if start_step < num_steps:  # Compiled ahead of time, to report the compile time.
-    batch = next(batches)
-    t_compile = time.perf_counter()
-    with console.Bar('compile', total=1, leave=False) as bar:
-      train_step = train_step.lower(state, run.teacher_params, batch, rng).compile()
-      bar.update()
-    writer.write_scalars(start_step + 1,
-                         {'train/compile_seconds': time.perf_counter() - t_compile})
-    batches = itertools.chain([batch], batches)
-  eval_sets = run.eval_sets()
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                             every_secs=30)
-  hooks = [progress]
-  if config.profile.num_steps:
-    hooks.append(periodic_actions.Profile(
-        logdir=workdir, num_profile_steps=config.profile.num_steps, profile_duration_ms=None,
-        first_profile=config.profile.first_step, every_secs=None))
+  train_step, batches = _compiled(run, state, batches, rng, writer)
+  eval_sets, hooks = run.eval_sets(), _hooks(config, num_steps, writer, workdir)
   logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
                num_steps, config.input.batch_size, jax.device_count())
-  eval_results, pending, t_log = {}, [], time.time()
+  train_log, eval_results = _TrainLog(writer, run), {}
   bar = console.Bar('train', total=num_steps, initial=start_step)
   try:
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, run.teacher_params, next(batches), rng)
-      pending.append(step_metrics)
+      train_log.add(step_metrics)
       for hook in hooks:
         hook(step)
       preempted = preempt.reached(manager, step)
-      log_now = step % config.log_every_steps == 0 or step == num_steps
       eval_now = step % config.eval_every_steps == 0 or step == num_steps
       save_now = (step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
                   or (keep_best and eval_now))
-      if log_now or save_now:
-        pending = jax.device_get(pending)
-        _check_finite(pending, step - len(pending) + 1, manager, batches_from)
-      if log_now:
-        means = {f'train/{k}': float(np.mean([m[k] for m in pending])) for k in pending[0]}
-        now = time.time()
-        means['train/img_per_sec'] = len(pending) * config.input.batch_size / (now - t_log)
-        means['epoch'] = step * config.input.batch_size / run.data.num_train
-        writer.write_scalars(step, means)
-        pending, t_log = [], now
-        bar.update(0, loss=f'{means["train/loss"]:.4g}')
+      if save_now:
+        train_log.check(step, manager, batches_from)  # Nothing non-finite is saved.
+      if step % config.log_every_steps == 0 or step == num_steps:
+        bar.update(0, loss=f'{train_log.write(step, manager, batches_from):.4g}')
       if eval_now:
-        t_eval = time.time()
-        with progress.timed('eval'):
+        with hooks[0].timed('eval'), train_log.paused():
           eval_results = run.evaluate(state.variables, eval_sets)
         writer.write_scalars(step, eval_results)
-        t_log += time.time() - t_eval  # Training throughput leaves out the time of eval.
         bar.update(0, eval=f'{checkpoint.best_metric(eval_results):.2%}')
       if save_now:
         checkpoint.save(manager, step, state, eval_results if eval_now and keep_best else None)
@@ -143,6 +113,80 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
     bar.close()
     writer.flush()
   return eval_results or run.evaluate(state.variables, eval_sets)
+
+
+def _batches(run: build.Run, logits: np.ndarray | None,
+             step: int) -> Iterator[dict[str, np.ndarray]]:
+  """The run's training batches from `step` on; with the fixed teachers' precomputed `logits`,
+  those of each batch's examples (looked up by their index) in place of the index."""
+  stream = run.train_batches(step)
+  if logits is not None:
+    stream = ({**b, 'teacher_logits': np.asarray(logits[b.pop('index')])} for b in stream)
+  return stream
+
+
+def _compiled(run: build.Run, state: steps.TrainState, batches: Iterator[Any], rng: jax.Array,
+              writer: Any) -> tuple[Any, Iterator[Any]]:
+  """The train step compiled ahead of time on the first batch (its compile time logged as
+  `train/compile_seconds`), and the batches, that one included; as they are if none is left."""
+  batch = next(batches, None)
+  if batch is None or int(state.step) >= run.num_steps:
+    return run.train_step, batches
+  start = time.perf_counter()
+  with console.Bar('compile', total=1, leave=False) as bar:
+    compiled = run.train_step.lower(state, run.teacher_params, batch, rng).compile()
+    bar.update()
+  writer.write_scalars(int(state.step) + 1,
+                       {'train/compile_seconds': time.perf_counter() - start})
+  return compiled, itertools.chain([batch], batches)
+
+
+def _hooks(config: ml_collections.ConfigDict, num_steps: int, writer: Any,
+           workdir: str) -> list[Any]:
+  """clu's progress report (first: it also times the evals) and, if asked for, a profile."""
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_secs=30)]
+  if config.profile.num_steps:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, num_profile_steps=config.profile.num_steps, profile_duration_ms=None,
+        first_profile=config.profile.first_step, every_secs=None))
+  return hooks
+
+
+class _TrainLog:
+  """The steps' metrics since the last log: checked for non-finite values, and written as their
+  means with the training throughput (the time of evals left out) and the epoch."""
+
+  def __init__(self, writer: Any, run: build.Run):
+    self._writer, self._run = writer, run
+    self._pending, self._start = [], time.time()
+
+  def add(self, step_metrics: dict[str, Any]) -> None:
+    self._pending.append(step_metrics)
+
+  def check(self, step: int, manager: ocp.CheckpointManager, batches_from) -> None:
+    """Stops (`_check_finite`) at the first non-finite step up to `step`."""
+    self._pending = jax.device_get(self._pending)
+    _check_finite(self._pending, step - len(self._pending) + 1, manager, batches_from)
+
+  def write(self, step: int, manager: ocp.CheckpointManager, batches_from) -> float:
+    """Writes the means since the last write; returns the mean loss."""
+    self.check(step, manager, batches_from)
+    batch_size, now = self._run.config.input.batch_size, time.time()
+    means = {f'train/{k}': float(np.mean([m[k] for m in self._pending]))
+             for k in self._pending[0]}
+    means['train/img_per_sec'] = len(self._pending) * batch_size / (now - self._start)
+    means['epoch'] = step * batch_size / self._run.data.num_train
+    self._writer.write_scalars(step, means)
+    self._pending, self._start = [], now
+    return means['train/loss']
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Leaves the time of the block out of the throughput."""
+    start = time.time()
+    yield
+    self._start += time.time() - start
 
 
 def _cached_teacher_logits(run: build.Run, workdir: str) -> np.ndarray | None:

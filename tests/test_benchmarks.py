@@ -148,7 +148,7 @@ def test_shampoo_vs_adam_sweep_reports_every_setting_at_the_end_of_its_schedule(
 def test_students_reports_each_runs_student(distill_run):
   line, = _run('students', f'--workdirs={distill_run}', '--rounds=2', '--batch=4')
   final = [r for r in read_metrics(distill_run) if 'eval/student_accuracy' in r][-1]
-  assert (line['model'], line['steps']) == ('bit', 10)
+  assert (line['model'], line['steps']) == ('bit:depth=14,width=0.125', 10)
   assert line['student_accuracy'] == final['eval/student_accuracy']
   assert line['agreement_top1'] == final['eval/agreement_top1']
   # R14 x1/8 for 1-channel images and 10 classes, counted from BiT's definition.

@@ -1,5 +1,9 @@
-"""Config files, `:k=v` arguments and command-line overrides."""
+"""Config files, `:k=v` arguments, command-line overrides and dry runs."""
 
+import json
+
+import jax
+import numpy as np
 import pytest
 
 from big_distill import configlib, errors, models, workdir
@@ -109,3 +113,34 @@ def test_a_config_file_that_does_not_run_is_one_line(tmp_path):
     configlib.load(str(failing))
   with pytest.raises(errors.BadInput, match=rf'^Config file {tmp_path}/gone.py does not exist.$'):
     configlib.load(str(tmp_path / 'gone.py'))
+
+
+def test_a_dry_run_says_what_the_run_would_build_and_writes_nothing(tmp_path, teacher_run):
+  """`--dry_run`: the resolved config (the teacher's architecture read from its run), the models'
+  parameter counts (against Flax's own count here), the data and the steps, as JSON; exit 0, and
+  neither the workdir nor an image folder's prepared copy exists afterwards."""
+  from big_distill import models  # pylint: disable=g-import-not-at-top
+  from tests.helpers import FUNMATCH_CONFIG, write_mixed_folder  # pylint: disable=g-import-not-at-top
+  workdir_ = tmp_path / 'run'
+  proc = run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', str(workdir_),
+                  '--config.input.resolution=28', '--dry_run')
+  plan = json.loads(proc.stdout)
+  assert not workdir_.exists()
+  student = models.resolve('bit:depth=14,width=0.125').create(10)
+  count = sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(jax.eval_shape(
+      student.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))['params']))
+  assert plan['student'] == dict(model='bit:depth=14,width=0.125', parameters=count, init=None)
+  [teacher] = plan['teachers']
+  assert teacher['model'] == 'bit:depth=14,width=0.25' and teacher['checkpoint'] == teacher_run
+  assert plan['config']['teachers'][0]['model'] == 'bit:depth=14,width=0.25'
+  assert plan['data']['train_examples'] == 1024 and plan['data']['classes'] == 10
+  assert (plan['steps'], plan['epochs'], plan['resumes_from_step']) == (10, 10 * 32 / 1024, None)
+  folder = str(tmp_path / 'images')
+  write_mixed_folder(folder)
+  data_dir = tmp_path / 'tfds'
+  proc = run_main(f'{TEACHER_CONFIG}:runlocal=True,dataset=imagefolder:{folder}', str(workdir_),
+                  f'--config.input.data_dir={data_dir}', '--dry_run')
+  plan = json.loads(proc.stdout)
+  assert plan['data']['class_names'] == ['a', 'b'] and plan['data']['train_examples'] == 16
+  assert plan['config']['input']['train_split'] == 'train'  # runlocal's [:1024] of 16 images.
+  assert not workdir_.exists() and not data_dir.exists()

@@ -13,6 +13,8 @@ def test_a_terminal_shows_progress_bars_and_the_log_goes_to_a_file(tmp_path):
   code, out = run_in_terminal(main_command(f'{TEACHER_CONFIG}:runlocal=True', run, *TINY_TEACHER))
   assert code == 0, out[-3000:]
   screen = out.replace('\r', '\n')
+  # What it does, first of all (before JAX and TensorFlow load).
+  assert screen.split()[:2] == ['big_distill.main:', 'starting'], screen[:500]
   # The train stage's bar at its end: steps, rate, the latest loss and eval accuracy.
   final = [l for l in screen.splitlines() if l.startswith('train: 100%')][-1]
   assert re.search(r'10/10 \[\d\d:\d\d<00:00, +[\d.]+step/s, loss=[\d.]+, eval=[\d.]+%\]', final)

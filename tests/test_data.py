@@ -20,7 +20,7 @@ def _input_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
-@pytest.mark.skipif(not offline.local_files_available('fashion_mnist'),
+@pytest.mark.skipif(not offline.available('fashion_mnist'),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_offline_preparation_is_the_standard_tfds_dataset_prepared_once(tmp_path):
   """Two processes that start together on an empty data dir both get the dataset (without a lock

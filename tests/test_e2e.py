@@ -31,7 +31,7 @@ def test_supervised_run_writes_metrics_config_and_checkpoints(teacher_run):
   assert 0.0 < metric(records, 'eval/accuracy')[10] <= 1.0
   assert any('steps_per_sec' in r for r in records)  # clu's progress report.
   config = workdir_lib.read_config(teacher_run)
-  assert config['mode'] == 'supervised' and config['student']['depth'] == 14
+  assert config['mode'] == 'supervised' and config['student']['model'] == 'bit:depth=14,width=0.25'
   assert config['total_steps'] == 10
   assert '10' in os.listdir(str(workdir_lib.checkpoints(teacher_run)))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(teacher_run))

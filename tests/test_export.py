@@ -152,7 +152,7 @@ def test_load_runs_both_formats_at_batch_1_and_7(exported):
 def test_other_families_export_to_tflite_one_image_a_call(student, tmp_path):
   """The default TFLite export (batch 1) of the demo's MobileNetV3 and ViT students, with random
   parameters (heads included), computes their JAX logits; BiT's is the `exported` fixture."""
-  config = get_config('fashion_mnist_funmatch.py', f'runlocal=True,student={student}')
+  config = get_config('distill.py', f'runlocal=True,student={student}')
   config.mode = 'supervised'
   state = build.create_run(config, data=build.Data(10, 1, 64))
   rng = np.random.default_rng(0)
@@ -208,7 +208,7 @@ def test_bad_input_one_line_and_nothing_written(teacher_run, tmp_path):
        f'{d}/no_run holds no big_distill run (no config.json).'),
       (['--format=npz', f'--workdir={mobilenet}'], new,
        '--format=npz: a mobilenet_v3 student has no .npz layout; use --format=savedmodel or '
-       '--format=tflite.'),
+       '--format=tflite, or big_distill.convert for its other layouts.'),
   ]
   before = snapshot(str(d)), snapshot(teacher_run)
 

@@ -336,11 +336,15 @@ def test_describe_data_checks_everything_and_writes_nothing(image_dirs, tmp_path
   assert data.evals['holdout'] == (None, 'test') and data.evals['part'] == (None, 'train[90%:]')
   shape = build.dataset_shape(config)
   assert (shape.num_classes, shape.channels, shape.num_train) == (5, 3, 128)
+  # `runlocal`'s first 1,024 examples of a split of 100: all of them.
+  small = build.describe_data(_folder_config(name, data_dir, train_split='train[:1024]'))
+  assert small.splits == ('train', 'test') and small.num_train == 100
 
   refused = {
-      'train[:1024]': (dict(train_split='train[:1024]'), '',
-                       f"Split 'train[:1024]' of {name}: Requested slice [:1024] incompatible "
-                       'with 100 examples. Its splits: test (30 examples), train (100 examples).'),
+      'train[50:1024]': (dict(train_split='train[50:1024]'), '',
+                         f"Split 'train[50:1024]' of {name}: Requested slice [50:1024] "
+                         'incompatible with 100 examples. Its splits: test (30 examples), train '
+                         '(100 examples).'),
       'no validation': (dict(eval_split='validation'), '',
                         f"Split 'validation' of {name}: Unknown split 'validation'."),
       'eval set of other classes': ({}, f'zoo=test@imagefolder:{zoo}',

@@ -123,10 +123,12 @@ import ml_collections
 from big_distill import build
 from tests.helpers import get_config
 out = {}
-for student, teacher in (('mobilenet_v3', 'vit:patch_size=8,width=32,depth=2,num_heads=2,mlp_dim=64'),):
+for student, teacher in (('mobilenet_v3',
+                          'vit:patch_size=8,width=32,depth=2,num_heads=2,mlp_dim=64'),):
   losses = {}
   for fsdp in (1, 2):
-    config = get_config('distill.py', f'runlocal=True,student={student},teacher_model={teacher}')
+    config = get_config('distill.py', f'runlocal=True,student={student}')
+    config.teachers[0].model = teacher
     config.input.resolution = 32
     config.optimizer.name = 'sgd'
     config.mesh.fsdp = fsdp

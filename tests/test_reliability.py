@@ -128,6 +128,20 @@ def get_config(arg=None):
 '''
 
 
+# The distillation config with its student's arguments as keys of the entry (earlier configs').
+KEYED_STUDENT = f'''
+import ml_collections
+from big_distill import configlib
+
+
+def get_config(arg=None):
+  config = configlib.load({FUNMATCH_CONFIG!r}, arg)
+  config.student = ml_collections.ConfigDict(dict(model='mobilenet_v3', variant='small',
+                                                  width=0.5, init=''))
+  return config
+'''
+
+
 def _npz_teacher(path, width=0.25, num_classes=10, side=28):
   model = bit.ResNetV2(depth=14, width=width, num_classes=num_classes)
   params_ = model.init(jax.random.PRNGKey(0), np.zeros((1, side, side, 1)))['params']
@@ -142,6 +156,8 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
   appear."""
   d = tmp_path_factory.mktemp('inputs')
   (d / 'no_get_config.py').write_text(NO_GET_CONFIG)
+  (d / 'syntax_error.py').write_text('def get_config(arg=None):\n  return dict(a=1\n')
+  (d / 'keyed_student.py').write_text(KEYED_STUDENT)
   (d / 'clip_teacher.py').write_text(CLIP_TEACHER)
   # A state dict of another architecture, in timm's layout (a ViT's, for the BiT teacher).
   vit_model = vit.ViT(patch_size=7, width=16, depth=1, num_heads=2, num_classes=10)
@@ -166,14 +182,15 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
   imagenet = f'{ROOT}/configs/imagenet_funmatch.py:runlocal=True'
   cases = [
       ('unknown key', *main(distill, '--config.lrr=0.1'),
-       "unknown config key 'lrr' in --config.lrr=0.1. Did you mean \"lr\" instead of \"lrr\"?"),
+       "--config.lrr: config has no key 'lrr'; did you mean 'lr'?"),
       ('wrong type', *main(distill, '--config.lr=abc'),
        "--config.lr=abc: could not convert string to float: 'abc'"),
-      ('missing file', *main(f'{d}/nope.py'), f'config file {d}/nope.py does not exist'),
+      ('missing file', *main(f'{d}/nope.py'), f'Config file {d}/nope.py does not exist.'),
       ('no get_config', *main(f'{d}/no_get_config.py'),
        f'{d}/no_get_config.py has no get_config(arg) function'),
       ('bad file argument', *main(f'{FUNMATCH_CONFIG}:epochs=x'),
-       "could not convert string to float: 'x'"),
+       "Config argument epochs='x' is not a float."),
+      ('config file syntax', *main(f'{d}/syntax_error.py'), f'{d}/syntax_error.py, line 2: '),
       ('batch vs devices', *main(distill, '--config.input.batch_size=30', devices=4),
        'input.batch_size=30 is not divisible by the 4 devices'),
       ('mesh vs devices', *main(distill, '--config.mesh.fsdp=3', devices=4),
@@ -182,14 +199,16 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
        "Unknown TFDS dataset 'no_such_dataset'"),
       ('split', *main(distill, '--config.input.eval_split=validation'),
        "Split 'validation' of fashion_mnist: Unknown split"),
-      ('model', *main(distill, '--config.student.model=resnet'), "Unknown model 'resnet'"),
+      ('model', *main(distill, '--config.student.model=resnet'),
+       "config.student: unknown model 'resnet'; known: bit, vit, mobilenet_v3"),
       ('dtype', *main(distill, '--config.teacher_dtype=half'),
        "config.teacher_dtype='half'; use one of float32, bfloat16, float16."),
       ('teacher missing', *main(distill, f'--config.teachers[0].checkpoint={d}/gone.npz'),
        f"config.teachers[0].checkpoint '{d}/gone.npz' does not exist"),
       ('teacher unreadable', *main(distill, f'--config.teachers[0].checkpoint={d}/garbage.npz'),
-       f'Cannot read the checkpoint {d}/garbage.npz (BadZipFile'),
-      ('teacher shapes', *main(distill, f'--config.teachers[0].checkpoint={wide}'),
+       f'Cannot read {d}/garbage.npz as a NumPy .npz archive (BadZipFile)'),
+      ('teacher shapes', *main(distill, f'--config.teachers[0].checkpoint={wide}',
+                               '--config.teachers[0].model=bit:depth=14,width=0.25'),
        f'BiT checkpoint {wide} does not match ResNetV2(depth=14, width=0.25'),
       ('teacher classes', *main(distill, f'--config.teachers[0].checkpoint={five}'),
        f'{five} predicts 5 classes, but the dataset has 10'),
@@ -207,18 +226,27 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
       ('temperature', *main(distill, '--config.temperature=-1'),
        'config.temperature=-1.0; use a positive temperature.'),
       ('unknown timm model', *main(distill, '--config.student.model=timm:convnext_tiny'),
-       "Unknown timm model 'convnext_tiny'"),
+       "config.student: unknown timm model 'convnext_tiny'"),
+      ('keys that contradict the model',
+       *main(f'{d}/keyed_student.py:runlocal=True,teacher={teacher_run}',
+             '--config.student.model=timm:mobilenetv3_large_100'),
+       "config.student: model='timm:mobilenetv3_large_100' is a mobilenet_v3 model with "
+       "variant='large', width=1.0, normalization='imagenet'; the entry also sets "
+       "variant='small', width=0.5, which contradict it."),
       ('teacher of another architecture',
+       *main(distill, f'--config.teachers[0].checkpoint={d}/vit.safetensors',
+             '--config.teachers[0].model=bit:depth=14,width=0.25'),
+       f'{d}/vit.safetensors holds a vit model (timm layout), which a bit model cannot load'),
+      ('a file that does not say its heads',
        *main(distill, f'--config.teachers[0].checkpoint={d}/vit.safetensors'),
-       f'{d}/vit.safetensors does not match ResNetV2(depth=14, width=0.25, num_classes=10): '
-       'stem.conv.weight: missing from file'),
+       'The timm ViT file of width 16 does not say its number of heads'),
       ('unknown normalisation', *main(f'{d}/clip_teacher.py:runlocal=True,teacher={teacher_run}'),
        "the bit model's normalization='clip' is not a known input normalisation"),
       ('a second teacher', *main(distill, f'--config.teachers[1].checkpoint={five}'),
        '--config.teachers[1].checkpoint: config.teachers has 1 entry, so [1] does not exist. '
        'List the teachers in the config argument'),
       ('misspelt flag', *main(distill, f'--workdirr={fresh}'),
-       "unknown flag --workdirr. Did you mean: workdir ?"),
+       'unknown flag --workdirr; did you mean --workdir?'),
       ('mistyped student.init', *main_new(distill, *TINY_STUDENT,
                                           f'--config.student.init={d}/nope.npz'),
        f"config.student.init '{d}/nope.npz' does not exist"),
@@ -248,7 +276,7 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
        "--variants: 'mixup' is not a variant; use fixed, independent, consistent, funmatch."),
       ('benchmark: config key', *tool('benchmarks.step_throughput', f'--config={distill}',
                                       '--config.student.depht=3'),
-       "unknown config key 'student.depht' in --config.student.depht=3."),
+       "--config.student.depht: config.student has no key 'depht'"),
   ]
   return cases
 

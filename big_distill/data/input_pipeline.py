@@ -68,11 +68,9 @@ def get_builder(name: str, data_dir: str | None = None, *,
   with locks.exclusive(lock):
     builder = tfds.builder(name, data_dir=data_dir)  # Another process may have prepared it.
     if not builder.is_prepared():
-      if offline.local_files_available(name):
-        offline.prepare_fashion_mnist(data_dir)
-        builder = tfds.builder(name, data_dir=data_dir)  # Reads the prepared dataset's info.
-      else:
+      if not offline.prepare(name, data_dir):
         builder.download_and_prepare()
+      builder = tfds.builder(name, data_dir=data_dir)  # Reads the prepared dataset's info.
   return builder
 
 
@@ -234,11 +232,10 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
   Keys: `image`, `label` (-1 for rows from `extra_builder`, a share `cfg.extra_data.fraction` of
   every slice's rows), and per `teacher_view` (`variants.VIEWS`): `teacher_image` (AUGMENTED: an
   independent augmentation, UNAUGMENTED: the eval preprocessing) or `index` (INDEX: position in
-  the split).
+  the split). `cfg` has passed `check_input` (`build.validate`).
   """
   if teacher_view not in variants.VIEWS:
     raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {variants.VIEWS}.')
-  check_input(cfg)
   slices = cfg.data_shards or jax.process_count()
   rows = cfg.batch_size // slices
   extra_rows = round(rows * cfg.extra_data.fraction) if extra_builder else 0

@@ -1,4 +1,5 @@
-"""Prepares TFDS datasets from files already on the machine, for hosts without internet.
+"""Prepares TFDS datasets from files already on the machine, for hosts without internet
+(`prepare`; `input_pipeline.get_builder` asks it before downloading).
 
 `fashion_mnist` is prepared with TFDS's own builder from the idx files of Debian's package
 `dataset-fashion-mnist`, so the result is the standard TFDS dataset (same name, version, features,
@@ -19,10 +20,18 @@ _FILES = {
 }
 
 
-def local_files_available(name: str, source_dir: str = DEBIAN_FASHION_MNIST) -> bool:
-  """Whether `name` can be prepared from local files in `source_dir`."""
-  return name == 'fashion_mnist' and all(
-      os.path.exists(os.path.join(source_dir, f)) for f in _FILES.values())
+def available(name: str) -> bool:
+  """Whether this machine has the local files to prepare the TFDS dataset `name`."""
+  return name in _LOCAL and _LOCAL[name][0]()
+
+
+def prepare(name: str, data_dir: str | None) -> bool:
+  """Prepares the TFDS dataset `name` into `data_dir` from local files, if this machine has them;
+  whether it did."""
+  if not available(name):
+    return False
+  _LOCAL[name][1](data_dir)
+  return True
 
 
 def prepare_fashion_mnist(data_dir: str | None,
@@ -49,3 +58,11 @@ def prepare_fashion_mnist(data_dir: str | None,
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+def _fashion_mnist_files() -> bool:
+  return all(os.path.exists(os.path.join(DEBIAN_FASHION_MNIST, f)) for f in _FILES.values())
+
+
+# TFDS name -> (whether the local files are here, what prepares the dataset from them).
+_LOCAL = {'fashion_mnist': (_fashion_mnist_files, prepare_fashion_mnist)}
