@@ -29,18 +29,20 @@ def _stderr_to_devnull():
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder):
   """Finds `tensorflow` as Python would, and runs its module code with stderr silenced; a
-  failing import still raises, after stderr is back. Leaves `sys.meta_path` once used."""
+  failing import still raises, after stderr is back. Leaves `sys.meta_path` once TensorFlow has
+  been imported (a mere `importlib.util.find_spec` leaves it in place)."""
 
   def find_spec(self, name, path, target=None):
     if name != 'tensorflow':
       return None
-    sys.meta_path.remove(self)
     spec = importlib.machinery.PathFinder.find_spec(name, path)
     if spec is None or spec.loader is None:
       return spec
-    exec_module = spec.loader.exec_module
+    exec_module, finder = spec.loader.exec_module, self
 
     def quietly(module):
+      if finder in sys.meta_path:
+        sys.meta_path.remove(finder)
       with _stderr_to_devnull():
         exec_module(module)
 

@@ -82,7 +82,10 @@ def _config_file(name: str, arg: str) -> ml_collections.ConfigDict:
 def _resolve(name: str, arg: str, overrides: list[str]) -> ml_collections.ConfigDict:
   """The config `big_distill.main` builds from `--config=CONFIGS/<name>:<arg> <overrides>`."""
   from big_distill import configlib  # pylint: disable=g-import-not-at-top  # Loads JAX.
-  return configlib.override(_config_file(name, arg), overrides)
+  try:
+    return configlib.override(_config_file(name, arg), overrides)
+  except errors.BadInput as e:
+    raise errors.BadInput(f'--override: {e}') from None
 
 
 def _positive(text: str, flag: str, what: str) -> float:

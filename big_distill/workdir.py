@@ -130,21 +130,26 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def with_stored_models(config: ml_collections.ConfigDict,
                        workdir: str) -> ml_collections.ConfigDict:
-  """`config` with the `model` of each entry that names none (to be read from a checkpoint: a
-  teacher's, the student's `init`) taken from the run already in `workdir`, if any: a resumed
-  run builds what it resolved at its start, even once `init` is gone. Reads only."""
+  """`config` with the `model` of each entry that names none (to be read from its checkpoint: a
+  teacher's, the student's `init`) taken from the run already in `workdir` where that run had the
+  same checkpoint: a resumed run builds what it resolved at its start, even once `init` is gone.
+  Reads only."""
   p = path(workdir) / CONFIG
   if not p.exists():
     return config
   stored = json.loads(p.read_text())
-  pairs = [(config.student, stored.get('student', {})),
-           *zip(config.teachers, stored.get('teachers', []))]
-  if all(entry.get('model') or not old.get('model') for entry, old in pairs):
+  pairs = [(config.student, stored.get('student', {}), 'init'),
+           *((entry, old, 'checkpoint')
+             for entry, old in zip(config.teachers, stored.get('teachers', [])))]
+  fill = [i for i, (entry, old, source) in enumerate(pairs)
+          if not entry.get('model') and old.get('model') and entry.get(source) == old.get(source)]
+  if not fill:
     return config
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    for entry, old in zip([config.student, *config.teachers], [o for _, o in pairs]):
-      entry['model'] = entry.get('model') or old.get('model', '')
+    entries = [config.student, *config.teachers]
+    for i in fill:
+      entries[i]['model'] = pairs[i][1]['model']
   return config
 
 

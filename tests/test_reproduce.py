@@ -46,7 +46,9 @@ def test_plan_of_a_small_data_study(tmp_path):
       (dict(train_examples=0), '--train_examples=0; use 1 to 60000'),
       (dict(seeds=['0', '-1']), "--seeds: '0,-1'; use non-negative integers."),
       (dict(epochs=['0']), "--epochs: '0' is not a positive number of epochs."),
-      (dict(overrides=['input.batch_sise=3']), "--override: 'batch_sise' Did you mean"),
+      (dict(overrides=['input.batch_sise=3']),
+       "--override: --config.input.batch_sise: config.input has no key 'batch_sise'; did you mean "
+       "'batch_size'\\?"),
   ):
     with pytest.raises(errors.BadInput, match=message.replace('[', r'\[')):
       runs.plan(root, teacher, **{**dict(epochs=['1'], variant_names=['fixed'],

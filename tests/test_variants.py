@@ -180,7 +180,7 @@ def test_data_shards_fill_their_own_rows(fmnist_builder):
                                               teacher_view='index'))
   np.testing.assert_array_equal(resumed['index'].reshape(4, 4), index)
   with pytest.raises(ValueError, match='not divisible by input.data_shards=3'):
-    input_pipeline.train_batches(_input_config(data_shards=3), fmnist_builder, seed=0)
+    input_pipeline.check_input(_input_config(data_shards=3))  # As `build.validate` checks.
 
 
 def test_fixed_teacher_logits_cache_is_right_reused_and_rejected_when_stale(
