@@ -183,7 +183,7 @@ def _other_classes(tmp_path) -> str:
 @pytest.mark.parametrize('case', [
     'no_model', 'two_models', 'teachers_of_supervised', 'weights_without_model', 'missing_run',
     'predictions_dir', 'bad_step', 'no_images', 'not_an_image', 'empty_file', 'truncated',
-    'folder_of_other_classes', 'bad_evals'])
+    'folder_of_other_classes', 'bad_evals', 'garbage_weights', 'foreign_weights'])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, distill_run):
   text = tmp_path / 'notes.png'
   text.write_text('not an image')
@@ -192,6 +192,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, d
       tmp_path / 'whole.png')
   (tmp_path / 'cut.png').write_bytes((tmp_path / 'whole.png').read_bytes()[:300])
   predictions = tmp_path / 'out' / 'p.jsonl'
+  (tmp_path / 'garbage.npz').write_bytes(b'PK\x03\x04 not a zip archive')
+  (tmp_path / 'foreign.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{}      ')
   cmd, message = {
       'no_model': (('evaluate',), 'Name one model'),
       'two_models': (('evaluate', f'--workdir={teacher_run}', '--exported=/x'), 'given: workdir'),
@@ -219,6 +221,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, teacher_run, d
           '(T-shirt/top, Trouser,'),
       'bad_evals': (('main', f'--config={TEACHER_CONFIG}:runlocal=True',
                      f'--workdir={tmp_path}/run', '--config.evals=holdout'), 'NAME=SPLIT'),
+      'garbage_weights': (('predict', f'--weights={tmp_path}/garbage.npz', str(tmp_path)),
+                          f'Cannot read {tmp_path}/garbage.npz as a NumPy .npz archive'),
+      'foreign_weights': (('evaluate', f'--weights={tmp_path}/foreign.safetensors',
+                           '--dataset=fashion_mnist'),
+                          f'{tmp_path}/foreign.safetensors holds no weights layout big_distill '
+                          'reads'),
   }[case]
   before = {p: snapshot(p) for p in (str(tmp_path), teacher_run, distill_run)}
   proc = run(command(f'big_distill.{cmd[0]}', *cmd[1:]), check=False)
