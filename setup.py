@@ -30,6 +30,8 @@ setup(
         'safetensors',  # timm's weight files, read without torch.
         'ai-edge-litert>=1.2,<3',  # The TFLite interpreter (serving.load); tf.lite's is deprecated.
         'numpy',
+        'scipy',  # Softmax of NumPy logits (inference).
+        'pillow',  # Every image format users' folders hold (data/images.py).
         'matplotlib',
     ],
     extras_require={'test': [

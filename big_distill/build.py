@@ -280,10 +280,9 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
     raise ValueError(f'teacher_params={teacher_params!r}; use one of {TEACHER_PARAMS}.')
   variant = validate(config)
   config, student_spec, teacher_specs = resolve_models(config, teacher_params)
-  shape = data or describe_data(config)  # Checked; nothing written before every check passed.
-  if shape.splits:
-    config.input.update(train_split=shape.splits[0], eval_split=shape.splits[1])
-  data = shape
+  data = data or describe_data(config)  # Checked; nothing is written before every check passed.
+  if data.splits:
+    config.input.update(train_split=data.splits[0], eval_split=data.splits[1])
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   image_shape = (config.input.resolution, config.input.resolution, data.channels)
@@ -306,7 +305,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       params = jax.device_put(params, teacher_sharding)
     step_kwargs.update(teachers=teachers, variant=variant, temperature=config.temperature,
                        mixup_alpha=config.mixup_alpha)
-  if data.splits and prepare:
+  if data.splits and prepare:  # Every check has passed: image folders may be written now.
     data = create_data(config)
   train_step = jax.jit(
       functools.partial(steps.train_step, **step_kwargs), donate_argnums=0,
