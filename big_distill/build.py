@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_distill import checkpoint, configlib, console, errors, models, parallel, steps
-from big_distill import teachers as teachers_lib
+from big_distill import targets as targets_lib, teachers as teachers_lib
 from big_distill import variants, workdir as workdir_lib
 from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, loading
@@ -85,12 +85,14 @@ class Run:
                    out_shardings=self.state_sharding)(variables)
 
   def train_batches(self, start_step: int = 0, *, seed: int | None = None,
-                    teacher_view: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+                    teacher_view: str | None = None,
+                    with_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """This process's endless training batches from `start_step` on (see `input_pipeline`)."""
     return input_pipeline.train_batches(
         self.config.input, self.data.builder, start_step=start_step,
         seed=self.config.seed if seed is None else seed,
         teacher_view=self.teacher_view if teacher_view is None else teacher_view,
+        with_index=with_index,
         extra_builder=self.data.extra_builder)
 
   def eval_batches(self, split: str | None = None, cache: bool | None = None,
@@ -127,25 +129,10 @@ class Run:
       results.update({f'{name}/{k}': float(v / count) for k, v in totals.items()})
     return results
 
-  def logits_fingerprint(self) -> dict[str, Any]:
-    """What the fixed teachers' precomputed logits depend on (`teachers.fingerprint`)."""
-    cfg = self.config.input
-    return teachers_lib.fingerprint(
-        self.config.teachers, self.teacher_params, dataset=self.data.full_name,
-        split=cfg.train_split, num_examples=self.data.num_train, resolution=cfg.resolution,
-        central_crop=cfg.central_crop)
-
-  def compute_teacher_logits(self) -> np.ndarray:
-    """The teachers' [example, teacher, class] logits on the un-augmented train split."""
-    batch_sharding = parallel.batch_sharded(self.mesh)
-    logits_fn = jax.jit(lambda p, batch: self.teachers.logits(p, batch['image']),
-                        in_shardings=(self.teacher_sharding, batch_sharding),
-                        out_shardings=batch_sharding)
-    split = self.eval_batches(self.config.input.train_split, cache=False)
-    with console.Bar('teacher logits', total=int(split.cardinality()), unit='batch') as bar:
-      batches = (parallel.to_global(b, self.mesh) for b in split.as_numpy_iterator())
-      return teachers_lib.compute_logits(functools.partial(logits_fn, self.teacher_params),
-                                         batches, self.data.num_train, bar.update)
+  @property
+  def eval_names(self) -> list[str]:
+    """The names of the eval sets (`eval_sets`), known before the data is prepared."""
+    return [EVAL, *self.data.evals]
 
 
 def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
@@ -153,6 +140,9 @@ def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
   if config.mode not in ('supervised', 'distill'):
     raise errors.BadInput(f"config.mode={config.mode!r}; use 'supervised' or 'distill'.")
   variant = variants.get(config.variant) if config.mode == 'distill' else None
+  if config.reinforcement.path and (not variant or config.teacher_logits_cache):
+    raise errors.BadInput('config.reinforcement.path replays teachers\' targets: it needs '
+                          'config.mode=\'distill\' and no config.teacher_logits_cache.')
   if config.teacher_logits_cache and not (variant and variant.cacheable):
     raise errors.BadInput(
         'config.teacher_logits_cache needs a variant whose teacher logits can be precomputed '
@@ -257,7 +247,7 @@ def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'loa
   student = models.resolve(config.student, 'config.student', default=loading.spec_of(
       init, 'config.student.init') if init and not config.student.get('model') else None)
   specs = ()
-  if config.mode == 'distill':
+  if targets_lib.source(config) not in (None, targets_lib.STORED):  # A replay runs no teacher.
     if teacher_params == 'load':
       for i, entry in enumerate(config.teachers):
         loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
@@ -297,14 +287,16 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   teachers, params, teacher_sharding = None, (), ()
   step_kwargs = dict(student=student, tx=tx, schedule=schedule)
   if variant:
+    step_kwargs.update(variant=variant, temperature=config.temperature,
+                       mixup_alpha=config.mixup_alpha)
+  if teacher_specs:
     teachers = teachers_lib.build(teacher_specs, config.teachers, data.num_classes,
                                   config.teacher_dtype)
     teachers, params = create_teacher_params(config, teachers, image_shape, teacher_params)
     teacher_sharding = parallel.param_shardings(params, mesh, config.mesh.teacher_fsdp)
     if teacher_params != 'abstract':
       params = jax.device_put(params, teacher_sharding)
-    step_kwargs.update(teachers=teachers, variant=variant, temperature=config.temperature,
-                       mixup_alpha=config.mixup_alpha)
+    step_kwargs.update(teachers=teachers)
   if data.splits and prepare:  # Every check has passed: image folders may be written now.
     data = create_data(config)
   train_step = jax.jit(
@@ -314,11 +306,9 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   eval_step = jax.jit(functools.partial(steps.eval_step, student=student, teachers=teachers),
                       in_shardings=(state_sharding.variables, teacher_sharding, batch_sharding),
                       out_shardings=replicated)
-  teacher_view = variants.SAME
-  if variant:
-    teacher_view = variants.INDEX if config.teacher_logits_cache else variant.teacher_view
   return Run(
-      config=config, variant=variant, teacher_view=teacher_view, data=data,
+      config=config, variant=variant, teacher_view=targets_lib.teacher_view(config, variant),
+      data=data,
       image_shape=image_shape, num_steps=num_steps, mesh=mesh, student_spec=student_spec,
       student=student, teachers=teachers, teacher_params=params, tx=tx, schedule=schedule,
       state_sharding=state_sharding, teacher_sharding=teacher_sharding,

@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Distill mode: `teacher_entries` (model, checkpoint, resolution; model '': the checkpoint's).
   c.teachers = []
+  # Distill mode: a reinforcement (`python -m big_distill.reinforce`) of this run's teachers and
+  # views to replay: the steps take its stored targets, and the teachers' weights are not loaded.
+  c.reinforcement = ml_collections.ConfigDict(dict(path=''))
   c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
   c.mixup_alpha = 1.0  # Mixing ratio ~ Beta(alpha, alpha), one per batch ('funmatch').
 

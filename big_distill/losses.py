@@ -22,6 +22,25 @@ def kl_divergence(teacher_logp: jnp.ndarray, student_logits: jnp.ndarray,
   return temperature**2 * kl
 
 
+def truncated_kl(top_logp: jnp.ndarray, top_class: jnp.ndarray, rest_logp: jnp.ndarray,
+                 student_logits: jnp.ndarray, temperature: float = 1.0) -> jnp.ndarray:
+  """Per-example KL(teacher || student) over the teacher's k stored classes and the rest of the
+  classes as one outcome (a reinforcement's `--top_k`), scaled by T^2: the KL of both
+  distributions coarsened to those k + 1 outcomes, a lower bound of the full KL.
+
+  `top_logp` [b, k]: the teacher's log-probabilities (at `temperature`) of its classes
+  `top_class` [b, k]; `rest_logp` [b]: the log of its remaining mass (-inf: none).
+  """
+  student_logp = jax.nn.log_softmax(student_logits / temperature)
+  top = jnp.take_along_axis(student_logp, top_class, axis=-1)
+  stored = jnp.any(jax.nn.one_hot(top_class, student_logp.shape[-1], dtype=bool), axis=-2)
+  rest = jax.nn.logsumexp(jnp.where(stored, -jnp.inf, student_logp), axis=-1)
+  kl = jnp.sum(jnp.exp(top_logp) * (top_logp - top), axis=-1)
+  has_rest = jnp.isfinite(rest_logp)
+  kl += jnp.where(has_rest, jnp.exp(rest_logp) * (jnp.where(has_rest, rest_logp, 0.0) - rest), 0)
+  return temperature**2 * kl
+
+
 def agreement(teacher_scores: jnp.ndarray, student_logits: jnp.ndarray, k: int = 1) -> jnp.ndarray:
   """Per example, 1.0 if the teacher's top-1 class is among the student's top-k classes."""
   teacher_top1 = jnp.argmax(teacher_scores, axis=-1)

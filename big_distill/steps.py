@@ -58,10 +58,32 @@ def apply_model(model: nn.Module, params: Any, model_state: dict[str, Any], imag
   return model.apply(variables, images, train=train), model_state
 
 
-def mixup(rng: jax.Array, images: jax.Array, alpha: float) -> jax.Array:
-  """Mixes each image with its neighbour in the batch, one ratio ~ Beta(alpha, alpha) per batch."""
-  ratio = jax.random.beta(rng, alpha, alpha)
+def mixup_ratio(rng: jax.Array, alpha: float) -> jax.Array:
+  """A step's mixing ratio ~ Beta(alpha, alpha), one per batch."""
+  return jax.random.beta(rng, alpha, alpha)
+
+
+def mixup(images: jax.Array, ratio: jax.Array) -> jax.Array:
+  """Each image mixed with its neighbour in the batch (the row before it) at `ratio`: a scalar,
+  or one per row (a replayed batch's stored ratio), the same arithmetic either way."""
+  ratio = jnp.reshape(ratio, jnp.shape(ratio) + (1,) * (images.ndim - jnp.ndim(ratio)))
   return ratio * images + (1.0 - ratio) * jnp.roll(images, 1, axis=0)
+
+
+def stored_targets(batch: Batch, temperature: float) -> Callable[[jax.Array], jax.Array] | None:
+  """The per-example loss against the teachers' targets that come with `batch` (`targets`): the
+  fixed teachers' precomputed logits, or a reinforcement's stored log-probabilities (all classes,
+  or the top k and the rest); None if the teachers must run."""
+  if 'teacher_logits' in batch:
+    logp = teachers_lib.combine(batch['teacher_logits'], temperature)
+    return lambda logits: losses.kl_divergence(logp, logits, temperature)
+  if 'teacher_logp' in batch:
+    return lambda logits: losses.kl_divergence(batch['teacher_logp'], logits, temperature)
+  if 'teacher_top_logp' in batch:
+    return lambda logits: losses.truncated_kl(
+        batch['teacher_top_logp'], batch['teacher_top_class'], batch['teacher_rest_logp'],
+        logits, temperature)
+  return None
 
 
 def _update(state: TrainState,
@@ -79,12 +101,15 @@ def _update(state: TrainState,
 
 def views(batch: Batch, rng: jax.Array, variant: variants.Variant | None,
           mixup_alpha: float) -> tuple[jax.Array | None, jax.Array]:
-  """(teacher images, student images) of a batch: mixed up if the variant says so; the teacher's
-  are None with cached logits or without a teacher (`variant` None: supervised)."""
+  """(teacher images, student images) of a batch: mixed up if the variant says so (at the batch's
+  stored `mixup_ratio` where it has one, else at a ratio drawn from `rng`); the teacher's are None
+  where its targets come with the batch (`stored_targets`) or there is no teacher (`variant`
+  None: supervised)."""
   images = batch['image']
   if variant is not None and variant.mixup:
-    images = mixup(rng, images, mixup_alpha)
-  if variant is None or 'teacher_logits' in batch:
+    ratio = batch['mixup_ratio'] if 'mixup_ratio' in batch else mixup_ratio(rng, mixup_alpha)
+    images = mixup(images, ratio)
+  if variant is None or stored_targets(batch, 1.0) is not None:
     return None, images
   return batch.get('teacher_image', images), images
 
@@ -97,20 +122,19 @@ def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
   """One step: views (mixup) -> target -> student -> loss -> update.
 
   The target is the labels (cross-entropy) when `variant` is None, else the frozen teachers'
-  probabilities at `temperature` (KL(teacher || student)), from their forward pass on the
-  teacher's view or, for a batch with `teacher_logits` (the fixed teacher's, precomputed), from
-  those. `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
+  probabilities at `temperature` (KL(teacher || student)): those that come with the batch
+  (`stored_targets`: precomputed or replayed), or the teachers' forward pass on the teacher's
+  view. `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
   """
   teacher_images, images = views(batch, jax.random.fold_in(rng, state.step), variant, mixup_alpha)
   if variant is None:
     def per_example(logits):
       return losses.softmax_xent(logits, batch['label'])
+  elif teacher_images is None:
+    per_example = stored_targets(batch, temperature)
   else:
-    if teacher_images is None:
-      teacher_logp = teachers_lib.combine(batch['teacher_logits'], temperature)
-    else:
-      teacher_logp = teachers.log_probs(teacher_params, teacher_images, temperature)
-    teacher_logp = jax.lax.stop_gradient(teacher_logp)
+    teacher_logp = jax.lax.stop_gradient(
+        teachers.log_probs(teacher_params, teacher_images, temperature))
 
     def per_example(logits):
       return losses.kl_divergence(teacher_logp, logits, temperature)
@@ -125,19 +149,21 @@ def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
 def eval_step(variables: dict[str, Any], teacher_params: tuple[Any, ...], batch: Batch, *,
               student: nn.Module, teachers: teachers_lib.Teachers | None = None) -> Metrics:
   """Sums over the real (`mask`) examples of a batch for the student's `variables`
-  (`TrainState.variables`). Without teachers: correct predictions and loss; with them: both
-  accuracies, top-1/top-5 agreement and the KL at temperature 1."""
+  (`TrainState.variables`). Without teachers: correct predictions and loss; with them, or with
+  their stored log-probabilities at temperature 1 in the batch (`teacher_logp`, a replayed run's):
+  both accuracies, top-1/top-5 agreement and the KL at temperature 1."""
   logits = student.apply(variables, batch['image'])
   mask = batch['mask'].astype(jnp.float32)
 
   def total(per_example):
     return jnp.sum(mask * per_example)
 
-  if teachers is None:
+  if teachers is None and 'teacher_logp' not in batch:
     return {'accuracy': total(jnp.argmax(logits, -1) == batch['label']),
             'loss': total(losses.softmax_xent(logits, batch['label'])),
             'count': jnp.sum(mask)}
-  teacher_logp = teachers.log_probs(teacher_params, batch['image'], 1.0)
+  teacher_logp = (batch['teacher_logp'] if teachers is None else
+                  teachers.log_probs(teacher_params, batch['image'], 1.0))
   return {
       'student_accuracy': total(jnp.argmax(logits, -1) == batch['label']),
       'teacher_accuracy': total(jnp.argmax(teacher_logp, -1) == batch['label']),

@@ -5,7 +5,7 @@ same command continues from the newest intact checkpoint with the batches it wou
 """
 
 import contextlib
-import functools
+import dataclasses
 import itertools
 import time
 from typing import Any, Iterator
@@ -18,8 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from big_distill import build, checkpoint, console, errors, metrics, parallel, preemption, steps
-from big_distill import teachers as teachers_lib
-from big_distill import variants, workdir as workdir_lib
+from big_distill import targets as targets_lib, workdir as workdir_lib
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -32,7 +31,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = build.create_run(workdir_lib.with_stored_models(config, workdir), prepare=False)
     config = run.config  # With every model's architecture and split resolved.
     workdir_lib.check(config, workdir)
-    logits = _cached_teacher_logits(run, workdir)
+    targets = targets_lib.open_targets(run, workdir)  # Read and checked: nothing written.
     saved = checkpoint.saved_steps(workdir)  # A resumed run needs no `student.init`.
     init = config.student.get('init')
     init_params = build.load_student_init(run) if init and not saved else None
@@ -42,8 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     workdir_lib.create(workdir)
     console.log_to(workdir_lib.log_file(workdir, jax.process_index()))
-    if run.teacher_view == variants.INDEX and logits is None:
-      logits = _precompute_teacher_logits(run, workdir)
+    targets = dataclasses.replace(targets, run=run).ready()
     keep_best = run.distill if config.keep_best is None else config.keep_best
     manager = checkpoint.create_manager(workdir, keep=config.keep_checkpoints,
                                         keep_best=keep_best)
@@ -61,23 +59,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir_lib.write_data(workdir, num_classes=run.data.num_classes,
                                channels=run.data.channels, num_train=run.data.num_train,
                                class_names=list(run.data.class_names))
-      return _loop(run, state, workdir, manager, preempt, logits, keep_best)
+      return _loop(targets, state, workdir, manager, preempt, keep_best)
     finally:
       manager.close()
 
 
-def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.CheckpointManager,
-          preempt: preemption.Preemption, logits: np.ndarray | None,
+def _loop(targets: targets_lib.Targets, state: steps.TrainState, workdir: str,
+          manager: ocp.CheckpointManager, preempt: preemption.Preemption,
           keep_best: bool) -> dict[str, float]:
   """Steps from `state.step` to the end: log, eval, checkpoint, stop when preempted."""
+  run = targets.run
   config, num_steps, start_step = run.config, run.num_steps, int(state.step)
   rng = jax.random.PRNGKey(config.seed)
   writer = metrics.create_writer(workdir)
   writer.write_hparams(workdir_lib.flatten(config.to_dict()))
-  batches_from = functools.partial(_batches, run, logits)
+  batches_from = targets.train_batches
   batches = parallel.prefetch_to_mesh(batches_from(start_step), run.mesh, config.input.prefetch)
   train_step, batches = _compiled(run, state, batches, rng, writer)
-  eval_sets, hooks = run.eval_sets(), _hooks(config, num_steps, writer, workdir)
+  eval_sets, hooks = targets.eval_sets(), _hooks(config, num_steps, writer, workdir)
   logging.info('Training %s for %d steps (%d examples/step, %d devices).', config.mode,
                num_steps, config.input.batch_size, jax.device_count())
   train_log, eval_results = _TrainLog(writer, run), {}
@@ -113,16 +112,6 @@ def _loop(run: build.Run, state: steps.TrainState, workdir: str, manager: ocp.Ch
     bar.close()
     writer.flush()
   return eval_results or run.evaluate(state.variables, eval_sets)
-
-
-def _batches(run: build.Run, logits: np.ndarray | None,
-             step: int) -> Iterator[dict[str, np.ndarray]]:
-  """The run's training batches from `step` on; with the fixed teachers' precomputed `logits`,
-  those of each batch's examples (looked up by their index) in place of the index."""
-  stream = run.train_batches(step)
-  if logits is not None:
-    stream = ({**b, 'teacher_logits': np.asarray(logits[b.pop('index')])} for b in stream)
-  return stream
 
 
 def _compiled(run: build.Run, state: steps.TrainState, batches: Iterator[Any], rng: jax.Array,
@@ -187,23 +176,6 @@ class _TrainLog:
     start = time.time()
     yield
     self._start += time.time() - start
-
-
-def _cached_teacher_logits(run: build.Run, workdir: str) -> np.ndarray | None:
-  """The fixed teachers' stored logits if the run uses a cache that holds them (reads only)."""
-  if run.teacher_view != variants.INDEX:
-    return None
-  return teachers_lib.read_cached(
-      workdir_lib.teacher_logits(workdir, run.config.teacher_logits_cache),
-      run.logits_fingerprint())
-
-
-def _precompute_teacher_logits(run: build.Run, workdir: str) -> np.ndarray:
-  path = workdir_lib.teacher_logits(workdir, run.config.teacher_logits_cache)
-  logging.info('Precomputing teacher logits into %s.', path)
-  logits = run.compute_teacher_logits()
-  teachers_lib.write_cached(path, run.logits_fingerprint(), logits)
-  return logits
 
 
 def _best_so_far(manager: ocp.CheckpointManager, keep_best: bool) -> str:

@@ -226,13 +226,14 @@ def _extra_rows_pattern(rows: int, extra: int) -> tf.data.Dataset:
 
 def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
                   seed: int, start_step: int = 0, teacher_view: str = variants.SAME,
+                  with_index: bool = False,
                   extra_builder: tfds.core.DatasetBuilder | None = None) -> Iterator[Batch]:
   """Endless per-process training batches of `cfg.batch_size // process_count` examples.
 
   Keys: `image`, `label` (-1 for rows from `extra_builder`, a share `cfg.extra_data.fraction` of
   every slice's rows), and per `teacher_view` (`variants.VIEWS`): `teacher_image` (AUGMENTED: an
   independent augmentation, UNAUGMENTED: the eval preprocessing) or `index` (INDEX: position in
-  the split). `cfg` has passed `check_input` (`build.validate`).
+  the split); `with_index` adds `index` to any view. `cfg` has passed `check_input` (`build.validate`).
   """
   if teacher_view not in variants.VIEWS:
     raise ValueError(f'Unknown teacher view {teacher_view!r}; use one of {variants.VIEWS}.')
@@ -250,7 +251,7 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
           image, tf.random.experimental.stateless_fold_in(example_seed, 1), cfg)
     elif teacher_view == variants.UNAUGMENTED:
       out['teacher_image'] = eval_image(image, cfg.resolution, cfg.central_crop)
-    elif teacher_view == variants.INDEX:
+    if teacher_view == variants.INDEX or with_index:
       out['index'] = tf.cast(index, tf.int32)
     return out
 

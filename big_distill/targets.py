@@ -1,0 +1,203 @@
+"""Where a distillation step's teacher targets come from, decided once per run (`source`):
+
+| source | config | the step gets | the teachers' weights |
+|---|---|---|---|
+| `live` | by default | the teachers' forward pass on the variant's teacher view | loaded |
+| `cached` | `teacher_logits_cache` (the `fixed` variant) | each example's precomputed logits, looked up on the host by its index | loaded, to compute them once |
+| `stored` | `reinforcement.path` | each view's stored log-probabilities and mixup ratio (`reinforcement`) | not loaded |
+
+`build` asks `source` and `teacher_view` what to build; the training loop takes its batches and
+eval sets from `Targets` (`open`, then `ready`) and does no variant work of its own.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from big_distill import console, errors, parallel, reinforcement, variants
+from big_distill import teachers as teachers_lib, workdir as workdir_lib
+
+LIVE, CACHED, STORED = 'live', 'cached', 'stored'
+Batch = dict[str, np.ndarray]
+
+
+def source(config: ml_collections.ConfigDict) -> str | None:
+  """Where the run's targets come from (None: a supervised run, which learns the labels)."""
+  if config.mode != 'distill':
+    return None
+  if config.reinforcement.path:
+    return STORED
+  return CACHED if config.teacher_logits_cache else LIVE
+
+
+def teacher_view(config: ml_collections.ConfigDict, variant: variants.Variant | None) -> str:
+  """What the input pipeline adds to the student's view for the teachers (`variants.VIEWS`)."""
+  kind = source(config)
+  if kind == LIVE:
+    return variant.teacher_view
+  return variants.INDEX if kind in (CACHED, STORED) else variants.SAME
+
+
+def fingerprint(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
+  """What a reinforcement's targets depend on: the teachers (model, checkpoint, resolution), the
+  data, the views (augmentation, batch and data order, variant, mixup) and the temperature."""
+  cfg = config.input
+  return {
+      'teachers': [{k: entry.get(k) for k in ('model', 'checkpoint', 'resolution')}
+                   for entry in config.teachers],
+      'data': dict(dataset=data.full_name, train_split=cfg.train_split, examples=data.num_train,
+                   classes=data.num_classes, channels=data.channels),
+      'views': dict(resolution=cfg.resolution, augment=cfg.augment,
+                    crop_padding=cfg.crop_padding, flip=cfg.flip, batch_size=cfg.batch_size,
+                    data_shards=cfg.data_shards or jax.process_count(),
+                    shuffle_buffer=cfg.shuffle_buffer, seed=config.seed,
+                    extra_data=cfg.extra_data.to_dict(), variant=config.variant,
+                    mixup_alpha=config.mixup_alpha),
+      'temperature': config.temperature,
+  }
+
+
+def process_rows(batch_size: int) -> slice:
+  """The rows of every global batch that this process's data shards fill."""
+  rows = batch_size // jax.process_count()
+  return slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """The targets of a run (`open`): `train_batches` and `eval_sets` are what its loop reads."""
+  run: Any  # The `build.Run`.
+  kind: str | None
+  path: Any = None  # The fixed teachers' cache (`cached`).
+  logits: np.ndarray | None = None  # The fixed teachers' logits (`cached`), once computed.
+  store: reinforcement.Store | None = None  # `stored`.
+
+  def ready(self) -> 'Targets':
+    """These targets with what is computed once done: a missing logits cache is computed and
+    written (after every check has passed: the caller's workdir exists)."""
+    if self.kind != CACHED or self.logits is not None:
+      return self
+    logging.info('Precomputing teacher logits into %s.', self.path)
+    logits = _compute_logits(self.run)
+    teachers_lib.write_cached(self.path, _logits_fingerprint(self.run), logits)
+    return dataclasses.replace(self, logits=logits)
+
+  def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+    """This process's training batches from `start_step` on, with what the step needs."""
+    if self.kind == STORED:
+      return _replayed(self.run, self.store, start_step)
+    stream = self.run.train_batches(start_step)
+    if self.kind == CACHED:  # The fixed teachers' logits, looked up by the examples' index.
+      stream = ({**b, 'teacher_logits': np.asarray(self.logits[b.pop('index')])} for b in stream)
+    return stream
+
+  def eval_sets(self) -> dict[str, Any]:
+    """The run's eval sets (`build.Run.eval_sets`); a replayed run's with the teachers' stored
+    log-probabilities (`teacher_logp`) of each example."""
+    sets = self.run.eval_sets()
+    if self.kind != STORED:
+      return sets
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    out = {}
+    for name, ds in sets.items():
+      table = tf.constant(self.store.read_eval(name))
+      out[name] = ds.map(lambda b, t=table: {**b, 'teacher_logp': tf.gather(t, b['index'])})
+    return out
+
+
+def open_targets(run: Any, workdir: str) -> Targets:
+  """The run's targets, read and checked, nothing written: the fixed teachers' cached logits if
+  the cache holds them (bad input if it holds other teachers' or data's), a reinforcement
+  checked against the run (bad input if made for another)."""
+  kind = source(run.config)
+  if kind == CACHED:
+    path = workdir_lib.teacher_logits(workdir, run.config.teacher_logits_cache)
+    return Targets(run, kind, path, teachers_lib.read_cached(path, _logits_fingerprint(run)))
+  if kind == STORED:
+    store = reinforcement.open_store(run.config.reinforcement.path)
+    wanted = fingerprint(run.config, run.data)
+    for entry, stored in zip(wanted['teachers'], store.meta['fingerprint']['teachers']):
+      entry['model'] = entry['model'] or stored.get('model')  # '': what its checkpoint says.
+    reinforcement.check_replayable(store, wanted)
+    names = set(run.eval_names) - set(store.layout.eval_sets)
+    if names:
+      raise errors.BadInput(f'config.reinforcement.path={store.path} has no teacher targets of '
+                            f'the eval sets {", ".join(sorted(names))}; make it with them.')
+    return Targets(run, kind, store=store)
+  return Targets(run, kind)
+
+
+def _logits_fingerprint(run: Any) -> dict[str, Any]:
+  """What the fixed teachers' precomputed logits depend on (`teachers.fingerprint`)."""
+  cfg = run.config.input
+  return teachers_lib.fingerprint(
+      run.config.teachers, run.teacher_params, dataset=run.data.full_name,
+      split=cfg.train_split, num_examples=run.data.num_train, resolution=cfg.resolution,
+      central_crop=cfg.central_crop)
+
+
+def _compute_logits(run: Any) -> np.ndarray:
+  """The teachers' [example, teacher, class] logits on the un-augmented train split."""
+  batch_sharding = parallel.batch_sharded(run.mesh)
+  logits_fn = jax.jit(lambda p, batch: run.teachers.logits(p, batch['image']),
+                      in_shardings=(run.teacher_sharding, batch_sharding),
+                      out_shardings=batch_sharding)
+  split = run.eval_batches(run.config.input.train_split, cache=False)
+  with console.Bar('teacher logits', total=int(split.cardinality()), unit='batch') as bar:
+    batches = (parallel.to_global(b, run.mesh) for b in split.as_numpy_iterator())
+    return teachers_lib.compute_logits(functools.partial(logits_fn, run.teacher_params),
+                                       batches, run.data.num_train, bar.update)
+
+
+def replay_order(steps: int, block: int, cycle: int, seed: int) -> list[int]:
+  """The stored steps that replayed steps `cycle * steps` ... `(cycle + 1) * steps - 1` read: in
+  the stored order for the first cycle (the live run's, exactly), then the stored blocks of
+  `block` steps (an epoch) in a fresh order per cycle, each block's steps in their order (so
+  that the input pipeline rebuilds a block's views from its first step on)."""
+  starts = list(range(0, steps, block))
+  if cycle:
+    starts = [starts[i] for i in np.random.default_rng([seed, cycle]).permutation(len(starts))]
+  return [s for start in starts for s in range(start, min(start + block, steps))]
+
+
+def _replayed(run: Any, store: reinforcement.Store, start_step: int) -> Iterator[Batch]:
+  """Replayed training batches from `start_step` on (see `replay_order`): the input pipeline
+  rebuilds each stored step's views, which come with their stored mixup ratio and targets."""
+  layout = store.layout
+  rows = process_rows(layout.batch_size)
+  block = max(1, round(run.data.num_train / layout.batch_size))
+  step = start_step
+  while True:
+    cycle, position = divmod(step, layout.steps)
+    order = replay_order(layout.steps, block, cycle, run.config.seed)
+    while position < layout.steps:  # A run of consecutive stored steps: one pipeline.
+      first, count = order[position], 1
+      while position + count < layout.steps and order[position + count] == first + count:
+        count += 1
+      pipeline = run.train_batches(first, with_index=True)
+      for chunk in range(first, first + count, layout.steps_per_chunk):
+        size = min(layout.steps_per_chunk, first + count - chunk)
+        stored = store.read_steps(chunk, size, rows)
+        for i in range(size):
+          yield _with_stored(next(pipeline), {k: v[i] for k, v in stored.items()}, chunk + i)
+      position += count
+      step += count
+
+
+def _with_stored(batch: Batch, stored: dict[str, np.ndarray], step: int) -> Batch:
+  """A rebuilt batch with its stored step's ratio and targets (float32); bad input if the views
+  are not the stored ones (the data's order changed since)."""
+  if not np.array_equal(batch.pop('index'), stored.pop('index')):
+    raise errors.BadInput(f'The input pipeline rebuilds other examples than the reinforcement '
+                          f'stored for its step {step}: the dataset or its order changed since; '
+                          'make the reinforcement again.')
+  ratio = stored.pop('ratio')
+  out = {**batch, 'mixup_ratio': np.full(len(batch['image']), ratio, np.float32)}
+  for name, value in stored.items():
+    out[f'teacher_{name}'] = value.astype(np.int32 if name == 'top_class' else np.float32)
+  return out
