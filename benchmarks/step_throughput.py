@@ -20,7 +20,9 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
 - `matmul`: FLOP/s of a large float32 matmul in this process: the machine's practical limit.
 - `component` (one per part): `teacher_forward`, `student_step` (supervised train step),
   `distill_step` (views, mixup, teachers, student, KL, update), `distill_step_cached_logits`
-  (fixed teacher with precomputed logits: no teacher pass), `teacher_forward_then_student_step`
+  (fixed teacher with precomputed logits: no teacher pass), `distill_step_replayed` (a
+  reinforcement's step: views rebuilt, stored mixup ratio and all classes' log-probabilities, no
+  teacher pass), `teacher_forward_then_student_step`
   (the two programs called in turn, as a loop without the fused step would),
   `teacher_forward_and_student_step` (both parts, independent of each other, compiled as one
   program: what one program costs over two with no distillation in it), `input_pipeline`
@@ -32,8 +34,11 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   highest), `step_efficiency_in_turn` (the same against the parts called in turn, so that
   neither side keeps its weights in cache from one call to the next; and its range),
   `one_program_efficiency` (`teacher_forward_and_student_step` against the parts, the same way),
-  `cached_logits_over_student_step`, `input_over_step` (pipeline images/s / distill
-  step images/s), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
+  `cached_logits_over_student_step`, `replayed_over_distill_step` (replayed step images/s / live
+  distill step images/s), `input_over_step` and `input_over_replayed_step` (pipeline images/s /
+  that step's images/s: a replay rebuilds its views with the same pipeline),
+  `reinforcement_bytes_per_view` (`--top_k` classes in float16 and the rest, with the example's
+  index and the step's ratio, of the config's classes and batch), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
   `distill_fraction_of_peak`: achieved / the chip's peak),
   `distill_compile_s`, `peak_rss_mb`.
 - With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
@@ -61,7 +66,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from big_distill import build, cli, parallel, steps
+from big_distill import build, cli, parallel, reinforcement, steps
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +81,8 @@ _STANDIN = flags.DEFINE_integer(
 _STANDIN_SIZE = flags.DEFINE_list('standin_size', ['384', '512'],
                                   'Height, width of the stand-in\'s images.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference float32 matmul.')
+_TOP_K = flags.DEFINE_integer('top_k', 10, 'Classes kept per view for reinforcement_bytes_per_view '
+                              '(0: all, in float32).')
 _PEAK = flags.DEFINE_float(
     'peak_tflops', 0.0, 'The chip\'s peak TFLOP/s in the step\'s dtype (e.g. 989 for an H100 or '
     'H200 in bfloat16): if > 0, the summary gives the distillation step\'s fraction of it.')
@@ -212,6 +219,9 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   supervised = build.create_run(variant_of(config, mode='supervised'), data=run.data)
   cached = build.create_run(variant_of(config, variant='fixed', teacher_logits_cache='unused'),
                             data=run.data, teacher_params='abstract')
+  replayed = build.create_run(variant_of(config, reinforcement=dict(path='unused',
+                                                                     live_fraction=0.0)),
+                              data=run.data)
   bs, image_shape, num_classes = config.input.batch_size, run.image_shape, run.data.num_classes
   rng = jax.random.PRNGKey(0)
   batch_sharding = parallel.batch_sharded(run.mesh)
@@ -223,8 +233,13 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'image': batch['image'],
       'teacher_logits': noise.normal(size=(bs, len(run.teachers.models), num_classes)).astype(
           np.float32)}, batch_sharding)
+  replayed_batch = jax.device_put({
+      'image': batch['image'], 'mixup_ratio': np.full(bs, 0.7, np.float32),
+      'teacher_logp': jax.nn.log_softmax(noise.normal(size=(bs, num_classes)).astype(
+          np.float32))}, batch_sharding)
   states = {'student_step': supervised.init_state(rng), 'distill_step': run.init_state(rng),
             'distill_step_cached_logits': cached.init_state(rng),
+            'distill_step_replayed': replayed.init_state(rng),
             'teacher_forward_and_student_step': supervised.init_state(rng)}
   teacher_forward = jax.jit(functools.partial(run.teachers.log_probs,
                                               temperature=config.temperature))
@@ -239,6 +254,7 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'student_step': (supervised.train_step, ((), batch, rng)),
       'distill_step': (run.train_step, (run.teacher_params, batch, rng)),
       'distill_step_cached_logits': (cached.train_step, (run.teacher_params, cached_batch, rng)),
+      'distill_step_replayed': (replayed.train_step, ((), replayed_batch, rng)),
       'teacher_forward_and_student_step': (teacher_forward_and_student_step,
                                            (run.teacher_params, batch, rng)),
   }
@@ -313,6 +329,11 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'one_program_efficiency': statistics.median(one_program),
       'cached_logits_over_student_step': img_s['student_step'] / img_s[
           'distill_step_cached_logits'],
+      'replayed_over_distill_step': img_s['distill_step_replayed'] / img_s['distill_step'],
+      'reinforcement_bytes_per_view': reinforcement.Layout(
+          steps=1, batch_size=bs, num_classes=num_classes, top_k=_TOP_K.value or None,
+          dtype='float16' if _TOP_K.value else 'float32', steps_per_chunk=1,
+          eval_sets={}).bytes_per_view(),
       'distill_img_per_sec': img_s['distill_step'],
       'distill_gflop_per_sec': records['distill_step']['gflop_per_image'] * img_s['distill_step'],
       'matmul_gflop_per_sec': matmul / 1e9,
@@ -329,6 +350,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
           img_s['input_pipeline'], 'dataset': config.input.dataset,
           'standin': bool(_STANDIN.value), 'cache': config.input.cache, **setting})
     summary['input_over_step'] = img_s['input_pipeline'] / img_s['distill_step']
+    summary['input_over_replayed_step'] = (img_s['input_pipeline'] /
+                                           img_s['distill_step_replayed'])
   summary['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   emit({**summary, **setting})
 

@@ -27,7 +27,7 @@ from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, loading
 from big_distill.optim import make_optimizer
 
-TEACHER_PARAMS = ('load', 'random', 'abstract')
+TEACHER_PARAMS = ('load', 'random', 'abstract', 'none')  # 'none': no teacher is built.
 EVAL = 'eval'  # The metrics prefix of `config.input.eval_split`.
 
 
@@ -135,8 +135,10 @@ class Run:
     return [EVAL, *self.data.evals]
 
 
-def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
-  """Checks that need no data and no model; returns the variant (None in supervised mode)."""
+def validate(config: ml_collections.ConfigDict,
+             teachers: bool = True) -> variants.Variant | None:
+  """Checks that need no data and no model; returns the variant (None in supervised mode).
+  Without `teachers`, a distillation may name none (`reinforce --teacher_fn` brings its own)."""
   if config.mode not in ('supervised', 'distill'):
     raise errors.BadInput(f"config.mode={config.mode!r}; use 'supervised' or 'distill'.")
   variant = variants.get(config.variant) if config.mode == 'distill' else None
@@ -171,7 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> variants.Variant | None:
   parallel.check_batch_size(config.input.batch_size)
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
   parallel.mesh_shape(config.mesh.data, config.mesh.fsdp, jax.device_count())
-  if variant and not config.teachers:
+  if variant and teachers and not config.teachers and targets_lib.needs_teachers(config):
     raise errors.BadInput("config.mode='distill' needs at least one entry in config.teachers.")
   return variant
 
@@ -247,7 +249,7 @@ def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'loa
   student = models.resolve(config.student, 'config.student', default=loading.spec_of(
       init, 'config.student.init') if init and not config.student.get('model') else None)
   specs = ()
-  if targets_lib.source(config) not in (None, targets_lib.STORED):  # A replay runs no teacher.
+  if targets_lib.needs_teachers(config) and teacher_params != 'none':
     if teacher_params == 'load':
       for i, entry in enumerate(config.teachers):
         loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
@@ -268,7 +270,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   splits it reads resolved (`resolve_models`, `input_pipeline.fit_split`)."""
   if teacher_params not in TEACHER_PARAMS:
     raise ValueError(f'teacher_params={teacher_params!r}; use one of {TEACHER_PARAMS}.')
-  variant = validate(config)
+  variant = validate(config, teachers=teacher_params != 'none')
   config, student_spec, teacher_specs = resolve_models(config, teacher_params)
   data = data or describe_data(config)  # Checked; nothing is written before every check passed.
   if data.splits:
@@ -324,9 +326,11 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   not downloaded: only its metadata is read (its sizes are then unknown, None)."""
   cfg = config.input
   data = None if sources.readable(cfg.dataset, cfg.data_dir) else dataset_shape(config)
+  config = targets_lib.with_stored_teachers(config)
   run = create_run(workdir_lib.with_stored_models(config, workdir), data=data,
                    teacher_params='abstract', prepare=False)
   workdir_lib.check(run.config, workdir)
+  targets = targets_lib.open_targets(run, workdir)  # Checked: another run's targets are refused.
   cfg = run.config.input
   return {
       'config': workdir_lib.config_json(run.config),
@@ -342,6 +346,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    train_split=cfg.train_split,
                    train_examples=run.data.num_train if data is None else None,
                    eval_split=cfg.eval_split, evals=sorted(run.data.evals)),
+      'targets': dict(source=targets.kind, path=config.reinforcement.path or (
+          str(targets.path) if targets.path else None)),
       'steps': run.num_steps,
       'epochs': run.num_steps * cfg.batch_size / run.data.num_train if data is None else None,
       'devices': jax.device_count(),
@@ -363,9 +369,13 @@ def prepare_data(run: Run) -> Run:
 def create_run_from_workdir(workdir: str, teacher_params: str = 'abstract') -> Run:
   """The run stored in `workdir` (its config, and what it trained on), for using its student:
   on any devices (the stored mesh is not used), no dataset needed; teachers as shapes only
-  unless `teacher_params` says otherwise."""
+  unless `teacher_params` says otherwise (then a replayed run's teachers are built as well)."""
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   config.mesh.update(data=-1, fsdp=1)
+  if 'reinforcement' not in config:  # A run from before reinforcements.
+    config.reinforcement = configlib.base_config().reinforcement
+  if teacher_params == 'load' and config.teachers:
+    config.reinforcement.path = ''  # A replayed run's teachers too (the reinforcement's).
   info = workdir_lib.read_data(workdir)
   data = (Data(info['num_classes'], info['channels'], info['num_train'],
                tuple(info.get('class_names', ()))) if info else create_data(config))

@@ -102,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.teachers = []
   # Distill mode: a reinforcement (`python -m big_distill.reinforce`) of this run's teachers and
   # views to replay: the steps take its stored targets, and the teachers' weights are not loaded.
-  c.reinforcement = ml_collections.ConfigDict(dict(path=''))
+  # `live_fraction`: that share of the steps (evenly spaced) trains on fresh live views instead.
+  c.reinforcement = ml_collections.ConfigDict(dict(path='', live_fraction=0.0))
   c.temperature = 1.0  # Softmax temperature of the KL(teacher || student) loss.
   c.mixup_alpha = 1.0  # Mixing ratio ~ Beta(alpha, alpha), one per batch ('funmatch').
 
@@ -206,10 +207,10 @@ def teacher_entries(checkpoints: str, model: str = '') -> list[ml_collections.Co
   """One `config.teachers` entry per checkpoint of `checkpoints` joined by '+' (an ensemble; each
   entry can then be changed from the command line, e.g. `--config.teachers[1].resolution=384`):
   its `model` ('': what the checkpoint says), `checkpoint`, and `resolution` (None: the
-  student's)."""
+  student's). None for '' (a replay takes its reinforcement's teachers)."""
   return [ml_collections.ConfigDict(dict(
       model=model, checkpoint=path, resolution=ml_collections.FieldReference(None, field_type=int)))
-          for path in checkpoints.split('+')]
+          for path in checkpoints.split('+') if path]
 
 
 def model_arg(text: str, role: str, arg: str) -> str:

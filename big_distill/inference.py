@@ -97,6 +97,9 @@ def from_workdir(workdir: str, step: str = 'best', *, teachers: bool = False) ->
   run = build.create_run_from_workdir(workdir, teacher_params='load' if teachers else 'abstract')
   if teachers and not run.distill:
     raise errors.BadInput(f'--teachers: {workdir} is a supervised run, without teachers.')
+  if teachers and not run.teachers:
+    raise errors.BadInput(f'--teachers: {workdir} replayed a reinforcement made by a '
+                          '--teacher_fn, not by teachers big_distill can load.')
   variables, _, note = checkpoint.read_variables(workdir, step)
   loading.check_fits(variables, run.abstract_state.variables, f'{workdir} ({note})')
   student = jax.jit(lambda x: run.student.apply(variables, x))

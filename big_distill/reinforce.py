@@ -74,7 +74,7 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
     raise errors.BadInput('reinforce stores a distillation\'s teacher targets: give a config with '
                           "config.mode='distill', without config.reinforcement.path or "
                           'config.teacher_logits_cache.')
-  run = build.create_run(config, teacher_params='abstract' if teacher_fn else 'load')
+  run = build.create_run(config, teacher_params='none' if teacher_fn else 'load')
   config, data = run.config, run.data
   check_flags(views, top_k, data.num_classes)
   fingerprint = targets_lib.fingerprint(config, data)

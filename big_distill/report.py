@@ -37,7 +37,7 @@ import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 
-from big_distill import cli, errors, variants, workdir as workdir_lib
+from big_distill import cli, errors, reinforcement, variants, workdir as workdir_lib
 from big_distill.runs import SUPERVISED, TRAIN_EVAL
 
 STUDENT_KEYS = ('eval/student_accuracy', 'eval/accuracy')
@@ -55,6 +55,7 @@ class Run:
   records: list[dict]
   steps_per_epoch: float | None  # None: epochs unknown, lengths in steps.
   teaches: bool = False  # A distillation run of the report names it as a teacher.
+  replayed: dict | None = None  # The meta and cost of the reinforcement it replays (if found).
 
   @property
   def dataset(self) -> str:
@@ -81,9 +82,18 @@ class Run:
     return self.config.get('optimizer', {}).get('name', 'adam')
 
   @property
+  def replays(self) -> str | None:
+    """The reinforcement the run replays (`config.reinforcement.path`), if any."""
+    return (self.config.get('reinforcement') or {}).get('path') or None
+
+  @property
   def setup(self) -> str:
-    """The variant, with the optimizer where it is not Adam: 'funmatch (shampoo)'."""
-    return self.variant if self.optimizer == 'adam' else f'{self.variant} ({self.optimizer})'
+    """The variant, with the optimizer where it is not Adam and the views where it replays a
+    reinforcement: 'funmatch (shampoo)', 'funmatch, 30 views'."""
+    setup = self.variant if self.optimizer == 'adam' else f'{self.variant} ({self.optimizer})'
+    if self.replays:
+      setup += f', {self.replayed["views"]} views' if self.replayed else ', replayed'
+    return setup
 
   @property
   def seed(self) -> int:
@@ -139,10 +149,54 @@ def load_runs(workdirs: list[str], labels: list[str] | None = None) -> list[Run]
   for i, workdir in enumerate(workdirs):
     config, records = workdir_lib.read_config(workdir), workdir_lib.read_metrics(workdir)
     label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
-    runs.append(Run(workdir, label, config, records, _steps_per_epoch(config, records)))
+    runs.append(Run(workdir, label, config, records, _steps_per_epoch(config, records),
+                    replayed=_reinforcement((config.get('reinforcement') or {}).get('path'))))
   taught = {_run_dir(t['checkpoint']) for r in runs if r.distills
             for t in r.config.get('teachers') or [] if t.get('checkpoint')}
   return [dataclasses.replace(r, teaches=_run_dir(r.workdir) in taught) for r in runs]
+
+
+def _reinforcement(path: str | None) -> dict | None:
+  """The views and cost (`summary`) of the reinforcement at `path`; None if there is none."""
+  if not path:
+    return None
+  try:
+    store = reinforcement.open_store(path)
+  except errors.BadInput:
+    return None
+  return dict(views=store.meta['views'], summary=store.summary or {})
+
+
+def teacher_cost(runs: list[Run]) -> list[str]:
+  """The markdown of what the teachers cost: per reinforcement, its forwards, time and size and
+  the runs that replayed it; and what the live runs paid (one forward per teacher, image and
+  epoch). Empty without distillation runs."""
+  stores, live = {}, []
+  for r in runs:
+    if r.replays:
+      stores.setdefault(r.replays, []).append(r)
+    elif r.distills and r.epochs is not None:
+      live.append(r)
+  if not stores:
+    return []
+  lines = ['Teacher cost: a reinforcement is paid once and replayed by every run that names it '
+           '(teacher forwards per training image: its views, K; a live run pays one per epoch).',
+           '', '| reinforcement | views (K) | teacher forwards | per image | seconds | size | '
+           'replayed by | student epochs replayed |', '|---|---|---|---|---|---|---|---|']
+  for path, group in stores.items():
+    info = group[0].replayed or {'views': '?', 'summary': {}}
+    cost = info['summary']
+    size = cost.get('stored_bytes')
+    lines.append(
+        f'| {path} | {info["views"]} | {cost.get("teacher_forwards", "?")} | '
+        f'{cost.get("teacher_forwards_per_example", "?")} | {cost.get("seconds", "?")} | '
+        f'{f"{size / 2**20:.1f} MiB" if size else "?"} | {len(group)} runs | '
+        f'{sum(r.epochs or 0 for r in group):g} |')
+  if live:
+    lines += ['', f'The {len(live)} live distillation runs here paid '
+              f'{sum(r.epochs for r in live):g} teacher forwards per training image (their '
+              'epochs).']
+  return lines
 
 
 def _run_dir(path: str) -> str:
@@ -317,6 +371,9 @@ def results_markdown(runs: list[Run]) -> str:
                 f'schedule): {_percent(base[0])} ({base[1]}).']
     if teachers and distilled:
       lines += ['', *_recovered_shares(group, distilled, lengths, base)]
+    cost = teacher_cost(group)
+    if cost:
+      lines += ['', *cost]
     lines += ['', '| run | setup | length | seed | steps | student accuracy | agreement top-1 | '
               'train agreement top-1 | teacher accuracy | workdir |',
               '|---|---|---|---|---|---|---|---|---|---|']

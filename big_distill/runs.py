@@ -11,7 +11,7 @@ import time
 
 import ml_collections
 
-from big_distill import errors, variants, workdir as workdir_lib
+from big_distill import errors, reinforcement, variants, workdir as workdir_lib
 
 
 def _configs_dir() -> str:
@@ -41,15 +41,20 @@ def run_command(name: str, module: str, *args: str) -> float:
   return time.time() - start
 
 
-def run_stage(name: str, config: str, workdir: str, *overrides: str) -> float:
-  """`run_command` of one training run."""
-  return run_command(name, 'big_distill.main', f'--config={config}', f'--workdir={workdir}',
-                     *overrides)
+MAIN, REINFORCE = 'big_distill.main', 'big_distill.reinforce'
+
+
+def run_stage(name: str, config: str, workdir: str, *overrides: str, module: str = MAIN) -> float:
+  """`run_command` of one training run (or, `module=REINFORCE`, of one reinforcement)."""
+  return run_command(name, module, f'--config={config}', f'--workdir={workdir}', *overrides)
 
 
 def finished(workdir: str) -> bool:
   """Whether `workdir` holds a run that has saved the checkpoint of its last step (False for no
-  run, or one that predates `data.json`, which records its training examples)."""
+  run, or one that predates `data.json`, which records its training examples), or a complete
+  reinforcement."""
+  if os.path.exists(os.path.join(workdir, reinforcement.META)):
+    return os.path.exists(os.path.join(workdir, reinforcement.COMPLETE))
   data = workdir_lib.read_data(workdir) if os.path.isdir(workdir) else None
   if data is None or not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
     return False
@@ -66,11 +71,13 @@ SUPERVISED = 'supervised'  # The setup name of a run on labels (the baseline).
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One run: `big_distill.main --config=<config> --workdir=<workdir> <overrides>`."""
+  """One run: `python -m <module> --config=<config> --workdir=<workdir> <overrides>` (a training
+  run, or a reinforcement that training runs replay)."""
   label: str
   config: str
   workdir: str
   overrides: tuple[str, ...] = ()
+  module: str = MAIN
 
 
 def _config_file(name: str, arg: str) -> ml_collections.ConfigDict:
@@ -101,14 +108,20 @@ def _positive(text: str, flag: str, what: str) -> float:
 def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str],
          seeds: list[str], train_examples: int | None = None, optimizer: str = 'adam',
          baseline: bool = False, augment: str = 'inception_crop',
-         overrides: list[str] = ()) -> list[Stage]:
+         overrides: list[str] = (), views: int | None = None,
+         top_k: int | None = None) -> list[Stage]:
   """The student runs, seed by seed, shortest schedule first, the baseline before the variants.
-  Every argument is checked (bad input) before anything is written."""
+  With `views`, the students of a variant whose teacher sees augmented views replay one
+  reinforcement of `views` views (and `top_k`) per variant and seed, made by a stage of its own
+  before its first student and shared by every schedule length. Every argument is checked (bad
+  input) before anything is written."""
   for name in variant_names:
     if name not in variants.VARIANTS:
       raise errors.BadInput(f'--variants: {name!r} is not a variant; use '
                             f'{", ".join(variants.NAMES)}.')
   lengths = [_positive(e, '--epochs', 'positive number of epochs') for e in epochs]
+  if views is not None and views < 1:
+    raise errors.BadInput(f'--views={views}; store at least one view of every example.')
   if not all(s.isdigit() for s in seeds) or not seeds:
     raise errors.BadInput(f'--seeds: {",".join(seeds)!r}; use non-negative integers.')
   for item in overrides:
@@ -134,7 +147,7 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
       f'_{optimizer}' if optimizer != 'adam' else '')
   cache = workdir_lib.TEACHER_LOGITS if train_examples is None else (
       f'teacher_logits_n{train_examples}.npy')
-  stages = []
+  stages, stores = [], set()
   for seed in dict.fromkeys(int(s) for s in seeds):
     for length in lengths:
       for setup in ([SUPERVISED] if baseline else []) + variant_names:
@@ -148,6 +161,19 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
           if variants.get(setup).cacheable:
             config_args.append(f'--config.teacher_logits_cache={os.path.join(root, cache)}')
         config_args += [f'--config.{o}' for o in overrides]
+        if views and setup != SUPERVISED and not variants.get(setup).cacheable:
+          replay = f'_k{views}' + (f'top{top_k}' if top_k else '')
+          store = os.path.join(root, f'reinforcement_{setup}{replay}{suffix}_s{seed}')
+          if store not in stores:  # Its views depend on the variant and seed, not the length.
+            stores.add(store)
+            stages.append(Stage(
+                f'reinforce {setup}, {views} views, seed {seed}',
+                f'{CONFIGS}/distill.py:teacher={teacher},variant={setup}', store,
+                (*config_args, f'--views={views}', *([f'--top_k={top_k}'] if top_k else [])),
+                REINFORCE))
+          config_args.append(f'--config.reinforcement.path={store}')
+        else:
+          replay = ''
         config = _resolve(name, arg, config_args)
         steps = configlib.total_steps(
             config, input_pipeline.num_examples(builder, config.input.train_split))
@@ -157,6 +183,6 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
           runtime.append(f'--config.schedule.warmup_steps={steps // 10}')
         stages.append(Stage(
             f'{setup}, {length:g} epochs, seed {seed}', f'{CONFIGS}/{name}:{arg}',
-            os.path.join(root, f'{setup}_{length:g}ep{suffix}_s{seed}'),
+            os.path.join(root, f'{setup}_{length:g}ep{suffix}{replay}_s{seed}'),
             tuple(runtime + config_args)))
   return stages

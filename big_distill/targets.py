@@ -4,7 +4,11 @@
 |---|---|---|---|
 | `live` | by default | the teachers' forward pass on the variant's teacher view | loaded |
 | `cached` | `teacher_logits_cache` (the `fixed` variant) | each example's precomputed logits, looked up on the host by its index | loaded, to compute them once |
-| `stored` | `reinforcement.path` | each view's stored log-probabilities and mixup ratio (`reinforcement`) | not loaded |
+| `stored` | `reinforcement.path` | each view's stored log-probabilities and mixup ratio (`reinforcement`); with `reinforcement.live_fraction`, that share of the steps live on fresh views | not loaded (loaded for the live share) |
+
+A replaying run's teachers are the reinforcement's: `config.teachers`, if it names any, must be
+the ones it was made with; left empty, they are filled in from it (so that the run's `config.json`
+names them, for `evaluate --teachers`).
 
 `build` asks `source` and `teacher_view` what to build; the training loop takes its batches and
 eval sets from `Targets` (`open`, then `ready`) and does no variant work of its own.
@@ -33,6 +37,36 @@ def source(config: ml_collections.ConfigDict) -> str | None:
   if config.reinforcement.path:
     return STORED
   return CACHED if config.teacher_logits_cache else LIVE
+
+
+def needs_teachers(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run builds (and loads) its teachers."""
+  kind = source(config)
+  return kind in (LIVE, CACHED) or (kind == STORED and config.reinforcement.live_fraction > 0)
+
+
+def with_stored_teachers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with a replayed reinforcement's teachers where it names none (reads only)."""
+  if source(config) != STORED:
+    return config
+  fraction = config.reinforcement.live_fraction
+  if not 0 <= fraction < 1:
+    raise errors.BadInput(f'config.reinforcement.live_fraction={fraction}; use a share of the '
+                          'steps from 0 (all replayed) to below 1.')
+  stored = reinforcement.open_store(config.reinforcement.path).meta['fingerprint']['teachers']
+  if isinstance(stored, dict):  # Made by `--teacher_fn`: no teacher of the config's.
+    if config.teachers or fraction:
+      raise errors.BadInput(
+          f'config.reinforcement.path={config.reinforcement.path} was made by '
+          f'--teacher_fn={stored["function"]}: replay it with no config.teachers (e.g. '
+          '`teacher=` in the config\'s arguments) and no live_fraction.')
+    return config
+  if config.teachers:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.teachers = [ml_collections.ConfigDict(entry) for entry in stored]
+  return config
 
 
 def teacher_view(config: ml_collections.ConfigDict, variant: variants.Variant | None) -> str:
@@ -90,7 +124,13 @@ class Targets:
   def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
     """This process's training batches from `start_step` on, with what the step needs."""
     if self.kind == STORED:
-      return _replayed(self.run, self.store, start_step)
+      fraction = self.run.config.reinforcement.live_fraction
+      replayed = _replayed(self.run, self.store, start_step - live_steps(start_step, fraction))
+      if not fraction:
+        return replayed
+      return _with_live(replayed, self.run.train_batches(
+          self.store.layout.steps + live_steps(start_step, fraction),
+          teacher_view=self.run.variant.teacher_view), start_step, fraction)
     stream = self.run.train_batches(start_step)
     if self.kind == CACHED:  # The fixed teachers' logits, looked up by the examples' index.
       stream = ({**b, 'teacher_logits': np.asarray(self.logits[b.pop('index')])} for b in stream)
@@ -121,7 +161,10 @@ def open_targets(run: Any, workdir: str) -> Targets:
   if kind == STORED:
     store = reinforcement.open_store(run.config.reinforcement.path)
     wanted = fingerprint(run.config, run.data)
-    for entry, stored in zip(wanted['teachers'], store.meta['fingerprint']['teachers']):
+    stored_teachers = store.meta['fingerprint']['teachers']
+    if isinstance(stored_teachers, dict):  # `--teacher_fn` (`with_stored_teachers`).
+      wanted['teachers'] = stored_teachers
+    for entry, stored in zip(wanted['teachers'], stored_teachers):
       entry['model'] = entry['model'] or stored.get('model')  # '': what its checkpoint says.
     reinforcement.check_replayable(store, wanted)
     names = set(run.eval_names) - set(store.layout.eval_sets)
@@ -187,6 +230,24 @@ def _replayed(run: Any, store: reinforcement.Store, start_step: int) -> Iterator
           yield _with_stored(next(pipeline), {k: v[i] for k, v in stored.items()}, chunk + i)
       position += count
       step += count
+
+
+def live_steps(steps: int, fraction: float) -> int:
+  """How many of a replaying run's first `steps` steps are live (`fraction` of them, evenly
+  spaced: step s is live when floor((s + 1) * fraction) > floor(s * fraction))."""
+  return int(np.floor(steps * fraction + 1e-9))
+
+
+def _with_live(replayed: Iterator[Batch], live: Iterator[Batch], start_step: int,
+               fraction: float) -> Iterator[Batch]:
+  """The replayed batches with a `fraction` of the steps (`live_steps`) taken from `live`: the
+  live run's views after the stored ones (its epochs K + 1, ...), fresh to the student, whose
+  targets the step computes with the teachers."""
+  step = start_step
+  while True:
+    is_live = live_steps(step + 1, fraction) > live_steps(step, fraction)
+    yield next(live) if is_live else next(replayed)
+    step += 1
 
 
 def _with_stored(batch: Batch, stored: dict[str, np.ndarray], step: int) -> Batch:

@@ -28,6 +28,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the step it has finished and raise `errors.Preempted`.
   """
   with preemption.Preemption() as preempt:
+    config = targets_lib.with_stored_teachers(config)
     run = build.create_run(workdir_lib.with_stored_models(config, workdir), prepare=False)
     config = run.config  # With every model's architecture and split resolved.
     workdir_lib.check(config, workdir)
@@ -117,7 +118,9 @@ def _loop(targets: targets_lib.Targets, state: steps.TrainState, workdir: str,
 def _compiled(run: build.Run, state: steps.TrainState, batches: Iterator[Any], rng: jax.Array,
               writer: Any) -> tuple[Any, Iterator[Any]]:
   """The train step compiled ahead of time on the first batch (its compile time logged as
-  `train/compile_seconds`), and the batches, that one included; as they are if none is left."""
+  `train/compile_seconds`), and the batches, that one included; as they are if none is left. A
+  batch of another kind (a replay's live steps, `targets`) compiles its own program when it
+  first comes."""
   batch = next(batches, None)
   if batch is None or int(state.step) >= run.num_steps:
     return run.train_step, batches
@@ -127,7 +130,12 @@ def _compiled(run: build.Run, state: steps.TrainState, batches: Iterator[Any], r
     bar.update()
   writer.write_scalars(int(state.step) + 1,
                        {'train/compile_seconds': time.perf_counter() - start})
-  return compiled, itertools.chain([batch], batches)
+  kind = jax.tree_util.tree_structure(batch)
+
+  def train_step(state, teacher_params, batch, rng):
+    step = compiled if jax.tree_util.tree_structure(batch) == kind else run.train_step
+    return step(state, teacher_params, batch, rng)
+  return train_step, itertools.chain([batch], batches)
 
 
 def _hooks(config: ml_collections.ConfigDict, num_steps: int, writer: Any,

@@ -10,7 +10,8 @@ loss is KL(teacher || student) at temperature 1.
 
 Arguments (after the file's `:`, comma-separated; `--config.KEY=VALUE` sets any other key):
   teacher: a run's workdir, or a weights file (.npz, .safetensors); several joined by `+` are an
-    ensemble (then `--config.teachers[1].resolution=...` per entry) (/tmp/fmnist_teacher).
+    ensemble (then `--config.teachers[1].resolution=...` per entry); '' with
+    `--config.reinforcement.path=DIR`: the reinforcement's teachers (/tmp/fmnist_teacher).
   teacher_model: its architecture, as `model` of `configs/teacher.py` takes it ('': what the
     checkpoint says: a run's config, a file's layout and shapes).
   student: `bit`, `vit` or `mobilenet_v3` for that family at the demo student's size, or an

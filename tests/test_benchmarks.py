@@ -24,7 +24,8 @@ def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
   matmul, = [l for l in lines if l['measure'] == 'matmul']
   summary, = [l for l in lines if l['measure'] == 'summary']
   img_s = {l['name']: l['img_per_sec'] for l in lines if l['measure'] == 'component'}
-  assert sorted(img_s) == ['distill_step', 'distill_step_cached_logits', 'input_pipeline',
+  assert sorted(img_s) == ['distill_step', 'distill_step_cached_logits', 'distill_step_replayed',
+                           'input_pipeline',
                            'student_step', 'teacher_forward', 'teacher_forward_and_student_step',
                            'teacher_forward_then_student_step']
   assert all(v > 0 for v in img_s.values())
@@ -48,6 +49,12 @@ def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
       seconds['distill_step_cached_logits'] / seconds['student_step'], rel=1e-3)
   assert summary['input_over_step'] == pytest.approx(
       img_s['input_pipeline'] / img_s['distill_step'], rel=1e-3)
+  assert summary['replayed_over_distill_step'] == pytest.approx(
+      img_s['distill_step_replayed'] / img_s['distill_step'], rel=1e-3)
+  assert summary['input_over_replayed_step'] == pytest.approx(
+      img_s['input_pipeline'] / img_s['distill_step_replayed'], rel=1e-3)
+  # Top 10 of 10 classes in float16 (2 + 2 bytes each), the rest, the index, a 16th of the ratio.
+  assert summary['reinforcement_bytes_per_view'] == 10 * 4 + 2 + 4 + 4 / 16
   steps = {l['name']: l for l in lines if l.get('gflop_per_image')}
   # The distillation step computes a teacher forward pass and a student train step, as does the
   # program holding both parts independently.
@@ -55,6 +62,9 @@ def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
     assert steps[name]['gflop_per_image'] == pytest.approx(
         steps['teacher_forward']['gflop_per_image'] + steps['student_step']['gflop_per_image'],
         rel=0.1)
+  # A replayed step runs no teacher: a student step's work.
+  assert steps['distill_step_replayed']['gflop_per_image'] == pytest.approx(
+      steps['student_step']['gflop_per_image'], rel=0.1)
   assert summary['distill_fraction_of_matmul'] == pytest.approx(
       summary['distill_gflop_per_sec'] / matmul['gflop_per_sec'], rel=1e-3)
   assert summary['distill_fraction_of_peak'] == pytest.approx(

@@ -3,6 +3,7 @@ once and replayed; the truncated KL of `--top_k`; resume after a kill; any teach
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from big_distill import checkpoint, errors, losses, reinforcement, targets
+from big_distill import workdir as workdir_lib
 from tests.helpers import (FUNMATCH_CONFIG, command, env, error_lines, main_command,
                            read_metrics, run, run_main, snapshot)
 
@@ -181,16 +183,58 @@ def wrong_shape(images):
 """
 
 
-def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path, teacher_run):
+@pytest.fixture(scope='module')
+def top_k_store(tmp_path_factory, teacher_run) -> str:
+  """K = 1 (4 steps) of the tiny teacher: the top 3 of 10 classes and the rest, in float16."""
+  path = str(tmp_path_factory.mktemp('reinforcements') / 'top3')
+  _reinforce(f'{FUNMATCH_CONFIG}:teacher={teacher_run}', path, '--views=1', '--top_k=3')
+  return path
+
+
+def test_a_replay_past_its_views_with_live_steps_resumes_exactly_and_knows_its_teachers(
+    tmp_path, top_k_store, teacher_run):
+  """12 steps on 4 stored ones (three cycles), a quarter of them live (the teachers loaded):
+  resumed from its step-4 checkpoint it ends bit-identical. Given no teacher (`teacher=`), the run
+  takes the reinforcement's, so `evaluate --teachers` loads them, and their accuracy is the one
+  the replay measured from the stored eval targets; the dry run says where its targets are."""
+  config = f'{FUNMATCH_CONFIG}:teacher='
+  flags = (*SMALL, f'--config.reinforcement.path={top_k_store}', '--config.total_steps=12',
+           '--config.reinforcement.live_fraction=0.25', '--config.checkpoint_every_steps=4',
+           '--config.eval_every_steps=4')
+  dry = run(main_command(config, str(tmp_path / 'dry'), *flags, '--dry_run')).stdout
+  dry = json.loads(dry[dry.index('{'):])
+  assert dry['targets'] == {'source': 'stored', 'path': top_k_store}
+  assert [t['checkpoint'] for t in dry['teachers']] == [teacher_run]
+  assert not os.path.exists(tmp_path / 'dry')
+
+  whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
+  run_main(config, whole, *flags)
+  shutil.copytree(whole, resumed)
+  for step in (8, 12):
+    shutil.rmtree(os.path.join(str(workdir_lib.checkpoints(resumed)), str(step)))
+  assert checkpoint.saved_steps(resumed) == [4]
+  run_main(config, resumed, *flags)
+  for x, y in zip(*(jax.tree_util.tree_leaves(checkpoint.read_variables(w, 'latest')[0])
+                    for w in (whole, resumed))):
+    np.testing.assert_array_equal(x, y)
+
+  got = json.loads(run(command('big_distill.evaluate', f'--workdir={whole}', '--teachers',
+                               '--step=latest')).stdout.splitlines()[-1])
+  last = [r for r in read_metrics(whole) if 'eval/teacher_accuracy' in r][-1]
+  assert got['teacher_accuracy'] == last['eval/teacher_accuracy']
+  assert got['agreement'] == pytest.approx(last['eval/agreement_top1'], abs=1e-9)
+
+
+def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path, teacher_run,
+                                                                        top_k_store):
   """Exit 2, one line, nothing written: K < 1, top_k of every class, a teacher function that
-  cannot be imported or returns the wrong shape; replaying an unfinished reinforcement, or one
-  of another temperature or data."""
+  cannot be imported or returns the wrong shape; replaying an unfinished reinforcement, one of
+  another temperature or data, or with a live fraction of 1."""
   config = f'{FUNMATCH_CONFIG}:teacher={teacher_run}'
   (tmp_path / 'bad_teacher.py').write_text(BAD_FUNCTION)
-  done = str(tmp_path / 'done')
-  _reinforce(config, done, '--views=1', '--top_k=3')
+  done = top_k_store
   unfinished = str(tmp_path / 'unfinished')
-  _reinforce(config, unfinished, '--views=1')
+  shutil.copytree(done, unfinished)
   os.remove(os.path.join(unfinished, reinforcement.COMPLETE))
   new = str(tmp_path / 'new')
   reinforce = lambda *flags: command('big_distill.reinforce', f'--config={config}',
@@ -210,6 +254,8 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
                                                'temperature)'),
       (replay(done, '--config.input.train_split=train[:96]'), 'differs in: data.examples, '
                                                               'data.train_split'),
+      (replay(done, '--config.reinforcement.live_fraction=1'),
+       'config.reinforcement.live_fraction=1.0; use a share of the steps from 0'),
   ]
   before = snapshot(str(tmp_path))
   for cmd, message in cases:
@@ -218,3 +264,21 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
     assert proc.returncode == errors.BAD_INPUT and len(lines) == 1, (cmd, proc.stderr[-2000:])
     assert message in lines[0], lines[0]
   assert snapshot(str(tmp_path)) == before
+
+
+def test_live_steps_are_evenly_spaced_fresh_views():
+  """`reinforcement.live_fraction`: step s is live when floor((s + 1) f) > floor(s f); the live
+  steps take the live stream's batches in order, the others the replayed stream's, from any
+  start step (a resumed run's)."""
+  fraction = 0.25
+  live = [s for s in range(12) if targets.live_steps(s + 1, fraction) > targets.live_steps(
+      s, fraction)]
+  assert live == [3, 7, 11]
+  for start in (0, 5):
+    stream = targets._with_live(  # pylint: disable=protected-access
+        (('replayed', r) for r in range(start - targets.live_steps(start, fraction), 99)),
+        (('live', k) for k in range(targets.live_steps(start, fraction), 99)), start, fraction)
+    got = [next(stream) for _ in range(start, 12)]
+    whole = [('live', live.index(s)) if s in live else ('replayed', s - sum(x < s for x in live))
+             for s in range(12)]
+    assert got == whole[start:]

@@ -95,3 +95,41 @@ def test_a_stopped_study_resumes_and_reports_what_has_finished(tmp_path, teacher
   assert '| supervised_2ep_n64_s0 | supervised | 2 epochs | 0 | 4 |' in results
   assert '| fixed_2ep_n64_s0 | fixed | 2 epochs | 0 | 4 |' in results
   assert os.path.exists(os.path.join(root, 'accuracy_fashion_mnist_train_64.png'))
+
+
+def test_students_of_every_length_replay_one_reinforcement_and_the_report_says_its_cost(
+    tmp_path, teacher_run):
+  """`--views=1`: one reinforcement per variant and seed, made before its first student and
+  replayed by the students of both lengths; the plan keeps the fixed teacher on its logits cache
+  and the baseline on labels; the report gives the reinforcement's cost and its two runs."""
+  root = str(tmp_path / 'study')
+  stages = runs.plan(root, teacher_run, epochs=['1', '2'], variant_names=['fixed', 'funmatch'],
+                     seeds=['0'], train_examples=64, baseline=True, views=1)
+  store = os.path.join(root, 'reinforcement_funmatch_k1_n64_s0')
+  assert [(os.path.basename(s.workdir), s.module) for s in stages] == [
+      ('supervised_1ep_n64_s0', runs.MAIN), ('fixed_1ep_n64_s0', runs.MAIN),
+      (os.path.basename(store), runs.REINFORCE), ('funmatch_1ep_n64_k1_s0', runs.MAIN),
+      ('supervised_2ep_n64_s0', runs.MAIN), ('fixed_2ep_n64_s0', runs.MAIN),
+      ('funmatch_2ep_n64_k1_s0', runs.MAIN)]
+  assert stages[2].config.endswith(f'distill.py:teacher={teacher_run},variant=funmatch')
+  assert '--views=1' in stages[2].overrides
+  assert '--config.input.train_split=train[:64]' in stages[2].overrides
+  for stage in stages:
+    replays = f'--config.reinforcement.path={store}' in stage.overrides
+    assert replays == stage.workdir.endswith('_k1_s0'), stage
+
+  cmd = command('big_distill.reproduce', f'--workdir={root}', f'--teacher={teacher_run}',
+                '--train_examples=64', '--epochs=1,2', '--variants=funmatch', '--views=1',
+                '--override=input.resolution=28', '--override=input.eval_split=test[:128]',
+                '--override=input.batch_size=32')
+  proc = run(cmd)
+  assert f'[1/3 reinforce funmatch, 1 views, seed 0]' in proc.stdout
+  for length in (1, 2):
+    workdir = os.path.join(root, f'funmatch_{length}ep_n64_k1_s0')
+    assert runs.finished(workdir)
+    assert workdir_lib.read_config(workdir)['reinforcement']['path'] == store
+  results = (tmp_path / 'study' / 'results.md').read_text()
+  assert '| funmatch, 1 views |' in results
+  # K = 1: 64 views, and the eval sets' 128 + 64 images (`train_eval`): 256 teacher forwards.
+  assert f'| {store} | 1 | 256 | 1.0 |' in results
+  assert '| 2 runs | 3 |' in results  # Replayed by the runs of 1 and 2 epochs.
