@@ -30,6 +30,11 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_bool('dry_run', False, 'Print the resolved config and what the run would build '
                     '(models, data, steps, teachers\' sources), then exit, writing nothing.')
+  define_process_flags()
+
+
+def define_process_flags() -> None:
+  """The flags of `start_jax`: joining a multi-process run, the compilation cache."""
   flags.DEFINE_string(
       'coordinator_address', None, 'Multi-process: HOST:PORT of process 0 (default: the '
       'environment variable JAX_COORDINATOR_ADDRESS); needs --num_processes and --process_id.')
@@ -88,18 +93,24 @@ def init_distributed() -> None:
   jax.distributed.initialize(*(args or ()))  # No arguments: JAX reads the cluster's layout.
 
 
-def main(argv, config):
-  del argv
+def start_jax() -> None:
+  """Joins a multi-process run (`init_distributed`) and turns the compilation cache on: what a
+  command that runs on every process (`main`, `reinforce`) does first."""
   init_distributed()
   import jax  # pylint: disable=g-import-not-at-top  # After `jax.distributed.initialize`.
-  from big_distill import build, train  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache_dir))
+  logging.info('JAX process %d of %d, %d local / %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def main(argv, config):
+  del argv
+  start_jax()
+  from big_distill import build, train  # pylint: disable=g-import-not-at-top
   if FLAGS.dry_run:
     print(json.dumps(build.dry_run(config, FLAGS.workdir), indent=2))
     return
-  logging.info('JAX process %d of %d, %d local / %d global devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
   train.train_and_evaluate(config, FLAGS.workdir)
 
 

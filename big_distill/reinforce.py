@@ -18,6 +18,9 @@ at the end it prints, as JSON, what it cost: teacher forwards, bytes per view, t
 teachers (`teacher_fn`: float32 images in [0, 1] at the resolution of the config's first teacher
 entry, else the student's, in, logits out), run in a process of its own: a PyTorch or timm model,
 an ONNX or TFLite file, a service can teach.
+
+Several processes (hosts) make one reinforcement together, as they run `big_distill.main` (the same
+flags or environment, `main`): each computes and writes the rows of its data shards.
 """
 
 import dataclasses
@@ -29,7 +32,7 @@ from typing import Any
 
 from absl import flags
 
-from big_distill import cli, errors, workdir
+from big_distill import cli, errors, main as main_lib, workdir
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +49,7 @@ def define_flags() -> None:
   flags.DEFINE_string('teacher_fn', None, 'module:function giving the targets instead of the '
                       'config\'s teachers (see the module docstring).')
   flags.DEFINE_integer('steps_per_chunk', 16, 'Steps in a stored chunk (the resume granularity).')
+  main_lib.define_process_flags()
 
 
 def check_flags(views: int | None, top_k: int | None, num_classes: int | None = None) -> None:
@@ -69,6 +73,7 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
   from big_distill import targets as targets_lib, teacher_fn as teacher_fn_lib
   from big_distill import teachers as teachers_lib
   from big_distill.data import input_pipeline
+  from jax.experimental import multihost_utils
   # pylint: enable=g-import-not-at-top
   if config.mode != 'distill' or config.reinforcement.path or config.teacher_logits_cache:
     raise errors.BadInput('reinforce stores a distillation\'s teacher targets: give a config with '
@@ -111,8 +116,10 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
         host = next(batches)
         index = host.pop('index')
         logp, ratio = targets_of(host, step, config.temperature)
-        for name, value in {**reinforcement.encode(logp, top_k), 'index': index,
-                            'ratio': ratio}.items():
+        stored = {**reinforcement.encode(logp, top_k), 'index': index}
+        if jax.process_index() == 0:  # Every process's ratio is the same: one writes it.
+          stored['ratio'] = ratio
+        for name, value in stored.items():
           buffer.setdefault(name, []).append(value)
         if (step + 1) % steps_per_chunk == 0 or step + 1 == layout.steps:
           store.write_steps(step + 1 - len(buffer['index']), rows,
@@ -133,6 +140,7 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
       teacher_forwards_per_example=teacher_count * views_stored / data.num_train,
       bytes_per_view=layout.bytes_per_view(), seconds=round(time.time() - started, 1),
       top_k=top_k, dtype=layout.dtype)
+  multihost_utils.sync_global_devices('reinforce: every process has written its rows')
   if jax.process_index() == 0:
     for name, table in tables.items():
       store.write_eval(name, table)
@@ -250,6 +258,7 @@ def _size(path: str) -> int | None:
 
 def main(argv, config):
   del argv
+  main_lib.start_jax()
   print(json.dumps(reinforce(config, FLAGS.workdir, FLAGS.views, top_k=FLAGS.top_k,
                              dtype=FLAGS.dtype, teacher_fn=FLAGS.teacher_fn,
                              steps_per_chunk=FLAGS.steps_per_chunk)))

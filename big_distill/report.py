@@ -128,6 +128,25 @@ class Run:
       return f'{float(f"{self.epochs:.3g}"):g} epochs'
     return f'{self.config.get("total_steps") or self.last_step} steps'
 
+  @property
+  def teacher_forwards(self) -> float | None:
+    """Teacher forwards per training image: a live run's, one per teacher and epoch; a replay's,
+    its reinforcement's (K per teacher) plus its live steps'; a cached fixed teacher's, one per
+    teacher; None for supervised runs or where unknown."""
+    if not self.distills:
+      return None
+    teachers = max(1, len(self.config.get('teachers') or []))
+    epochs = self.epochs
+    if self.replays:
+      stored = (self.replayed or {}).get('summary', {}).get('teacher_forwards_per_example')
+      fraction = (self.config.get('reinforcement') or {}).get('live_fraction', 0.0)
+      if stored is None or (fraction and epochs is None):
+        return None
+      return stored + (fraction * epochs * teachers if fraction else 0.0)
+    if self.config.get('teacher_logits_cache'):
+      return float(teachers)
+    return None if epochs is None else epochs * teachers
+
   def final(self, key: str) -> float | None:
     """The value of `key` in the last record that has it."""
     return next((r[key] for r in reversed(self.records) if key in r), None)
@@ -229,6 +248,10 @@ def _num_train_examples(cfg: dict) -> int | None:
 
 def _percent(value: float | None) -> str:
   return '—' if value is None else f'{100 * value:.2f}%'
+
+
+def _count(value: float | None) -> str:
+  return '—' if value is None else f'{value:,.4g}'
 
 
 def _spread(values: list[float]) -> str:
@@ -375,13 +398,14 @@ def results_markdown(runs: list[Run]) -> str:
     if cost:
       lines += ['', *cost]
     lines += ['', '| run | setup | length | seed | steps | student accuracy | agreement top-1 | '
-              'train agreement top-1 | teacher accuracy | workdir |',
-              '|---|---|---|---|---|---|---|---|---|---|']
+              'train agreement top-1 | teacher accuracy | teacher forwards / image | workdir |',
+              '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in sorted(group, key=lambda r: (setups.index(r.setup), _sort_key(r), r.seed)):
       lines.append(f'| {r.label} | {r.setup} | {r.length} | {r.seed} | {r.last_step} | '
                    f'{_percent(r.final(r.student_key))} | {_percent(r.final(AGREEMENT))} | '
                    f'{_percent(r.final(f"{TRAIN_EVAL}/agreement_top1"))} | '
-                   f'{_percent(r.final(TEACHER))} | {r.workdir} |')
+                   f'{_percent(r.final(TEACHER))} | {_count(r.teacher_forwards)} | '
+                   f'{r.workdir} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -465,6 +489,40 @@ def plot_teacher_fit(runs: list[Run], path: str) -> bool:
   return True
 
 
+def plot_teacher_cost(runs: list[Run], path: str) -> bool:
+  """Student accuracy against teacher forwards per training image (log axis): one line per
+  replayed setup and length over its reinforcements' K, live runs as points; False if no run
+  replays a reinforcement."""
+  if not any(r.replays for r in runs):
+    return False
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  groups = {}
+  for r in runs:
+    if r.teacher_forwards is not None and r.final(r.student_key) is not None:
+      kind = r.variant + (', replayed' if r.replays else ', live')
+      groups.setdefault((kind, r.length), []).append(r)
+  for (kind, length), members in sorted(groups.items()):
+    by_x = {}
+    for r in members:
+      by_x.setdefault(r.teacher_forwards, []).append(100 * r.final(r.student_key))
+    x = sorted(by_x)
+    y = [np.mean(by_x[v]) for v in x]
+    style = 'o-' if 'replayed' in kind else 's'
+    ax.plot(x, y, style, label=f'{kind}, {length}', markersize=7)
+  for i, value in enumerate(sorted({r.final(TEACHER) for r in runs} - {None})):
+    ax.axhline(100 * value, color='red', linestyle='--', label='teacher' if i == 0 else None)
+  ax.set_xscale('log')
+  ax.set_xlabel('teacher forwards per training image')
+  ax.set_ylabel('student accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.set_title(runs[0].section)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
 def plot_agreement(runs: list[Run], path: str) -> bool:
   """Final agreement against final accuracy, one point per run; False if no run has both."""
   fig = Figure(figsize=(5.5, 4.5))
@@ -504,7 +562,8 @@ def write_report(runs: list[Run], output_dir: str) -> list[str]:
     name = re.sub(r'[^\w.-]+', '_', section).strip('_')
     paths.append(os.path.join(output_dir, f'accuracy_{name}.png'))
     plot_accuracy(group, paths[-1])
-    for prefix, plot in (('teacher_fit', plot_teacher_fit), ('agreement', plot_agreement)):
+    for prefix, plot in (('teacher_fit', plot_teacher_fit), ('agreement', plot_agreement),
+                         ('teacher_cost', plot_teacher_cost)):
       path = os.path.join(output_dir, f'{prefix}_{name}.png')
       if plot(group, path):
         paths.append(path)

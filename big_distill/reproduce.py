@@ -89,7 +89,8 @@ def main(argv):
     if finished(stage.workdir):
       print(f'[{name}] finished: {stage.workdir}', flush=True)
       continue
-    run_stage(name, stage.config, stage.workdir, *stage.overrides, module=stage.module)
+    seconds = run_stage(name, stage.config, stage.workdir, *stage.overrides, module=stage.module)
+    print(f'[{name}] done in {seconds:.0f} s: {stage.workdir}', flush=True)
     if i and stage.module == MAIN:
       _report(root, teacher)  # What has finished so far, should the command be stopped.
       ran = True

@@ -1,10 +1,12 @@
 """Reinforcements (`big_distill.reinforce`): the teachers' targets of the live run's views, stored
 once and replayed; the truncated KL of `--top_k`; resume after a kill; any teacher function."""
 
+import glob
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -14,7 +16,7 @@ import pytest
 
 from big_distill import checkpoint, errors, losses, reinforcement, targets
 from big_distill import workdir as workdir_lib
-from tests.helpers import (FUNMATCH_CONFIG, command, env, error_lines, main_command,
+from tests.helpers import (FUNMATCH_CONFIG, ROOT, command, env, error_lines, main_command,
                            read_metrics, run, run_main, snapshot)
 
 # 128 training images in batches of 32 at 28 px: 4 steps an epoch.
@@ -282,3 +284,60 @@ def test_live_steps_are_evenly_spaced_fresh_views():
     whole = [('live', live.index(s)) if s in live else ('replayed', s - sum(x < s for x in live))
              for s in range(12)]
     assert got == whole[start:]
+
+
+def _processes(tmp_path, name: str, cmd: list[str]) -> list[subprocess.Popen]:
+  """`cmd` as 2 processes of one CPU device each, joined on localhost; stderr to files."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    address = f'127.0.0.1:{s.getsockname()[1]}'
+  procs = []
+  for i in (0, 1):
+    with open(tmp_path / f'{name}{i}.log', 'w') as log:
+      procs.append(subprocess.Popen(
+          [*cmd, f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
+          env=env(1), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log))
+  return procs
+
+
+def _wait(procs: list[subprocess.Popen], tmp_path) -> None:
+  try:
+    for p in procs:
+      p.wait(timeout=600)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p in procs:
+    assert p.returncode == 0, '\n'.join(
+        open(log).read()[-3000:] for log in sorted(glob.glob(str(tmp_path / '*.log'))))
+
+
+def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
+  """Two processes, each writing the rows of its data shard, store what one process with the
+  same two data shards stores; two processes replaying it train as one does."""
+  config = f'{FUNMATCH_CONFIG}:teacher={teacher_run}'
+  shards = '--config.input.data_shards=2'
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  reinforce = lambda workdir, *flags: command(
+      'big_distill.reinforce', f'--config={config}', f'--workdir={workdir}', *SMALL,
+      '--views=1', '--steps_per_chunk=2', *flags)
+  procs = _processes(tmp_path, 'reinforce', reinforce(two))
+  single = subprocess.Popen(reinforce(one, shards), env=env(2), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait([*procs, single], tmp_path)
+  a, b = _arrays(one), _arrays(two)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6, err_msg=key)
+
+  flags = (*SMALL, '--config.optimizer.name=sgd', '--config.total_steps=4',
+           f'--config.reinforcement.path={one}')
+  replays = {n: str(tmp_path / f'replay_{n}') for n in ('one', 'two')}
+  procs = _processes(tmp_path, 'replay', main_command(config, replays['two'], *flags))
+  single = subprocess.Popen(main_command(config, replays['one'], *flags, shards), env=env(2),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait([*procs, single], tmp_path)
+  jax.tree_util.tree_map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+      *(checkpoint.read_variables(w, 4)[0] for w in replays.values()))

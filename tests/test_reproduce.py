@@ -133,3 +133,6 @@ def test_students_of_every_length_replay_one_reinforcement_and_the_report_says_i
   # K = 1: 64 views, and the eval sets' 128 + 64 images (`train_eval`): 256 teacher forwards.
   assert f'| {store} | 1 | 256 | 1.0 |' in results
   assert '| 2 runs | 3 |' in results  # Replayed by the runs of 1 and 2 epochs.
+  row, = [l for l in results.splitlines() if l.startswith('| funmatch_2ep_n64_k1_s0 |')]
+  assert row.split(' | ')[-2] == '1'  # Teacher forwards per image: its reinforcement's K.
+  assert os.path.exists(os.path.join(root, 'teacher_cost_fashion_mnist_train_64.png'))
