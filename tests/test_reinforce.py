@@ -231,13 +231,15 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
                                                                         top_k_store):
   """Exit 2, one line, nothing written: K < 1, top_k of every class, a teacher function that
   cannot be imported or returns the wrong shape; replaying an unfinished reinforcement, one of
-  another temperature or data, or with a live fraction of 1."""
+  another temperature, data, augmentation or teacher, or with a live fraction of 1."""
   config = f'{FUNMATCH_CONFIG}:teacher={teacher_run}'
   (tmp_path / 'bad_teacher.py').write_text(BAD_FUNCTION)
   done = top_k_store
   unfinished = str(tmp_path / 'unfinished')
   shutil.copytree(done, unfinished)
   os.remove(os.path.join(unfinished, reinforcement.COMPLETE))
+  other_teacher = str(tmp_path / 'other_teacher')  # The same weights elsewhere: other teachers.
+  shutil.copytree(teacher_run, other_teacher)
   new = str(tmp_path / 'new')
   reinforce = lambda *flags: command('big_distill.reinforce', f'--config={config}',
                                      f'--workdir={new}', *SMALL, *flags)
@@ -256,6 +258,9 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
                                                'temperature)'),
       (replay(done, '--config.input.train_split=train[:96]'), 'differs in: data.examples, '
                                                               'data.train_split'),
+      (replay(done, '--config.input.augment=none'), 'differs in: views.augment'),
+      (main_command(f'{FUNMATCH_CONFIG}:teacher={other_teacher}', new, *SMALL,
+                    f'--config.reinforcement.path={done}'), 'differs in: teachers'),
       (replay(done, '--config.reinforcement.live_fraction=1'),
        'config.reinforcement.live_fraction=1.0; use a share of the steps from 0'),
   ]
