@@ -35,7 +35,7 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   neither side keeps its weights in cache from one call to the next; and its range),
   `one_program_efficiency` (`teacher_forward_and_student_step` against the parts, the same way),
   `cached_logits_over_student_step`, `replayed_over_distill_step` (replayed step images/s / live
-  distill step images/s), `input_over_step` and `input_over_replayed_step` (pipeline images/s /
+  distill step images/s: the median of the rounds' ratios, and its range), `input_over_step` and `input_over_replayed_step` (pipeline images/s /
   that step's images/s: a replay rebuilds its views with the same pipeline),
   `reinforcement_bytes_per_view` (`--top_k` classes in float16 and the rest, with the example's
   index and the step's ratio, of the config's classes and batch), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
@@ -317,6 +317,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
         *(timer.times[k] for k in (name, 'teacher_forward', 'student_step')))]
 
   per_round = over_parts('distill_step')
+  replayed = [d / r for d, r in zip(timer.times['distill_step'],
+                                    timer.times['distill_step_replayed'])]
   one_program = over_parts('teacher_forward_and_student_step')
   in_turn = [d / p for d, p in zip(timer.times['distill_step'],
                                      timer.times['teacher_forward_then_student_step'])]
@@ -329,7 +331,8 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'one_program_efficiency': statistics.median(one_program),
       'cached_logits_over_student_step': img_s['student_step'] / img_s[
           'distill_step_cached_logits'],
-      'replayed_over_distill_step': img_s['distill_step_replayed'] / img_s['distill_step'],
+      'replayed_over_distill_step': statistics.median(replayed),
+      'replayed_over_distill_step_range': [min(replayed), max(replayed)],
       'reinforcement_bytes_per_view': reinforcement.Layout(
           steps=1, batch_size=bs, num_classes=num_classes, top_k=_TOP_K.value or None,
           dtype='float16' if _TOP_K.value else 'float32', steps_per_chunk=1,
