@@ -54,14 +54,14 @@ def _mix_ratio(mixed, images):
 
 def test_mixup_is_one_convex_combination_per_batch():
   images = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 1))
-  mixed = np.asarray(steps.mixup(jax.random.PRNGKey(3), images, 1.0))
+  mixed = np.asarray(steps.mixup(images, steps.mixup_ratio(jax.random.PRNGKey(3), 1.0)))
   r = _mix_ratio(mixed, images)
   assert 0.0 <= r[0] <= 1.0
   np.testing.assert_allclose(r, r[0], atol=1e-5)
   neighbour = np.roll(np.asarray(images), 1, axis=0)
   np.testing.assert_allclose(mixed, r[0] * np.asarray(images) + (1 - r[0]) * neighbour, atol=1e-5)
-  ratios = {round(float(_mix_ratio(np.asarray(steps.mixup(jax.random.PRNGKey(s), images, 1.0)),
-                                   images)[0]), 4) for s in range(4)}
+  ratios = {round(float(_mix_ratio(np.asarray(steps.mixup(
+      images, steps.mixup_ratio(jax.random.PRNGKey(s), 1.0))), images)[0]), 4) for s in range(4)}
   assert len(ratios) == 4  # A fresh ratio for every batch key.
 
 

@@ -144,11 +144,15 @@ def test_distill_step_feeds_each_model_its_view(fmnist_builder, variant):
 
 def test_mixup_makes_convex_combinations_of_neighbours():
   images = jax.random.uniform(jax.random.PRNGKey(0), (8, 4, 4, 3), minval=-1, maxval=1)
-  mixed = np.asarray(steps.mixup(jax.random.PRNGKey(3), images, 1.0))
+  drawn = steps.mixup_ratio(jax.random.PRNGKey(3), 1.0)
+  mixed = np.asarray(steps.mixup(images, drawn))
   x, neighbour = np.asarray(images), np.roll(np.asarray(images), 1, 0)
   ratio = np.sum((mixed - neighbour) * (x - neighbour)) / np.sum((x - neighbour)**2)
-  assert 0 < ratio < 1
+  assert 0 < ratio < 1 and ratio == pytest.approx(float(drawn), abs=1e-6)
   np.testing.assert_allclose(mixed, ratio * x + (1 - ratio) * neighbour, atol=1e-6)
+  # One ratio per row (a replayed batch's stored ratio): the same arithmetic.
+  per_row = np.asarray(steps.mixup(images, jax.numpy.full((8,), drawn)))
+  np.testing.assert_array_equal(per_row, mixed)
 
 
 def test_extra_data_rows_are_interleaved_unlabelled_extra_images(fmnist_builder):
