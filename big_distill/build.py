@@ -85,15 +85,16 @@ class Run:
                    out_shardings=self.state_sharding)(variables)
 
   def train_batches(self, start_step: int = 0, *, seed: int | None = None,
-                    teacher_view: str | None = None,
-                    with_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """This process's endless training batches from `start_step` on (see `input_pipeline`)."""
+                    teacher_view: str | None = None, with_index: bool = False,
+                    blocks: list[tuple[int, int]] | None = None
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's endless training batches from `start_step` on, or those of `blocks`
+    ((first step, steps) pairs, in their order) (see `input_pipeline.train_batches`)."""
     return input_pipeline.train_batches(
         self.config.input, self.data.builder, start_step=start_step,
         seed=self.config.seed if seed is None else seed,
         teacher_view=self.teacher_view if teacher_view is None else teacher_view,
-        with_index=with_index,
-        extra_builder=self.data.extra_builder)
+        with_index=with_index, blocks=blocks, extra_builder=self.data.extra_builder)
 
   def eval_batches(self, split: str | None = None, cache: bool | None = None,
                    builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:

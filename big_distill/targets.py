@@ -27,6 +27,7 @@ from big_distill import console, errors, parallel, reinforcement, variants
 from big_distill import teachers as teachers_lib, workdir as workdir_lib
 
 LIVE, CACHED, STORED = 'live', 'cached', 'stored'
+PIPELINE_STEPS = 20_000  # A replay's input pipeline serves at least this many steps.
 Batch = dict[str, np.ndarray]
 
 
@@ -210,26 +211,37 @@ def replay_order(steps: int, block: int, cycle: int, seed: int) -> list[int]:
 
 def _replayed(run: Any, store: reinforcement.Store, start_step: int) -> Iterator[Batch]:
   """Replayed training batches from `start_step` on (see `replay_order`): the input pipeline
-  rebuilds each stored step's views, which come with their stored mixup ratio and targets."""
+  rebuilds each stored step's views, which come with their stored mixup ratio and targets. One
+  pipeline serves `PIPELINE_STEPS` steps or more (whole cycles; a new one costs seconds)."""
   layout = store.layout
   rows = process_rows(layout.batch_size)
   block = max(1, round(run.data.num_train / layout.batch_size))
+  cycles = -(-PIPELINE_STEPS // layout.steps)
   step = start_step
   while True:
-    cycle, position = divmod(step, layout.steps)
-    order = replay_order(layout.steps, block, cycle, run.config.seed)
-    while position < layout.steps:  # A run of consecutive stored steps: one pipeline.
-      first, count = order[position], 1
-      while position + count < layout.steps and order[position + count] == first + count:
-        count += 1
-      pipeline = run.train_batches(first, with_index=True)
+    first_cycle, position = divmod(step, layout.steps)
+    order = [s for cycle in range(first_cycle, first_cycle + cycles)
+             for s in replay_order(layout.steps, block, cycle, run.config.seed)][position:]
+    blocks = _consecutive(order)
+    pipeline = run.train_batches(with_index=True, blocks=blocks)
+    for first, count in blocks:
       for chunk in range(first, first + count, layout.steps_per_chunk):
         size = min(layout.steps_per_chunk, first + count - chunk)
         stored = store.read_steps(chunk, size, rows)
         for i in range(size):
           yield _with_stored(next(pipeline), {k: v[i] for k, v in stored.items()}, chunk + i)
-      position += count
-      step += count
+    step += len(order)
+
+
+def _consecutive(order: list[int]) -> list[tuple[int, int]]:
+  """`order` as (first, count) runs of consecutive steps."""
+  blocks = []
+  for s in order:
+    if blocks and blocks[-1][0] + blocks[-1][1] == s:
+      blocks[-1] = (blocks[-1][0], blocks[-1][1] + 1)
+    else:
+      blocks.append((s, 1))
+  return blocks
 
 
 def live_steps(steps: int, fraction: float) -> int:

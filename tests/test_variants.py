@@ -155,6 +155,27 @@ def test_mixup_makes_convex_combinations_of_neighbours():
   np.testing.assert_array_equal(per_row, mixed)
 
 
+def test_blocks_of_steps_are_the_stream_at_those_steps(fmnist_builder):
+  """`blocks` (a replay's epochs in a new order): one pipeline gives the batches that a stream
+  started at each block's first step gives, across epochs (16 steps an epoch here), with the
+  extra data's rows too."""
+  cfg = _input_config(train_split='train[:128]', batch_size=8, shuffle_buffer=128)
+  cfg.extra_data.update(dataset='fashion_mnist', split='test[:64]', fraction=0.25)
+  blocks = [(21, 2), (0, 3), (15, 2), (40, 1)]
+
+  def stream(**kw):
+    return input_pipeline.train_batches(cfg, fmnist_builder, seed=3, with_index=True,
+                                        extra_builder=fmnist_builder, **kw)
+  got = list(stream(blocks=blocks))  # Ends after the blocks.
+  want = [next(b) for first, count in blocks for b in [stream(start_step=first)]
+          for _ in range(count)]
+  assert len(got) == len(want) == 8
+  for ours, theirs in zip(got, want):
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+      np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
 def test_extra_data_rows_are_interleaved_unlabelled_extra_images(fmnist_builder):
   cfg = _input_config(augment='none', flip=False, batch_size=8)
   cfg.extra_data.update(dataset='fashion_mnist', split='test[:64]', fraction=0.25)

@@ -14,7 +14,7 @@ but the example's position in the split (`index`), to look up precomputed logits
 
 import os
 import re
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import jax
@@ -182,8 +182,11 @@ def process_slices(builder: tfds.core.DatasetBuilder, split: str, slices: int, *
 
 
 def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
-            cfg: ml_collections.ConfigDict, *, seed: int, skip: int, views) -> tf.data.Dataset:
-  """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in.
+            cfg: ml_collections.ConfigDict, *, seed: int, skip: int,
+            blocks: tuple[Any, Any] | None, views) -> tf.data.Dataset:
+  """One slice's endless stream of `views(example, index, example_seed)`, `skip` examples in; or,
+  with `blocks` (tensors of stream positions and of the examples each block takes from there),
+  those parts of the same stream, one after the other, in one pipeline.
 
   Epoch `e` is the slice shuffled with a seed drawn from `(seed, e)`: a stream `skip` examples in
   starts at epoch `skip // size` and reads at most one epoch to skip the rest, however late the
@@ -204,9 +207,17 @@ def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
                                              dtype=tf.int64)
     return ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
-  first_epoch, into_epoch = divmod(skip, size)
-  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-  ds = ds.enumerate(start=first_epoch * size).skip(into_epoch)
+  def from_position(start):
+    """(position, (index, example)) from stream position `start` on (an int or a tensor)."""
+    first_epoch = tf.math.floordiv(tf.cast(start, tf.int64), size)
+    return (tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+            .enumerate(start=first_epoch * size).skip(tf.cast(start, tf.int64) % size))
+
+  if blocks is None:
+    encoded = from_position(skip)
+  else:
+    encoded = tf.data.Dataset.from_tensor_slices(blocks).flat_map(
+        lambda start, length: from_position(start).take(length))
   base_seed = tf.constant([0, seed], tf.int64)
   num_channels = channels(builder)
 
@@ -215,7 +226,7 @@ def _stream(builder: tfds.core.DatasetBuilder, subsplit, offset: int,
     example = {**example, 'image': images.decode(example['image'], num_channels)}
     return views(example, index, tf.random.experimental.stateless_fold_in(base_seed, position))
 
-  return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return encoded.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _extra_rows_pattern(rows: int, extra: int) -> tf.data.Dataset:
@@ -226,9 +237,11 @@ def _extra_rows_pattern(rows: int, extra: int) -> tf.data.Dataset:
 
 def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
                   seed: int, start_step: int = 0, teacher_view: str = variants.SAME,
-                  with_index: bool = False,
+                  with_index: bool = False, blocks: Sequence[tuple[int, int]] | None = None,
                   extra_builder: tfds.core.DatasetBuilder | None = None) -> Iterator[Batch]:
-  """Endless per-process training batches of `cfg.batch_size // process_count` examples.
+  """Endless per-process training batches of `cfg.batch_size // process_count` examples from
+  `start_step` on; with `blocks` ((first step, steps) pairs), the batches of those steps instead,
+  block after block, in one pipeline (a replay's epochs in a new order), and no more.
 
   Keys: `image`, `label` (-1 for rows from `extra_builder`, a share `cfg.extra_data.fraction` of
   every slice's rows), and per `teacher_view` (`variants.VIEWS`): `teacher_image` (AUGMENTED: an
@@ -262,13 +275,22 @@ def train_batches(cfg: ml_collections.ConfigDict, builder: tfds.core.DatasetBuil
   extra_slices = (process_slices(extra_builder, cfg.extra_data.split, slices, drop_remainder=True)
                   if extra_rows else [None] * len(main_slices))
   per_slice = []
+  def parts(per_step: int) -> tuple[Any, Any] | None:
+    """The stream positions and lengths of `blocks`, for a source of `per_step` rows a step."""
+    if blocks is None:
+      return None
+    return (tf.constant([first * per_step for first, _ in blocks], tf.int64),
+            tf.constant([count * per_step for _, count in blocks], tf.int64))
+
   for (v, subsplit, offset), extra in zip(main_slices, extra_slices):
     shuffle_seed = seed * 65_537 + 2 * v
     ds = _stream(builder, subsplit, offset, cfg, seed=shuffle_seed,
-                 skip=start_step * (rows - extra_rows), views=views)
+                 skip=start_step * (rows - extra_rows), blocks=parts(rows - extra_rows),
+                 views=views)
     if extra:
       extra_ds = _stream(extra_builder, extra[1], extra[2], cfg, seed=shuffle_seed + 1,
-                         skip=start_step * extra_rows, views=extra_views)
+                         skip=start_step * extra_rows, blocks=parts(extra_rows),
+                         views=extra_views)
       ds = tf.data.Dataset.choose_from_datasets([ds, extra_ds],
                                                 _extra_rows_pattern(rows, extra_rows))
     per_slice.append(ds.batch(rows, drop_remainder=True))
