@@ -1,0 +1,379 @@
+"""Every code block of README.md and docs/**/*.md runs as written, or names the test that runs it.
+
+Each bash block is first expanded by bash itself, with stand-ins for the programs it calls that
+record their arguments: that gives each command as the shell would run it (loops, variables,
+quotes, `&&`). Then each command
+- runs here in a cheap form: `big_distill.main` with `--dry_run` appended (every check a run makes,
+  nothing written), the demo with its two training runs recorded and dry-run, `python -c`
+  snippets, the launchers with `DRY_RUN=1` (`sbatch`'s options dropped). The test's directory
+  stands in for `/tmp/`, and small files for the files a command names (a teacher's `.npz`, a
+  teacher's run, a folder of images). The `python -m` commands run in one process, which imports
+  JAX and TensorFlow once;
+- or is run by a test that the block's section names (`COVERED`: the test exists, its source names
+  the command or the page, and the page names it), after the static checks here: its module
+  exists and defines every flag the command gives, and its config file loads with its arguments
+  and overrides;
+- or, for Google Cloud's CLI and pip, which need a network, is only listed (`EXTERNAL`).
+Python blocks run here or are covered likewise. Blocks without a language are listings (no
+commands), and usage lines (`SYNOPSIS`, with placeholders) get the static checks.
+"""
+
+import ast
+import dataclasses
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from big_distill import configlib, models, optim, workdir as workdir_lib
+from big_distill.models import bit
+from big_distill.optim import shampoo
+from tests.helpers import ROOT, TEACHER_CONFIG, env
+
+PAGES = ('README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, 'docs', '**', '*.md'), recursive=True)))
+LISTING, SYNOPSIS = 'listing', 'synopsis'
+# Each block (its page and how its first line starts): LISTING, SYNOPSIS, or the commands (by
+# module, script or `python` for a Python block) that a named test runs; its other commands run
+# here. A block that is not in this table fails the test.
+COVERED = {
+    ('README.md', 'bash launch/setup.sh && .venv/bin/python -m big_distill.demo'):
+        {'launch/setup.sh': 'tests/test_launch.py'},
+    ('README.md', 'bash launch/setup.sh && .venv/bin/python -m pytest'):
+        {'launch/setup.sh': 'tests/test_launch.py', 'pytest': '.ci/run'},
+    ('README.md', 'python -m big_distill.main --config=configs/NAME.py'): SYNOPSIS,
+    ('README.md', 'python -m big_distill.main --config=configs/teacher.py'): {},
+    ('README.md', '/data/pets/train/cat/0001.jpg'): LISTING,
+    ('README.md', 'python -m big_distill.main --workdir=/tmp/my_teacher'):
+        {'big_distill.main': 'tests/test_readme.py'},
+    ('README.md', 'python -m big_distill.main --workdir=/tmp/my_student'):
+        {'big_distill.main': 'tests/test_readme.py'},
+    ('README.md', 'python -m big_distill.evaluate --workdir=/tmp/my_student'):
+        {'big_distill.evaluate': 'tests/test_readme.py', 'big_distill.report': 'tests/test_readme.py'},
+    ('README.md', 'python -m big_distill.predict --workdir=/tmp/my_student'):
+        {'big_distill.predict': 'tests/test_readme.py'},
+    ('README.md', 'python -m big_distill.export'):
+        {m: 'tests/test_readme.py' for m in ('big_distill.export', 'big_distill.predict',
+                                             'big_distill.deploy')},
+    ('README.md', 'python -m big_distill.main --config=configs/flowers_funmatch.py'): {},
+    ('README.md', 'python -m big_distill.reproduce'): {
+        'big_distill.reproduce':
+            'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
+    ('docs/data.md', '/data/pets/'): LISTING,
+    ('docs/data.md', 'DATA_DIR/image_folder/'): LISTING,
+    ('docs/data.md', 'python -c'): {},
+    **{('docs/deployment.md', start): {m: 'tests/test_deployment_doc.py' for m in modules}
+       for start, modules in (
+           ('python -m big_distill.main', ('big_distill.main', 'big_distill.export')),
+           ('import json\nimport tensorflow', ('python',)),
+           ('import json\nimport numpy', ('python',)),
+           ('import tensorflow as tf\nfrom big_distill', ('python',)),
+           ('python -m big_distill.deploy', ('big_distill.deploy',)))},
+    ('docs/parallelism.md', 'python -m big_distill.main'): {},
+    ('docs/parallelism.md', 'for i in 0 1'): {},
+    ('docs/parallelism.md', 'gcloud compute tpus'): {},
+    ('docs/parallelism.md', 'bash launch/setup.sh'): {'launch/setup.sh': 'tests/test_launch.py'},
+    ('docs/performance.md', 'python -m benchmarks.step_throughput --input=false --rounds=5'): {
+        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
+                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'python -m big_distill.demo'): {
+        'benchmarks.students': 'tests/test_benchmarks.py::test_students_reports_each_runs_student',
+        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
+                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'python -m benchmarks.step_throughput --input=false --rounds=9'): {
+        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
+                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'for teacher in'): {
+        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
+                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/reference.md', 'python -m big_distill.convert'): {
+        'big_distill.convert': ('tests/test_convert.py::test_timm_vit_to_big_vision_npz_and_back',
+                                'tests/test_convert.py::test_a_runs_student_goes_to_timm')},
+    ('docs/reference.md', 'python -m big_distill.report'): SYNOPSIS,
+    ('docs/reference.md', 'python -m big_distill.evaluate'): SYNOPSIS,
+    ('docs/reproduction/results.md', 'python -m big_distill.reproduce'): {
+        'big_distill.reproduce':
+            'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
+    ('docs/reproduction/small_data.md', 'W=/tmp/small_data'): {
+        'big_distill.reproduce':
+            'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
+    ('docs/shampoo.md', 'config.lr = 1e-3'): {},
+    ('docs/shampoo.md', 'python -m benchmarks.shampoo_vs_adam --config'): {
+        'benchmarks.shampoo_vs_adam': 'tests/test_benchmarks.py::'
+                                      'test_shampoo_vs_adam_runs_each_setting_through_the_training_loop'},
+    **{('docs/shampoo.md', start): {
+        'benchmarks.shampoo_vs_adam_sweep': 'tests/test_benchmarks.py::test_shampoo_vs_adam_sweep_'
+                                            'reports_every_setting_at_the_end_of_its_schedule'}
+       for start in ('python -m benchmarks.shampoo_vs_adam_sweep \\',
+                     'python -m benchmarks.shampoo_vs_adam_sweep --config')},
+}
+# Commands that need a network or a cloud account, which no test runs.
+EXTERNAL = {'gcloud': 'Google Cloud\'s CLI creating a TPU VM',
+            'pip': 'pip installing jax[cuda12] from PyPI'}
+# What runs here; every other command must be covered.
+RUN_HERE = ('big_distill.main', 'big_distill.demo', 'python -c', 'launch/tpu_pod.sh',
+            'launch/gpu_slurm.sh', 'python')
+# The stand-ins: a teacher's weights named by a command (a BiT R14 x1/4 `.npz` with the head of
+# its dataset's classes), and a teacher's run (the `config.json` of `configs/teacher.py`).
+TEACHER_FILES = {'R152x2_T_flowers128.npz': 102, 'R152x2_T_224.npz': 1000}
+TEACHER_RUNS = ('fmnist_teacher', 'demo/teacher', 'big_distill_demo/teacher')
+# The demo's metrics, read back from its two (dry-run) stages.
+DEMO_METRICS = {'eval/accuracy': 0.913, 'eval/student_accuracy': 0.8904,
+                'eval/agreement_top1': 0.9397}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One command of a block as the shell runs it: the program as called, its arguments, and the
+  XLA_FLAGS it is given. A Python block is one command, program `python`, its code the argument."""
+  program: str
+  args: tuple[str, ...]
+  xla_flags: str = ''
+
+  @property
+  def name(self) -> str:
+    """What runs: a module (`big_distill.main`), `python -c`, a script (`launch/setup.sh`), a
+    program (`gcloud`), or `python` (a Python block)."""
+    base = os.path.basename(self.program)
+    if base in ('python', 'python3'):
+      if not self.args or self.args[0] not in ('-m', '-c'):
+        return 'python'
+      return self.args[1] if self.args[0] == '-m' else 'python -c'
+    if base in ('bash', 'sbatch'):
+      return next(a for a in self.args if not a.startswith('-'))
+    return self.program
+
+  def flag(self, name: str) -> str | None:
+    return next((a.split('=', 1)[1] for a in self.args if a.startswith(f'--{name}=')), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  page: str
+  line: int  # Of the opening fence.
+  language: str
+  code: str
+  section: str  # The text from the heading above the block to the next heading.
+  commands: tuple[Command, ...] = ()
+
+  @property
+  def where(self) -> str:
+    return f'{self.page}:{self.line}'
+
+
+def _sections(lines: list[str]) -> list[int]:
+  """The indices of the heading lines outside code blocks."""
+  headings, fenced = [], False
+  for i, line in enumerate(lines):
+    if line.lstrip().startswith('```'):
+      fenced = not fenced
+    elif not fenced and line.startswith('#'):
+      headings.append(i)
+  return headings
+
+
+def _blocks(page: str) -> list[Block]:
+  """The fenced blocks of a page (indented ones too), without their commands."""
+  with open(os.path.join(ROOT, page), encoding='utf-8') as f:
+    text = f.read()
+  lines = text.splitlines()
+  headings = _sections(lines) + [len(lines)]
+  blocks = []
+  for m in re.finditer(r'^( *)```(\w*)\n(.*?)^ *```', text, re.S | re.M):
+    line = text.count('\n', 0, m.start())
+    start = max(h for h in [0, *headings] if h <= line)
+    end = min(h for h in headings if h > line)
+    code = '\n'.join(l[len(m.group(1)):] for l in m.group(3).splitlines())
+    blocks.append(Block(page, line + 1, m.group(2), code, '\n'.join(lines[start:end])))
+  return blocks
+
+
+def _sandbox(root) -> tuple[str, dict[str, str]]:
+  """A directory holding stand-ins for every program the docs call, which record their arguments,
+  and the environment to expand a block in (PATH: the stand-ins alone)."""
+  fake = (f'#!/bin/bash\nf=$({shutil.which("mktemp")} "$RECORD/$({shutil.which("date")} '
+          '+%s%N)-XXXXXX")\nprintf \'%s\\0\' "$0" "${XLA_FLAGS-}" "$@" > "$f"\n')
+  work, record = root / 'work', root / 'record'
+  names = [f'bin/{p}' for p in ('python', 'python3', 'bash', 'sbatch', 'gcloud')]
+  names += ['work/.venv/bin/python', *(f'work/launch/{s}' for s in os.listdir(
+      os.path.join(ROOT, 'launch')))]
+  for name in names:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(fake)
+    (root / name).chmod(0o755)
+  record.mkdir()
+  # $TEACHER: shampoo.md's name for the demo's teacher run.
+  return str(work), {'PATH': str(root / 'bin'), 'RECORD': str(record),
+                     'TEACHER': '/tmp/big_distill_demo/teacher'}
+
+
+def _expand(code: str, cwd: str, environ: dict[str, str]) -> tuple[Command, ...]:
+  """The commands of a bash block, as bash runs them (the stand-ins record them)."""
+  proc = subprocess.run(['/bin/bash', '-u', '-c', code], cwd=cwd, env=environ,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0 and not proc.stderr, proc.stderr
+  commands = []
+  for name in sorted(os.listdir(environ['RECORD'])):
+    path = os.path.join(environ['RECORD'], name)
+    with open(path) as f:
+      program, xla_flags, *args = f.read().split('\0')[:-1]
+    os.remove(path)
+    if program.startswith(environ['PATH']):
+      program = os.path.basename(program)
+    commands.append(Command(program, tuple(args), xla_flags))
+  return tuple(commands)
+
+
+@pytest.fixture(scope='module')
+def blocks(tmp_path_factory) -> list[Block]:
+  """Every block of every page, each with its commands."""
+  cwd, environ = _sandbox(tmp_path_factory.mktemp('sandbox'))
+  out = []
+  for page in PAGES:
+    for block in _blocks(page):
+      synopsis = any(COVERED[k] == SYNOPSIS for k in COVERED
+                     if k[0] == page and block.code.startswith(k[1]))
+      if block.language == 'bash' and not synopsis:  # A usage line is no command.
+        block = dataclasses.replace(block, commands=_expand(block.code, cwd, environ))
+      elif block.language == 'python':
+        block = dataclasses.replace(block, commands=(Command('python', (block.code,)),))
+      out.append(block)
+  return out
+
+
+def _entry(block: Block) -> str | dict[str, str]:
+  keys = [k for k in COVERED if k[0] == block.page and block.code.startswith(k[1])]
+  assert len(keys) == 1, (f'{block.where}: {len(keys)} entries of COVERED; a new example? Run it '
+                          'here, or name the test that runs it under the block; list it.')
+  return COVERED[keys[0]]
+
+
+def _run_here(blocks: list[Block], name: str) -> list[Command]:
+  """The commands called `name` that run here (those of blocks that do not name their test)."""
+  return [c for b in blocks if isinstance(_entry(b), dict) for c in b.commands
+          if c.name == name and name not in _entry(b)]
+
+
+def _function_source(text: str, name: str) -> str | None:
+  """The source of the module-level function `name` of the module `text`."""
+  node = next((n for n in ast.parse(text).body
+               if isinstance(n, ast.FunctionDef) and n.name == name), None)
+  return node and ast.get_source_segment(text, node)
+
+
+def _problems(block: Block) -> list[str]:
+  """What is wrong with how a block is run or covered."""
+  entry = _entry(block)
+  if entry == LISTING:
+    return [] if block.language == '' and 'python' not in block.code else ['not a listing']
+  if block.language not in ('bash', 'python'):
+    return [f'a block of {block.language or "no language"} with commands']
+  if entry == SYNOPSIS:
+    return [] if re.search(r'\[|[A-Z]{3,}', block.code) else ['a usage line without placeholders']
+  names = {c.name for c in block.commands}
+  problems = [f'{n} is not in the block' for n in set(entry) - names]
+  for command in block.commands:
+    tests = entry.get(command.name, ())
+    if not tests and command.name not in (*RUN_HERE, *EXTERNAL):
+      problems.append(f'{command.name} neither runs here nor names the test that runs it')
+    for test in (tests,) if isinstance(tests, str) else tests:
+      problems += _test_problems(test, command, block)
+  return list(dict.fromkeys(problems))
+
+
+def _test_problems(test: str, command: Command, block: Block) -> list[str]:
+  """What is wrong with `test` as the test that runs `command`: it must be named in the block's
+  section, exist, and name the command (its module's last part, its script) or the page."""
+  problems = [] if test in block.section else [f'name {test} next to the block']
+  path, _, function = test.partition('::')
+  if path == '.ci/run':  # CI runs the command itself.
+    with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+      ran = block.code.strip() in f.read().splitlines()
+    return problems + ([] if ran else [f'{path} does not run {block.code.strip()!r}'])
+  if not os.path.isfile(os.path.join(ROOT, path)):
+    return problems + [f'no {path}']
+  with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+    source = f.read()
+  if function:
+    source = _function_source(source, function)
+  mentions = (command.name if command.name == 'big_distill.main' else
+              os.path.basename(command.name).rsplit('.', 1)[-1], os.path.basename(block.page))
+  if not source:
+    problems.append(f'no test {test}')
+  elif not any(m in source for m in mentions):
+    problems.append(f'{test} does not run {command.name}')
+  return problems
+
+
+def test_every_block_runs_here_or_names_its_test(blocks):
+  assert {'README.md', 'docs/data.md', 'docs/shampoo.md'} <= {b.page for b in blocks}
+  problems = [f'{b.where}: {p}' for b in blocks for p in _problems(b)]
+  assert not problems, '\n'.join(problems)
+  matched = [k for b in blocks for k in COVERED if k[0] == b.page and b.code.startswith(k[1])]
+  assert sorted(matched) == sorted(COVERED), 'an entry of COVERED for no block, or for several'
+  assert {c.name for b in blocks for c in b.commands if c.name in EXTERNAL} == set(EXTERNAL)
+
+
+def _defined_flags(module: str) -> set[str]:
+  """The flags a command module defines (`flags.DEFINE_*`, those of the modules whose
+  `define_flags()` it calls, `config` when `cli.run` takes a config), read from its source."""
+  path = os.path.join(ROOT, *module.split('.')) + '.py'
+  with open(path, encoding='utf-8') as f:
+    tree = ast.parse(f.read())
+  names = set()
+  for node in ast.walk(tree):
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+      continue
+    attr, owner = node.func.attr, getattr(node.func.value, 'id', '')
+    if attr.startswith('DEFINE_') and node.args and isinstance(node.args[0], ast.Constant):
+      names.add(node.args[0].value)
+      if attr in ('DEFINE_bool', 'DEFINE_boolean'):
+        names.add(f'no{node.args[0].value}')
+    elif attr == 'define_flags' and owner and owner != 'define_flags':
+      names |= _defined_flags(f'{module.split(".")[0]}.{owner}')
+    elif (owner, attr) == ('cli', 'run') and any(k.arg == 'config' for k in node.keywords):
+      names.add('config')
+  return names
+
+
+def _check_statically(where: str, module: str, args: tuple[str, ...]) -> None:
+  """The module exists, defines every flag in `args`, and its `--config` (a file of this
+  checkout with its arguments) loads and takes the `--config.*` overrides."""
+  assert os.path.isfile(os.path.join(ROOT, *module.split('.')) + '.py'), f'{where}: no {module}'
+  defined = _defined_flags(module)
+  given = [a[2:].split('=', 1)[0] for a in args if a.startswith('--')]
+  unknown = [f for f in given if f not in defined and not f.startswith('config.')]
+  assert not unknown, f'{where}: {module} has no flag {unknown}'
+  config = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
+  if config:
+    path, _, arg = config.partition(':')
+    configlib.override(configlib.load(os.path.join(ROOT, path), arg or None),
+                       [a for a in args if a.startswith('--config.')])
+
+
+def test_every_command_names_its_module_flags_and_config(blocks):
+  checked = 0
+  for block in blocks:
+    if _entry(block) == SYNOPSIS:  # E.g. `--config=configs/NAME.py[:k=v,...] --step=best|N`.
+      for line in block.code.replace('\\\n', ' ').splitlines():
+        module = re.search(r'python -m (\S+)', line).group(1)
+        flags = re.findall(r'(--[a-z_]+)(?=[=\s\]]|$)', line)
+        _check_statically(block.where, module, tuple(flags))
+        checked += 1
+      continue
+    for command in block.commands:
+      if command.name.startswith(('big_distill.', 'benchmarks.')):
+        _check_statically(block.where, command.name, command.args[2:])
+        checked += 1
+  assert checked >= 40
