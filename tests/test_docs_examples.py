@@ -377,3 +377,195 @@ def test_every_command_names_its_module_flags_and_config(blocks):
         _check_statically(block.where, command.name, command.args[2:])
         checked += 1
   assert checked >= 40
+
+
+# The commands that run here, in one process: each module's `__main__` in turn (runpy), absl's
+# flags reset between them, stdout and stderr of each into files of its own. The demo's stages
+# (`runs.run_command`) are recorded and run the same way, dry-run, and each leaves the demo's
+# metrics in its workdir for the demo to read back.
+DRIVER = r'''
+import contextlib, json, os, runpy, sys, traceback
+from absl import app, flags, logging  # logging: absl's own flags, kept.
+app.define_help_flags()  # app.run defines them once: kept too.
+FLAGS = flags.FLAGS
+BASE = set(FLAGS)
+commands, metrics, out_dir = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+results, running = [], []  # Every command run, and the indices of those running now.
+
+
+@contextlib.contextmanager
+def captured(prefix):
+  sys.stdout.flush(); sys.stderr.flush()
+  saved = os.dup(1), os.dup(2)
+  with open(prefix + '.out', 'wb') as out, open(prefix + '.err', 'wb') as err:
+    os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stdout.flush(); sys.stderr.flush()
+      os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+      os.close(saved[0]); os.close(saved[1])
+
+
+def run(name, args):
+  prefix = os.path.join(out_dir, str(len(results)))
+  result = dict(name=name, args=args, stage_of=running[-1] if running else None, prefix=prefix,
+                code=0)
+  running.append(len(results))
+  results.append(result)
+  saved_flags, saved_argv = {n: FLAGS[n] for n in FLAGS}, sys.argv
+  for n in saved_flags:
+    if n not in BASE and n in FLAGS:
+      delattr(FLAGS, n)
+  sys.argv = ['-c', *args[1:]] if name == 'python -c' else [name, *args]
+  with captured(prefix):
+    try:
+      if name == 'python -c':
+        exec(compile(args[0], '<string>', 'exec'), {'__name__': '__main__'})
+      else:
+        runpy.run_module(name, run_name='__main__')
+    except SystemExit as e:
+      result['code'] = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:  # pylint: disable=broad-except
+      traceback.print_exc()
+      result['code'] = 1
+  for n in list(FLAGS):
+    if n not in BASE:
+      delattr(FLAGS, n)
+  for n, flag in saved_flags.items():
+    if n not in FLAGS:
+      FLAGS[n] = flag
+  sys.argv = saved_argv
+  running.pop()
+  return result['code']
+
+
+from big_distill import errors, runs  # pylint: disable=g-import-not-at-top
+
+
+def stage(name, module, *args):
+  code = run(module, [*args, '--dry_run'])
+  if code:
+    raise errors.StageFailed(code)
+  workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    f.write(json.dumps(dict(step=1, **metrics)) + '\n')
+  return 0.0
+
+
+runs.run_command = stage
+for name, args in commands:
+  run(name, args)
+with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+  json.dump(results, f)
+'''
+DEVICES = 8  # The shared process's simulated CPU devices: the most a command asks for (`fsdp=8`).
+
+
+def _standins(root) -> None:
+  """In `root`, the directory the commands run in and their `/tmp/`: this checkout's `configs/`,
+  the teachers' `.npz` files and runs, and `/data/pets` (`root/data/pets`) as a folder of images."""
+  (root / 'configs').symlink_to(os.path.join(ROOT, 'configs'))
+  for name, classes in TEACHER_FILES.items():
+    model = bit.ResNetV2(depth=14, width=0.25, num_classes=classes)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    bit.save_bit_npz(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                            shapes['params']), str(root / name))
+  for run in TEACHER_RUNS:
+    (root / run).mkdir(parents=True)
+    workdir_lib.write_config(configlib.load(TEACHER_CONFIG), str(root / run))
+  for split, count in (('train', 3), ('test', 2)):
+    for c, cls in enumerate(('cat', 'dog')):
+      (root / 'data' / 'pets' / split / cls).mkdir(parents=True)
+      for i in range(count):
+        Image.new('RGB', (24, 20), (200 * c, 40 * i, 90)).save(
+            root / 'data' / 'pets' / split / cls / f'{i:04d}.{("jpg", "png")[i % 2]}')
+
+
+def _here(arg: str, root, port: int) -> str:
+  """`arg` with the stand-ins: `root` for `/tmp/` and `/data/`, a free port for the coordinator's."""
+  arg = arg.replace('/tmp/', f'{root}/').replace('/data/', f'{root}/data/')
+  return re.sub(r'(--coordinator_address=[\w.]+:)\d+', rf'\g<1>{port}', arg)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _plan(where: str, stdout: str) -> dict:
+  plan = json.loads(stdout)
+  assert {'config', 'student', 'data', 'steps'} <= set(plan), f'{where}: {stdout[:500]}'
+  return plan
+
+
+def test_the_python_commands_run_here(blocks, tmp_path):
+  """Every `python -m` and `python -c` command that runs here, as written, `main` with
+  `--dry_run`: in one process (with 8 CPU devices), but for the processes of a multi-process run,
+  which run together, each with its block's XLA_FLAGS. Each exits 0; a dry run prints its plan and
+  writes nothing; the demo runs the two commands of the README's Running section and prints the
+  metrics it reads back."""
+  _standins(tmp_path)
+  port = _free_port()
+  shared, together = [], []
+  for block in blocks:
+    for command in block.commands:
+      if command.name not in ('big_distill.main', 'big_distill.demo', 'python -c') or (
+          command.name in _entry(block)):
+        continue
+      args = [_here(a, tmp_path, port) for a in command.args[1 if command.name == 'python -c'
+                                                               else 2:]]
+      if command.name == 'big_distill.main':
+        args.append('--dry_run')
+      if command.xla_flags or command.flag('num_processes'):
+        together.append((block.where, command, args))
+      else:
+        shared.append((block.where, command.name, args))
+  assert len(shared) >= 8 and len(together) == 2
+  before = {os.path.relpath(p, tmp_path) for p in glob.glob(f'{tmp_path}/**', recursive=True)}
+  environ = env(PYTHONPATH=ROOT)
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', c.name, *args], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, env=dict(environ, XLA_FLAGS=c.xla_flags)) for _, c, args in together]
+  proc = subprocess.run(
+      [sys.executable, '-c', DRIVER, json.dumps([(n, a) for _, n, a in shared]),
+       json.dumps(DEMO_METRICS), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+      timeout=600, env=env(DEVICES, PYTHONPATH=ROOT))
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  for result in results:
+    for stream in ('out', 'err'):
+      with open(f'{result["prefix"]}.{stream}', encoding='utf-8') as f:
+        result[stream] = f.read()
+  own = [r for r in results if r['stage_of'] is None]
+  assert [(r['name'], r['args']) for r in own] == [(n, a) for _, n, a in shared]
+  for (where, name, args), result in zip(shared, own):
+    assert result['code'] == 0, f'{where}: {name} {shlex.join(args)}:\n{result["err"][-3000:]}'
+    if name == 'big_distill.main':
+      _plan(where, result['out'])
+    elif name == 'big_distill.demo':
+      stages = [r for r in results if r['stage_of'] == results.index(result)]
+      workdir = result['args'][0].split('=', 1)[1]
+      assert [(r['name'], r['args']) for r in stages] == [
+          ('big_distill.main', [f'--config={ROOT}/configs/teacher.py',
+                                f'--workdir={workdir}/teacher', '--dry_run']),
+          ('big_distill.main', [f'--config={ROOT}/configs/distill.py:teacher={workdir}/teacher',
+                                f'--workdir={workdir}/student', '--dry_run'])], where
+      for stage in stages:
+        assert stage['code'] == 0, f'{where}: {stage["err"][-3000:]}'
+        _plan(where, stage['out'])
+      assert all(f'{v:.2%}' in result['out'] for v in DEMO_METRICS.values()), result['out']
+  created = {os.path.relpath(p, tmp_path) for p in glob.glob(f'{tmp_path}/**', recursive=True)}
+  # Written: the driver's files, the demo's metrics (for it to read back), `python -c`'s dataset.
+  assert not {p for p in created - before if not re.match(
+      r'\d+\.(out|err)$|results\.json$|(big_distill_demo|demo)/student($|/)|'
+      r'(big_distill_demo|demo)/teacher/metrics\.jsonl$|DATA_DIR($|/)', p)}
+  assert os.path.isdir(tmp_path / 'DATA_DIR' / 'image_folder')
+  for (where, command, args), process in zip(together, processes):
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, f'{where}: {shlex.join(args)}:\n{err[-3000:]}'
+    assert _plan(where, out)['devices'] == int(command.flag('num_processes')) * int(
+        re.search(r'device_count=(\d+)', command.xla_flags).group(1))
