@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from big_distill import configlib, models, optim, workdir as workdir_lib
+from big_distill import configlib, optim, workdir as workdir_lib
 from big_distill.models import bit
 from big_distill.optim import shampoo
 from tests.helpers import ROOT, TEACHER_CONFIG, env
@@ -569,3 +569,64 @@ def test_the_python_commands_run_here(blocks, tmp_path):
     assert process.returncode == 0, f'{where}: {shlex.join(args)}:\n{err[-3000:]}'
     assert _plan(where, out)['devices'] == int(command.flag('num_processes')) * int(
         re.search(r'device_count=(\d+)', command.xla_flags).group(1))
+
+
+def _main_commands(output: str) -> list[list[str]]:
+  """The arguments of each `python -m big_distill.main` a launcher prints (also inside gcloud's
+  `--command=...`)."""
+  found = []
+  for line in output.splitlines():
+    words = shlex.split(line)
+    for word in list(words):
+      if word.startswith('--command='):
+        words += ['&&', *shlex.split(word.split('=', 1)[1])]
+    for i in range(len(words) - 1):
+      if words[i:i + 2] == ['-m', 'big_distill.main']:
+        rest = words[i + 2:]
+        found.append(rest[:rest.index('&&')] if '&&' in rest else rest)
+  return found
+
+
+def test_the_launchers_run_dry(blocks):
+  """Every launcher command (`sbatch`'s options dropped) with DRY_RUN=1 exits 0 and prints the
+  `big_distill.main` command it would run, whose flags and config (CONFIG, a placeholder, aside)
+  pass the static checks."""
+  ran = 0
+  for block in blocks:
+    for command in block.commands:
+      if not command.name.startswith('launch/') or command.name in _entry(block):
+        continue
+      args = command.args[command.args.index(command.name) + 1:] if (
+          command.name in command.args) else command.args
+      proc = subprocess.run(['bash', command.name, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, DRY_RUN='1'))
+      where = f'{block.where}: {command.name} {shlex.join(args)}'
+      assert proc.returncode == 0, f'{where}:\n{proc.stderr}'
+      [main] = _main_commands(proc.stdout)
+      _check_statically(where, 'big_distill.main', tuple(a for a in main if a != '--config=CONFIG'))
+      ran += 1
+  assert ran == 4
+
+
+def test_the_python_blocks_run_here(blocks):
+  """Every Python block that runs here, with `config` a config file's (`configs/teacher.py`): the
+  config it leaves builds its optimizer, which takes a step (Shampoo's, where it names it) at the
+  learning rate it sets."""
+  ran = 0
+  for block in blocks:
+    if block.language != 'python' or 'python' in _entry(block):
+      continue
+    config = configlib.load(TEACHER_CONFIG)
+    exec(compile(block.code, block.where, 'exec'), {'config': config})  # pylint: disable=exec-used
+    tx, schedule = optim.make_optimizer(config, 1000)
+    params = {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)}
+    state = tx.init(params)
+    updates, _ = tx.update(params, state, params)
+    assert all(bool(jnp.isfinite(u).all()) for u in jax.tree_util.tree_leaves(updates))
+    assert max(float(schedule(s)) for s in range(1000)) == pytest.approx(config.lr, rel=1e-3)
+    states = jax.tree_util.tree_leaves(state, is_leaf=lambda s: isinstance(
+        s, shampoo.ShampooState))
+    assert any(isinstance(s, shampoo.ShampooState) for s in states) == (
+        config.optimizer.name == 'shampoo'), block.where
+    ran += 1
+  assert ran >= 1
