@@ -324,10 +324,14 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """What `big_distill.main` would run in `workdir`, every check done and nothing written: the
   resolved config, the models with their parameter counts and the teachers' sources, the data,
   the steps, and the step a restart would resume from. A TFDS dataset that is not prepared yet is
-  not downloaded: only its metadata is read (its sizes are then unknown, None)."""
+  not downloaded: only its metadata is read (its sizes are then unknown, None, and so are the
+  steps of a schedule in epochs)."""
   cfg = config.input
   data = None if sources.readable(cfg.dataset, cfg.data_dir) else dataset_shape(config)
   config = targets_lib.with_stored_teachers(config)
+  if targets_lib.needs_teachers(config):  # A run loads its teachers' files: they must exist.
+    for i, entry in enumerate(config.teachers):
+      loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
   run = create_run(workdir_lib.with_stored_models(config, workdir), data=data,
                    teacher_params='abstract', prepare=False)
   workdir_lib.check(run.config, workdir)
@@ -349,7 +353,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    eval_split=cfg.eval_split, evals=sorted(run.data.evals)),
       'targets': dict(source=targets.kind, path=config.reinforcement.path or (
           str(targets.path) if targets.path else None)),
-      'steps': run.num_steps,
+      'steps': run.num_steps if data is None or run.config.total_steps else None,
       'epochs': run.num_steps * cfg.batch_size / run.data.num_train if data is None else None,
       'devices': jax.device_count(),
       'resumes_from_step': max(checkpoint.saved_steps(workdir), default=None),

@@ -144,3 +144,21 @@ def test_a_dry_run_says_what_the_run_would_build_and_writes_nothing(tmp_path, te
   assert plan['data']['class_names'] == ['a', 'b'] and plan['data']['train_examples'] == 16
   assert plan['config']['input']['train_split'] == 'train'  # runlocal's [:1024] of 16 images.
   assert not workdir_.exists() and not data_dir.exists()
+
+
+def test_a_dry_run_checks_the_teachers_files_and_leaves_steps_it_cannot_know_unknown(tmp_path):
+  """A teacher file that is not there is bad input, as in a run, also where the config names the
+  teacher's model (the paper's configs); a TFDS dataset not prepared (its size unknown) leaves the
+  steps of a schedule in epochs unknown, not those of one batch."""
+  from big_distill import build  # pylint: disable=g-import-not-at-top
+  config = get_config('imagenet_funmatch.py', f'teacher={tmp_path}/gone.npz')
+  with pytest.raises(errors.BadInput, match=r'config.teachers\[0\].checkpoint .*gone.npz'):
+    build.dry_run(config, str(tmp_path / 'run'))
+  config = get_config('teacher.py')
+  config.input.update(dataset='mnist', data_dir=str(tmp_path / 'tfds'))
+  plan = build.dry_run(config, str(tmp_path / 'run'))
+  assert (plan['data']['classes'], plan['data']['train_examples']) == (10, None)
+  assert (plan['steps'], plan['epochs']) == (None, None)
+  config.total_steps = 7
+  assert build.dry_run(config, str(tmp_path / 'run'))['steps'] == 7
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'tfds').exists()
