@@ -5,10 +5,12 @@ record their arguments: that gives each command as the shell would run it (loops
 quotes, `&&`). Then each command
 - runs here in a cheap form: `big_distill.main` with `--dry_run` appended (every check a run makes,
   nothing written), the demo with its two training runs recorded and dry-run, `python -c`
-  snippets, the launchers with `DRY_RUN=1` (`sbatch`'s options dropped). The test's directory
-  stands in for `/tmp/`, and small files for the files a command names (a teacher's `.npz`, a
-  teacher's run, a folder of images). The `python -m` commands run in one process, which imports
-  JAX and TensorFlow once;
+  snippets, the launchers with `DRY_RUN=1` (`sbatch`'s options dropped; the `big_distill.main`
+  command they print gets the static checks below). The test's directory stands in for `/tmp/`
+  and `/data/`, and small files for the files a command names (a teacher's `.npz`, a teacher's
+  run, a folder of images). The `python -m` and `python -c` commands run in one process with 8
+  CPU devices, which imports JAX and TensorFlow once, but for the processes of a multi-process
+  run, which run together, with their block's XLA_FLAGS and a free port for the coordinator;
 - or is run by a test that the block's section names (`COVERED`: the test exists, its source names
   the command or the page, and the page names it), after the static checks here: its module
   exists and defines every flag the command gives, and its config file loads with its arguments
