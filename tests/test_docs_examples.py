@@ -41,7 +41,7 @@ import pytest
 from big_distill import configlib, optim, workdir as workdir_lib
 from big_distill.models import bit
 from big_distill.optim import shampoo
-from tests.helpers import ROOT, TEACHER_CONFIG, env
+from tests.helpers import ROOT, TEACHER_CONFIG, env, snapshot
 
 PAGES = ('README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, 'docs', '**', '*.md'), recursive=True)))
@@ -508,11 +508,11 @@ def test_the_python_commands_run_here(blocks, tmp_path):
   `--dry_run`: in one process (with 8 CPU devices), but for the processes of a multi-process run,
   which run together, each with its block's XLA_FLAGS. Each exits 0; a dry run prints its plan and
   writes nothing; the demo runs the two commands of the README's Running section and prints the
-  metrics it reads back."""
+  metrics it reads back; `python -c` prepares its folder of images."""
   _standins(tmp_path)
-  port = _free_port()
-  shared, together = [], []
+  shared, together = [], {}  # Multi-process runs: their commands by block.
   for block in blocks:
+    port = _free_port()
     for command in block.commands:
       if command.name not in ('big_distill.main', 'big_distill.demo', 'python -c') or (
           command.name in _entry(block)):
@@ -522,21 +522,37 @@ def test_the_python_commands_run_here(blocks, tmp_path):
       if command.name == 'big_distill.main':
         args.append('--dry_run')
       if command.xla_flags or command.flag('num_processes'):
-        together.append((block.where, command, args))
+        together.setdefault(block.where, []).append((command, args))
       else:
         shared.append((block.where, command.name, args))
-  assert len(shared) >= 8 and len(together) == 2
-  before = {os.path.relpath(p, tmp_path) for p in glob.glob(f'{tmp_path}/**', recursive=True)}
-  environ = env(PYTHONPATH=ROOT)
-  processes = [subprocess.Popen(
-      [sys.executable, '-m', c.name, *args], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, env=dict(environ, XLA_FLAGS=c.xla_flags)) for _, c, args in together]
-  proc = subprocess.run(
+  assert len(shared) >= 8 and together
+  # The workdirs that the dry runs leave as they were: all of `main`'s, but for the demo's stages
+  # (their stand-ins leave metrics there for the demo to read back).
+  workdir = lambda args: [str(tmp_path / a.split('=', 1)[1]) for a in args
+                          if a.startswith('--workdir=')]
+  demos = {d for _, n, args in shared if n == 'big_distill.demo' for d in workdir(args)}
+  mains = [args for _, n, args in shared if n == 'big_distill.main']
+  mains += [args for group in together.values() for _, args in group]
+  stages = {os.path.join(d, s) for d in demos for s in ('teacher', 'student')}
+  before = {w: snapshot(w) for args in mains for w in workdir(args) if w not in stages}
+  (tmp_path / 'driver').mkdir()
+  driver = subprocess.Popen(
       [sys.executable, '-c', DRIVER, json.dumps([(n, a) for _, n, a in shared]),
-       json.dumps(DEMO_METRICS), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
-      timeout=600, env=env(DEVICES, PYTHONPATH=ROOT))
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  with open(tmp_path / 'results.json') as f:
+       json.dumps(DEMO_METRICS), str(tmp_path / 'driver')], cwd=tmp_path, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(DEVICES, PYTHONPATH=ROOT))
+  for where, group in together.items():
+    processes = [subprocess.Popen(
+        [sys.executable, '-m', c.name, *args], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(env(PYTHONPATH=ROOT), XLA_FLAGS=c.xla_flags))
+                 for c, args in group]
+    for (command, args), process in zip(group, processes):
+      out, err = process.communicate(timeout=300)
+      assert process.returncode == 0, f'{where}: {shlex.join(args)}:\n{err[-3000:]}'
+      assert _plan(where, out)['devices'] == int(command.flag('num_processes')) * int(
+          re.search(r'device_count=(\d+)', command.xla_flags).group(1))
+  _, err = driver.communicate(timeout=600)
+  assert driver.returncode == 0, err[-4000:]
+  with open(tmp_path / 'driver' / 'results.json') as f:
     results = json.load(f)
   for result in results:
     for stream in ('out', 'err'):
@@ -560,17 +576,9 @@ def test_the_python_commands_run_here(blocks, tmp_path):
         assert stage['code'] == 0, f'{where}: {stage["err"][-3000:]}'
         _plan(where, stage['out'])
       assert all(f'{v:.2%}' in result['out'] for v in DEMO_METRICS.values()), result['out']
-  created = {os.path.relpath(p, tmp_path) for p in glob.glob(f'{tmp_path}/**', recursive=True)}
-  # Written: the driver's files, the demo's metrics (for it to read back), `python -c`'s dataset.
-  assert not {p for p in created - before if not re.match(
-      r'\d+\.(out|err)$|results\.json$|(big_distill_demo|demo)/student($|/)|'
-      r'(big_distill_demo|demo)/teacher/metrics\.jsonl$|DATA_DIR($|/)', p)}
-  assert os.path.isdir(tmp_path / 'DATA_DIR' / 'image_folder')
-  for (where, command, args), process in zip(together, processes):
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, f'{where}: {shlex.join(args)}:\n{err[-3000:]}'
-    assert _plan(where, out)['devices'] == int(command.flag('num_processes')) * int(
-        re.search(r'device_count=(\d+)', command.xla_flags).group(1))
+    elif name == 'python -c':
+      assert os.path.isdir(tmp_path / 'DATA_DIR' / 'image_folder'), where
+  assert {w: snapshot(str(w)) for w in before} == before
 
 
 def _main_commands(output: str) -> list[list[str]]:
