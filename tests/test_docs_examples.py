@@ -46,6 +46,8 @@ from tests.helpers import ROOT, TEACHER_CONFIG, env, snapshot
 PAGES = ('README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, 'docs', '**', '*.md'), recursive=True)))
 LISTING, SYNOPSIS = 'listing', 'synopsis'
+# The README's block of the demo's two stages by hand (the demo runs them, with its workdirs).
+DEMO_BY_HAND = ('README.md', 'python -m big_distill.main --config=configs/teacher.py')
 # Each block (its page and how its first line starts): LISTING, SYNOPSIS, or the commands (by
 # module, script or `python` for a Python block) that a named test runs; its other commands run
 # here. A block that is not in this table fails the test.
@@ -55,7 +57,7 @@ COVERED = {
     ('README.md', 'bash launch/setup.sh && .venv/bin/python -m pytest'):
         {'launch/setup.sh': 'tests/test_launch.py', 'pytest': '.ci/run'},
     ('README.md', 'python -m big_distill.main --config=configs/NAME.py'): SYNOPSIS,
-    ('README.md', 'python -m big_distill.main --config=configs/teacher.py'): {},
+    DEMO_BY_HAND: {},
     ('README.md', '/data/pets/train/cat/0001.jpg'): LISTING,
     ('README.md', 'python -m big_distill.main --workdir=/tmp/my_teacher'):
         {'big_distill.main': 'tests/test_readme.py'},
@@ -486,7 +488,8 @@ def _standins(root) -> None:
 
 
 def _here(arg: str, root, port: int) -> str:
-  """`arg` with the stand-ins: `root` for `/tmp/` and `/data/`, a free port for the coordinator's."""
+  """`arg` with the stand-ins: `root` for `/tmp/` and `/data/`, a free port for the
+  coordinator's."""
   arg = arg.replace('/tmp/', f'{root}/').replace('/data/', f'{root}/data/')
   return re.sub(r'(--coordinator_address=[\w.]+:)\d+', rf'\g<1>{port}', arg)
 
@@ -503,6 +506,17 @@ def _plan(where: str, stdout: str) -> dict:
   return plan
 
 
+def _as_running(commands: list[dict]) -> list[tuple[str, list[str]]]:
+  """The demo's stages, or the README's two commands of Running, with the checkout's path and
+  the two workdirs left out."""
+  workdirs = [a.split('=', 1)[1] for c in commands for a in c['args'] if a.startswith('--workdir=')]
+  def plain(arg):
+    for name, workdir in zip(('TEACHER', 'STUDENT'), workdirs):
+      arg = arg.replace(workdir, name)
+    return arg.replace(f'{ROOT}/', '')
+  return [(c['name'], [plain(a) for a in c['args']]) for c in commands]
+
+
 def test_the_python_commands_run_here(blocks, tmp_path):
   """Every `python -m` and `python -c` command that runs here, as written, `main` with
   `--dry_run`: in one process (with 8 CPU devices), but for the processes of a multi-process run,
@@ -510,6 +524,8 @@ def test_the_python_commands_run_here(blocks, tmp_path):
   writes nothing; the demo runs the two commands of the README's Running section and prints the
   metrics it reads back; `python -c` prepares its folder of images."""
   _standins(tmp_path)
+  [by_hand] = [b for b in blocks
+               if b.page == DEMO_BY_HAND[0] and b.code.startswith(DEMO_BY_HAND[1])]
   shared, together = [], {}  # Multi-process runs: their commands by block.
   for block in blocks:
     port = _free_port()
@@ -566,12 +582,8 @@ def test_the_python_commands_run_here(blocks, tmp_path):
       _plan(where, result['out'])
     elif name == 'big_distill.demo':
       stages = [r for r in results if r['stage_of'] == results.index(result)]
-      workdir = result['args'][0].split('=', 1)[1]
-      assert [(r['name'], r['args']) for r in stages] == [
-          ('big_distill.main', [f'--config={ROOT}/configs/teacher.py',
-                                f'--workdir={workdir}/teacher', '--dry_run']),
-          ('big_distill.main', [f'--config={ROOT}/configs/distill.py:teacher={workdir}/teacher',
-                                f'--workdir={workdir}/student', '--dry_run'])], where
+      assert _as_running(stages) == _as_running(
+          [dict(name=c.name, args=[*c.args[2:], '--dry_run']) for c in by_hand.commands])
       for stage in stages:
         assert stage['code'] == 0, f'{where}: {stage["err"][-3000:]}'
         _plan(where, stage['out'])
