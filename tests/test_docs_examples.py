@@ -16,8 +16,9 @@ quotes, `&&`). Then each command
   exists and defines every flag the command gives, and its config file loads with its arguments
   and overrides;
 - or, for Google Cloud's CLI and pip, which need a network, is only listed (`EXTERNAL`).
-Python blocks run here or are covered likewise. Blocks without a language are listings (no
-commands), and usage lines (`SYNOPSIS`, with placeholders) get the static checks.
+Python blocks run here (`config`, which they set, a config file's; the optimizer it then builds
+takes a step) or are covered likewise. Blocks without a language are listings (no commands), and
+usage lines (`SYNOPSIS`, with placeholders) get the static checks.
 """
 
 import ast
