@@ -72,6 +72,8 @@ COVERED = {
         {m: 'tests/test_readme.py' for m in ('big_distill.export', 'big_distill.predict',
                                              'big_distill.deploy')},
     ('README.md', 'python -m big_distill.main --config=configs/flowers_funmatch.py'): {},
+    ('README.md', 'python -m big_distill.reinforce'):
+        {m: 'tests/test_reinforce.py' for m in ('big_distill.reinforce', 'big_distill.main')},
     ('README.md', 'python -m big_distill.reproduce'): {
         'big_distill.reproduce':
             'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
@@ -107,6 +109,12 @@ COVERED = {
                                 'tests/test_convert.py::test_a_runs_student_goes_to_timm')},
     ('docs/reference.md', 'python -m big_distill.report'): SYNOPSIS,
     ('docs/reference.md', 'python -m big_distill.evaluate'): SYNOPSIS,
+    ('docs/reinforce.md', '# K = 100 views'):
+        {m: 'tests/test_reinforce.py' for m in ('big_distill.reinforce', 'big_distill.main')},
+    ('docs/reinforce.md', 'DIR/reinforcement.json'): LISTING,
+    ('docs/reinforce.md', '# mine.py'): {
+        'python': 'tests/test_reinforce.py::'
+                  'test_a_timm_teacher_in_pytorch_teaches_as_its_converted_weights'},
     ('docs/reproduction/results.md', 'python -m big_distill.reproduce'): {
         'big_distill.reproduce':
             'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
@@ -299,7 +307,8 @@ def _problems(block: Block) -> list[str]:
 
 def _test_problems(test: str, command: Command, block: Block) -> list[str]:
   """What is wrong with `test` as the test that runs `command`: it must be named in the block's
-  section, exist, and name the command (its module's last part, its script) or the page."""
+  section, exist, and name the command (its module's last part, its script; `big_distill.main`
+  also through `tests/helpers.py`'s `run_main` or `main_command`) or the page."""
   problems = [] if test in block.section else [f'name {test} next to the block']
   path, _, function = test.partition('::')
   if path == '.ci/run':  # CI runs the command itself.
@@ -312,8 +321,9 @@ def _test_problems(test: str, command: Command, block: Block) -> list[str]:
     source = f.read()
   if function:
     source = _function_source(source, function)
-  mentions = (command.name if command.name == 'big_distill.main' else
-              os.path.basename(command.name).rsplit('.', 1)[-1], os.path.basename(block.page))
+  mentions = ((command.name, 'run_main(', 'main_command(') if command.name == 'big_distill.main'
+              else (os.path.basename(command.name).rsplit('.', 1)[-1],))
+  mentions += (os.path.basename(block.page),)
   if not source:
     problems.append(f'no test {test}')
   elif not any(m in source for m in mentions):

@@ -148,8 +148,9 @@ def logits(images):
 
 
 def test_a_timm_teacher_in_pytorch_teaches_as_its_converted_weights(tmp_path):
-  """`--teacher_fn`: a timm MobileNetV3 running in PyTorch (its own process) gives the targets
-  that the same weights give as the config's teacher (`timm:` entry, JAX), to 1e-4."""
+  """`--teacher_fn`: a timm MobileNetV3 running in PyTorch (its own process; the function of
+  docs/reinforce.md's `mine.py`) gives the targets that the same weights give as the config's
+  teacher (`timm:` entry, JAX), to 1e-4."""
   torch = pytest.importorskip('torch')
   timm = pytest.importorskip('timm')
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
