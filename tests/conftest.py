@@ -1,15 +1,32 @@
 """Fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
 import importlib
+import os
+import shutil
+import tempfile
 
 try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, which timm loads,
   importlib.import_module('timm')  # crashes the process when loaded after it.
 except ImportError:  # timm and torch are test-only dependencies, for parity with the original.
   pass
 
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-from tests.helpers import FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, run_main
+from tests.helpers import (COMPILATION_CACHE, FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT,
+                           TINY_TEACHER, run_main)
+
+
+def pytest_configure(config):
+  """Makes the session's compilation cache (`helpers.COMPILATION_CACHE`) in the main process,
+  before xdist starts its workers (which inherit the variable); removed when the session ends. A
+  path given in the variable is used as it is and kept. The tests' own process uses it too: a
+  program compiled twice (every `build.create_run` of one model compiles the same init, whatever
+  its learning rate) is compiled once."""
+  if not hasattr(config, 'workerinput') and COMPILATION_CACHE not in os.environ:
+    os.environ[COMPILATION_CACHE] = path = tempfile.mkdtemp(prefix='big_distill_tests_jax_')
+    config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+  jax.config.update('jax_compilation_cache_dir', os.environ[COMPILATION_CACHE])
 
 
 @pytest.fixture(scope='session')

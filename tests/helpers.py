@@ -26,6 +26,10 @@ FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'distill.py')
 # own architecture.
 TINY_TEACHER = ('--config.student.model=bit:depth=14,width=0.25', '--config.input.resolution=28')
 TINY_STUDENT = ('--config.student.model=bit:depth=14,width=0.125', '--config.input.resolution=28')
+# The environment variable holding the session's JAX compilation cache, which `conftest.py` makes
+# (and removes) once for both xdist workers: the commands the tests run compile each program once
+# per suite, on a fresh machine too, and nothing comes from `~/.cache/big_distill/jax`.
+COMPILATION_CACHE = 'BIG_DISTILL_TESTS_COMPILATION_CACHE'
 
 
 def get_config(name: str, arg: str | None = None):
@@ -34,9 +38,13 @@ def get_config(name: str, arg: str | None = None):
 
 
 def env(devices: int = 1, **env_vars: str) -> dict[str, str]:
-  """The environment of a command run by a test: `devices` CPU devices, quiet TensorFlow."""
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              JAX_PLATFORMS='cpu', **env_vars)
+  """The environment of a command run by a test: `devices` CPU devices, the session's compilation
+  cache (JAX's own variable: every JAX program of the command, not only `big_distill.main`'s)."""
+  out = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  if COMPILATION_CACHE in os.environ:
+    out['JAX_COMPILATION_CACHE_DIR'] = os.environ[COMPILATION_CACHE]
+  return {**out, **env_vars}
 
 
 def command(module: str, *args: str) -> list[str]:
