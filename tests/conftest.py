@@ -13,8 +13,8 @@ except ImportError:  # timm and torch are test-only dependencies, for parity wit
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-from tests.helpers import (COMPILATION_CACHE, FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT,
-                           TINY_TEACHER, run_main)
+from tests.helpers import (COMPILATION_CACHE, FUNMATCH_CONFIG, SGD_6, TEACHER_CONFIG,
+                           TINY_STUDENT, TINY_TEACHER, run_main)
 
 
 def pytest_configure(config):
@@ -48,4 +48,15 @@ def distill_run(tmp_path_factory, teacher_run):
   """A 10-step function-matching run distilling `teacher_run` into an R14 x 1/8 student."""
   workdir = str(tmp_path_factory.mktemp('distill'))
   run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def sgd_distill_run_4_devices(tmp_path_factory, teacher_run):
+  """6 SGD steps (see `test_e2e.test_four_devices_match_one_device`) of the distillation of
+  `teacher_run` on 4 devices, data parallel (replicated parameters), a loss logged and a
+  checkpoint kept at every step: `test_e2e`'s 4-device run and `test_fsdp`'s replicated one."""
+  workdir = str(tmp_path_factory.mktemp('sgd_distill_4_devices'))
+  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT,
+           *SGD_6, '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=6', devices=4)
   return workdir

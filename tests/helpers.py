@@ -26,6 +26,10 @@ FUNMATCH_CONFIG = os.path.join(ROOT, 'configs', 'distill.py')
 # own architecture.
 TINY_TEACHER = ('--config.student.model=bit:depth=14,width=0.25', '--config.input.resolution=28')
 TINY_STUDENT = ('--config.student.model=bit:depth=14,width=0.125', '--config.input.resolution=28')
+# SGD steps, each one's loss logged, for runs on device layouts compared step by step (Adam turns
+# the rounding of another summation order into O(learning-rate) steps on weights whose gradients
+# are ~0, which hides real differences).
+SGD_6 = ('--config.optimizer.name=sgd', '--config.total_steps=6', '--config.log_every_steps=1')
 # The environment variable holding the session's JAX compilation cache, which `conftest.py` makes
 # (and removes) once for both xdist workers: the commands the tests run compile each program once
 # per suite, on a fresh machine too, and nothing comes from `~/.cache/big_distill/jax`.

@@ -9,8 +9,8 @@ import orbax.checkpoint as ocp
 
 from big_distill import workdir as workdir_lib
 from big_distill import models
-from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER, metric,
-                           read_metrics, run_main)
+from tests.helpers import (FUNMATCH_CONFIG, SGD_6, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
+                           metric, read_metrics, run_main)
 
 TRAIN_KEYS = {'train/loss', 'train/learning_rate', 'train/img_per_sec', 'train/grad_norm',
               'train/param_norm'}
@@ -77,20 +77,24 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, teacher_run):
                              metric(read_metrics(teacher_run), 'train/loss')[10], rtol=1e-5)
 
 
-def test_four_devices_match_one_device(tmp_path, teacher_run):
+def test_four_devices_match_one_device(tmp_path, teacher_run, sgd_distill_run_4_devices):
   """Both modes with the batch sharded over 4 CPU devices give the losses of 1 device.
 
   SGD, because Adam turns the rounding differences of another summation order into
-  O(learning-rate) steps on weights whose gradients are ~0, which hides real differences.
+  O(learning-rate) steps on weights whose gradients are ~0, which hides real differences. The
+  distillation on 4 devices is the session's (`conftest.sgd_distill_run_4_devices`: this
+  command, checkpointing every step).
   """
-  sgd = ('--config.optimizer.name=sgd', '--config.total_steps=6', '--config.log_every_steps=1')
   for name, config, overrides in (
       ('supervised', f'{TEACHER_CONFIG}:runlocal=True', TINY_TEACHER),
       ('distill', f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', TINY_STUDENT)):
     losses = []
     for devices in (1, 4):
       workdir = str(tmp_path / f'{name}{devices}')
-      run_main(config, workdir, *overrides, *sgd, devices=devices)
+      if (name, devices) == ('distill', 4):
+        workdir = sgd_distill_run_4_devices
+      else:
+        run_main(config, workdir, *overrides, *SGD_6, devices=devices)
       losses.append(metric(read_metrics(workdir), 'train/loss'))
     assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([losses[1][s] for s in range(1, 7)],

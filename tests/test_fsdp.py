@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from big_distill import checkpoint, configlib, parallel, steps, workdir as workdir_lib
-from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, metric, read_metrics, run, run_main
+from tests.helpers import (FUNMATCH_CONFIG, SGD_6, TINY_STUDENT, metric, read_metrics, run,
+                           run_main)
 
 
 @pytest.mark.parametrize('shape, size, spec', [
@@ -48,19 +49,17 @@ def test_a_run_may_continue_on_another_mesh(tmp_path):
     workdir_lib.check(config, workdir)
 
 
-def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run):
-  """4 devices as data 2 x fsdp 2 (student and teacher split) train like data 4 (replicated).
+def test_fsdp_run_matches_the_replicated_run(tmp_path, teacher_run, sgd_distill_run_4_devices):
+  """4 devices as data 2 x fsdp 2 (student and teacher split) train like data 4 (replicated: the
+  session's `conftest.sgd_distill_run_4_devices`, this command without `mesh.fsdp`).
 
   SGD as in test_e2e.test_four_devices_match_one_device. The checkpoints, written by 4 devices
   in two layouts, are read back in this 1-device process.
   """
   config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}'
-  sgd = ('--config.optimizer.name=sgd', '--config.total_steps=6', '--config.log_every_steps=1',
-         '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=6')
-  workdirs = {}
-  for name, mesh in (('replicated', ()), ('fsdp', ('--config.mesh.fsdp=2',))):
-    workdirs[name] = str(tmp_path / name)
-    run_main(config, workdirs[name], *TINY_STUDENT, *sgd, *mesh, devices=4)
+  sgd = (*SGD_6, '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=6')
+  workdirs = {'replicated': sgd_distill_run_4_devices, 'fsdp': str(tmp_path / 'fsdp')}
+  run_main(config, workdirs['fsdp'], *TINY_STUDENT, *sgd, '--config.mesh.fsdp=2', devices=4)
   losses = {k: metric(read_metrics(w), 'train/loss') for k, w in workdirs.items()}
   assert sorted(losses['fsdp']) == sorted(losses['replicated']) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([losses['fsdp'][s] for s in range(1, 7)],
