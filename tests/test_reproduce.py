@@ -123,7 +123,7 @@ def test_students_of_every_length_replay_one_reinforcement_and_the_report_says_i
                 '--override=input.resolution=28', '--override=input.eval_split=test[:128]',
                 '--override=input.batch_size=32')
   proc = run(cmd)
-  assert f'[1/3 reinforce funmatch, 1 views, seed 0]' in proc.stdout
+  assert '[1/3 reinforce funmatch, 1 views, seed 0]' in proc.stdout
   for length in (1, 2):
     workdir = os.path.join(root, f'funmatch_{length}ep_n64_k1_s0')
     assert runs.finished(workdir)
