@@ -89,10 +89,10 @@ class Run:
   @property
   def setup(self) -> str:
     """The variant, with the optimizer where it is not Adam and the views where it replays a
-    reinforcement: 'funmatch (shampoo)', 'funmatch, 30 views'."""
+    reinforcement: 'funmatch (shampoo)', 'funmatch, K=30'."""
     setup = self.variant if self.optimizer == 'adam' else f'{self.variant} ({self.optimizer})'
     if self.replays:
-      setup += f', {self.replayed["views"]} views' if self.replayed else ', replayed'
+      setup += f', K={self.replayed["views"]}' if self.replayed else ', replayed'
     return setup
 
   @property

@@ -167,7 +167,7 @@ def plan(root: str, teacher: str, *, epochs: list[str], variant_names: list[str]
           if store not in stores:  # Its views depend on the variant and seed, not the length.
             stores.add(store)
             stages.append(Stage(
-                f'reinforce {setup}, {views} views, seed {seed}',
+                f'reinforce {setup}, K={views}, seed {seed}',
                 f'{CONFIGS}/distill.py:teacher={teacher},variant={setup}', store,
                 (*config_args, f'--views={views}', *([f'--top_k={top_k}'] if top_k else [])),
                 REINFORCE))

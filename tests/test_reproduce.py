@@ -123,13 +123,13 @@ def test_students_of_every_length_replay_one_reinforcement_and_the_report_says_i
                 '--override=input.resolution=28', '--override=input.eval_split=test[:128]',
                 '--override=input.batch_size=32')
   proc = run(cmd)
-  assert '[1/3 reinforce funmatch, 1 views, seed 0]' in proc.stdout
+  assert '[1/3 reinforce funmatch, K=1, seed 0]' in proc.stdout
   for length in (1, 2):
     workdir = os.path.join(root, f'funmatch_{length}ep_n64_k1_s0')
     assert runs.finished(workdir)
     assert workdir_lib.read_config(workdir)['reinforcement']['path'] == store
   results = (tmp_path / 'study' / 'results.md').read_text()
-  assert '| funmatch, 1 views |' in results
+  assert '| funmatch, K=1 |' in results
   # K = 1: 64 views, and the eval sets' 128 + 64 images (`train_eval`): 256 teacher forwards.
   assert f'| {store} | 1 | 256 | 1.0 |' in results
   assert '| 2 runs | 3 |' in results  # Replayed by the runs of 1 and 2 epochs.
