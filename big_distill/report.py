@@ -209,12 +209,13 @@ def teacher_cost(runs: list[Run]) -> list[str]:
     lines.append(
         f'| {path} | {info["views"]} | {cost.get("teacher_forwards", "?")} | '
         f'{cost.get("teacher_forwards_per_example", "?")} | {cost.get("seconds", "?")} | '
-        f'{f"{size / 2**20:.1f} MiB" if size else "?"} | {len(group)} runs | '
+        f'{f"{size / 2**20:.1f} MiB" if size else "?"} | '
+        f'{len(group)} run{"" if len(group) == 1 else "s"} | '
         f'{sum(r.epochs or 0 for r in group):g} |')
   if live:
-    lines += ['', f'The {len(live)} live distillation runs here paid '
-              f'{sum(r.epochs for r in live):g} teacher forwards per training image (their '
-              'epochs).']
+    lines += ['', f'Live distillation runs here ({len(live)}) paid '
+              f'{sum(r.epochs for r in live):g} teacher forwards per training image in all (one '
+              'per epoch).']
   return lines
 
 

@@ -118,6 +118,9 @@ COVERED = {
     ('docs/reproduction/results.md', 'python -m big_distill.reproduce'): {
         'big_distill.reproduce':
             'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
+    ('docs/reinforce.md', 'W=/tmp/reinforce_study'): {
+        'big_distill.reproduce': 'tests/test_reproduce.py::test_students_of_every_length_replay_'
+                                 'one_reinforcement_and_the_report_says_its_cost'},
     ('docs/reproduction/small_data.md', 'W=/tmp/small_data'): {
         'big_distill.reproduce':
             'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
