@@ -241,6 +241,12 @@ def create_teacher_params(config: ml_collections.ConfigDict, teachers: teachers_
   return teachers_lib.freeze(teachers, params)
 
 
+def check_teacher_files(config: ml_collections.ConfigDict) -> None:
+  """Bad input unless every teacher's checkpoint exists."""
+  for i, entry in enumerate(config.teachers):
+    loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
+
+
 def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'load'
                    ) -> tuple[ml_collections.ConfigDict, models.Spec, tuple[models.Spec, ...]]:
   """(the config with each model's `model` filled in where a checkpoint says it (a teacher's,
@@ -252,8 +258,7 @@ def resolve_models(config: ml_collections.ConfigDict, teacher_params: str = 'loa
   specs = ()
   if targets_lib.needs_teachers(config) and teacher_params != 'none':
     if teacher_params == 'load':
-      for i, entry in enumerate(config.teachers):
-        loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
+      check_teacher_files(config)
     specs = teachers_lib.resolve(config.teachers)
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -330,8 +335,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data = None if sources.readable(cfg.dataset, cfg.data_dir) else dataset_shape(config)
   config = targets_lib.with_stored_teachers(config)
   if targets_lib.needs_teachers(config):  # A run loads its teachers' files: they must exist.
-    for i, entry in enumerate(config.teachers):
-      loading.check_exists(entry.get('checkpoint'), f'config.teachers[{i}].checkpoint')
+    check_teacher_files(config)
   run = create_run(workdir_lib.with_stored_models(config, workdir), data=data,
                    teacher_params='abstract', prepare=False)
   workdir_lib.check(run.config, workdir)

@@ -127,8 +127,9 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
           store.set_progress(jax.process_index(), step + 1)
           buffer = {}
         bar.update()
-    tables = {name: _eval_logp(run, ds, eval_logp_of, layout.eval_sets[name])
-              for name, ds in eval_sets.items()}
+    tables = {name: teachers_lib.compute_logits(  # Every process's rows.
+        lambda batch: eval_logp_of(batch['image']), ds.as_numpy_iterator(),
+        layout.eval_sets[name]) for name, ds in eval_sets.items()}
   finally:
     if function:
       function.close()
@@ -232,21 +233,6 @@ def _teacher_side(config: Any) -> int:
   student's."""
   return ((config.teachers[0].get('resolution') if config.teachers else None) or
           config.input.resolution)
-
-
-def _eval_logp(run: Any, ds: Any, eval_logp_of: Any, num: int) -> Any:
-  """The teachers' log-probabilities at temperature 1 of an eval set's every example (every
-  process's rows)."""
-  # pylint: disable=g-import-not-at-top
-  import numpy as np
-  from jax.experimental import multihost_utils
-  # pylint: enable=g-import-not-at-top
-  table = np.zeros((num, run.data.num_classes), np.float32)
-  for host in ds.as_numpy_iterator():
-    logp, index, real = (multihost_utils.process_allgather(x, tiled=True) for x in (
-        eval_logp_of(host['image']), host['index'], host['mask'] > 0))
-    table[index[real]] = logp[real]
-  return table
 
 
 def _size(path: str) -> int | None:

@@ -90,12 +90,6 @@ class TeacherFunction:
       self._process.stdin.close()
       self._process.wait(timeout=60)
 
-  def __enter__(self) -> 'TeacherFunction':
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    self.close()
-
 
 def _serve(name: str) -> None:
   """The child: imports `module:function`, says it is ready, then answers every array it reads
