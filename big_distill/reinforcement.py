@@ -26,7 +26,6 @@ import dataclasses
 import json
 from typing import Any
 
-from etils import epath
 import numpy as np
 
 from big_distill import errors, workdir as workdir_lib
@@ -159,10 +158,10 @@ class Store:
     return json.loads(p.read_text())['steps'] if p.exists() else 0
 
   def set_progress(self, process: int, steps: int) -> None:
-    _write_json(self.path / f'progress.{process}.json', {'steps': steps})
+    workdir_lib.write_json(self.path / f'progress.{process}.json', {'steps': steps})
 
   def complete(self, summary: dict[str, Any]) -> None:
-    _write_json(self.path / COMPLETE, summary)
+    workdir_lib.write_json(self.path / COMPLETE, summary)
 
   @property
   def summary(self) -> dict[str, Any] | None:
@@ -173,14 +172,6 @@ class Store:
 
 def _zarr_dtype(name: str) -> str:
   return name if name == 'bfloat16' else np.dtype(name).str
-
-
-def _write_json(path: epath.Path, value: dict[str, Any]) -> None:
-  """Writes `value` to `path` atomically: a temporary file renamed (a remote object is written
-  whole)."""
-  tmp = path.parent / f'.{path.name}.tmp'
-  tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-  tmp.replace(path)
 
 
 def create(path: str, meta: dict[str, Any]) -> Store:
@@ -196,7 +187,7 @@ def create(path: str, meta: dict[str, Any]) -> Store:
                             f'in: {", ".join(differs)}); use a new --workdir.')
     return store
   p.mkdir(parents=True, exist_ok=True)
-  _write_json(p / META, meta)
+  workdir_lib.write_json(p / META, meta)
   return Store(path, meta)
 
 

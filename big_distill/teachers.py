@@ -150,8 +150,7 @@ def write_cached(path: epath.Path, meta: dict[str, Any], logits: np.ndarray) -> 
   path.parent.mkdir(parents=True, exist_ok=True)
   with _sibling(path, '.tmp').open('wb') as f:
     np.save(f, logits)
-  _sibling(meta_path, '.tmp').write_text(json.dumps(meta, indent=2, sort_keys=True))
-  _sibling(meta_path, '.tmp').replace(meta_path)
+  workdir.write_json(meta_path, meta)
   _sibling(path, '.tmp').replace(path)
 
 

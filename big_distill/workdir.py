@@ -159,6 +159,14 @@ def create(workdir: str) -> epath.Path:
   return p
 
 
+def write_json(p: epath.Path, value: Any) -> None:
+  """Writes `value` as JSON to `p` atomically: a temporary sibling renamed (a remote object is
+  written whole), so a reader never sees half a file."""
+  tmp = p.parent / f'.{p.name}.tmp'
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+  tmp.replace(p)
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   (path(workdir) / CONFIG).write_text(json.dumps(config_json(config), indent=2, sort_keys=True))
 
