@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from big_distill import errors
-from big_distill.models import bit, family, mobilenet_v3, normalization, vit
+from big_distill.models import bit, family, kernels as kernels_lib, mobilenet_v3, normalization, vit
 
 # Adding a family: its module (the Flax class and its `family.Family` record) and one entry here.
 FAMILIES: dict[str, family.Family] = {
@@ -30,7 +30,7 @@ TIMM_PREFIX = 'timm:'
 # Keys of a config entry that are not the architecture's.
 ENTRY_KEYS = ('model', 'init', 'checkpoint', 'resolution')
 # Fields of a family's class that a spec does not set.
-_NOT_ARGUMENTS = ('parent', 'name', 'num_classes', 'dtype')
+_NOT_ARGUMENTS = ('parent', 'name', 'num_classes', 'dtype', 'kernels')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
@@ -45,13 +45,18 @@ class Spec:
   def __str__(self) -> str:
     return self.text
 
-  def create(self, num_classes: int, dtype: str = 'float32') -> nn.Module:
+  def create(self, num_classes: int, dtype: str = 'float32',
+             kernels: kernels_lib.Kernels = kernels_lib.Kernels()) -> nn.Module:
     """The model for `num_classes` classes, computing in `dtype` (parameters and logits stay
-    float32)."""
+    float32) with `kernels` resolved for this backend (families without a `kernels` field have
+    no switch)."""
     if 'normalization' in self.arguments:
       normalization.check(self.arguments['normalization'],
                           f'the {self.family.name} model\'s normalization')
-    return self.family.model(**self.arguments, num_classes=num_classes,
+    switches = {'kernels': kernels.resolved()}  # Refused if bad, whatever the family.
+    if 'kernels' not in {f.name for f in dataclasses.fields(self.family.model)}:
+      switches = {}
+    return self.family.model(**self.arguments, **switches, num_classes=num_classes,
                              dtype=compute_dtype(dtype))
 
   def architecture(self) -> dict[str, Any]:

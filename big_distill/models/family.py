@@ -53,7 +53,8 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """One model family. `model(**arguments, num_classes=N, dtype=D)` builds it; a built model's
+  """One model family. `model(**arguments, num_classes=N, dtype=D)` builds it (with `kernels=K`,
+  `kernels.Kernels`, where its class has that field); a built model's
   `architecture()` gives its arguments in full (what two specs are compared on) and `frozen(params)`
   what a frozen teacher precomputes."""
   name: str

@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from big_distill import errors
 from big_distill.models import family, matching, normalization
+from big_distill.models import kernels as kernels_lib
 
 # timm's arch strings: block type, r repeats, k depthwise kernel, s stride (of the first block
 # of a stage), e expansion, c output channels (times `width`), se squeeze-excite, nre ReLU (else
@@ -97,24 +98,26 @@ def block_specs(variant: str, width: float) -> list[list[BlockSpec]]:
   return stages
 
 
+def padding(kernel: int, stride: int) -> int:
+  """timm's symmetric zero padding on each side (`pad_type=''`)."""
+  return ((stride - 1) + (kernel - 1)) // 2
+
+
 def conv(x: jnp.ndarray, features: int, kernel: int, stride: int, name: str,
          dtype: Any) -> jnp.ndarray:
   """Bias-free convolution with timm's symmetric padding (inside a compact method)."""
-  pad = ((stride - 1) + (kernel - 1)) // 2
+  pad = padding(kernel, stride)
   return nn.Conv(features, (kernel, kernel), stride, padding=((pad, pad), (pad, pad)),
                  use_bias=False, dtype=dtype, name=name)(x)
 
 
 class DepthwiseConv(nn.Module):
-  """Bias-free depthwise convolution (kernel (k, k, 1, channels)), padded as `conv`.
-
-  A sum over the k * k taps of strided slices times the tap's weights (accumulated in float32):
-  what `nn.Conv(feature_group_count=channels)` computes, faster on XLA:CPU, which fuses the sum
-  into one loop while its grouped convolution takes a slow path (docs/performance.md).
-  """
+  """Bias-free depthwise convolution (kernel (k, k, 1, channels)), padded as `conv`, computed by
+  the depthwise kernel of `kernels`."""
   kernel_size: int
   stride: int = 1
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -122,13 +125,7 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, x.shape[-1]),
                         jnp.float32)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    acc = jnp.promote_types(x.dtype, jnp.float32)  # Exact products, float32 sums.
-    pad = ((s - 1) + (k - 1)) // 2
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(acc)
-    h, w = ((n - k) // s + 1 for n in padded.shape[1:3])
-    out = sum(padded[:, dy:dy + s * (h - 1) + 1:s, dx:dx + s * (w - 1) + 1:s]
-              * kernel[dy, dx, 0].astype(acc) for dy in range(k) for dx in range(k))
-    return out.astype(x.dtype)
+    return self.kernels.depthwise_conv()(x, kernel, s, padding(k, s))
 
 
 def batch_norm(name: str, train: bool, dtype: Any) -> nn.BatchNorm:
@@ -157,6 +154,7 @@ class Block(nn.Module):
   se, conv_pwl, bn3) or `cn` (conv, bn1); the layers named as timm's."""
   spec: BlockSpec
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -168,7 +166,7 @@ class Block(nn.Module):
     shortcut, ir = x, s.kind == 'ir'
     if ir:
       x = act(norm('bn1')(conv(x, s.mid, 1, 1, 'conv_pw', dtype)))
-    x = DepthwiseConv(s.kernel, s.stride, dtype, name='conv_dw')(x)
+    x = DepthwiseConv(s.kernel, s.stride, dtype, self.kernels, name='conv_dw')(x)
     x = act(norm('bn2' if ir else 'bn1')(x))
     if s.se:
       x = SqueezeExcite(s.se, dtype, name='se')(x)
@@ -180,15 +178,17 @@ class Block(nn.Module):
 class MobileNetV3(nn.Module):
   """timm's MobileNetV3: `MobileNetV3(variant='small', width=0.75)` is `mobilenetv3_small_075`.
 
-  `dtype` is the compute dtype (parameters, batch statistics and logits stay float32). Variables
-  are `{'params', 'batch_stats'}`; `train=True` normalises with batch statistics and updates the
-  running averages (apply with `mutable=['batch_stats']`).
+  `dtype` is the compute dtype (parameters, batch statistics and logits stay float32);
+  `kernels.depthwise` computes the depthwise convolutions. Variables are `{'params',
+  'batch_stats'}`; `train=True` normalises with batch statistics and updates the running averages
+  (apply with `mutable=['batch_stats']`).
   """
   variant: str = 'large'
   width: float = 1.0
   num_classes: int = 1000
   dtype: Any = jnp.float32
   normalization: str = 'imagenet'
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -198,7 +198,7 @@ class MobileNetV3(nn.Module):
     x = nn.hard_swish(batch_norm('bn1', train, self.dtype)(x))
     for i, stage in enumerate(stages):
       for j, spec in enumerate(stage):
-        x = Block(spec, self.dtype, name=f'blocks_{i}_{j}')(x, train)
+        x = Block(spec, self.dtype, self.kernels, name=f'blocks_{i}_{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.hard_swish(nn.Dense(HEAD_FEATURES[self.variant], dtype=self.dtype,
                                name='conv_head')(x))

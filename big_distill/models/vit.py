@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from big_distill import errors
 from big_distill.models import family, matching, normalization
+from big_distill.models import kernels as kernels_lib
 
 # width, depth, mlp_dim, num_heads of the 'Ti/16'-style variants.
 VARIANTS = {'Ti': (192, 12, 768, 3), 'S': (384, 12, 1536, 6), 'B': (768, 12, 3072, 12),
@@ -56,13 +57,15 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     y = layer_norm('LayerNorm_0', self.dtype)(x)
     x = x + nn.MultiHeadDotProductAttention(
         self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-        force_fp32_for_softmax=True, deterministic=True, name='MultiHeadDotProductAttention_1')(y)
+        attention_fn=self.kernels.attention_fn(), deterministic=True,
+        name='MultiHeadDotProductAttention_1')(y)
     return x + MlpBlock(self.mlp_dim, self.dtype, name='MlpBlock_3')(
         layer_norm('LayerNorm_2', self.dtype)(x))
 
@@ -83,12 +86,14 @@ class Encoder(nn.Module):
   num_heads: int
   pool_type: str
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = PositionEmbedding(name='posembed_input')(x)
     for i in range(self.depth):
-      x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, name=f'encoderblock_{i}')(x)
+      x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, self.kernels,
+                       name=f'encoderblock_{i}')(x)
     norm = layer_norm('encoder_norm', self.dtype)
     return norm(x)[:, 0] if self.pool_type == 'tok' else norm(jnp.mean(x[:, 1:], axis=1))
 
@@ -99,7 +104,8 @@ class ViT(nn.Module):
   `variant` ('Ti', 'S', 'B' or 'L', '/', the patch size) sets `patch_size`, `width`, `depth`,
   `mlp_dim` and `num_heads`; sizes also given must agree with it. Without a variant, unset sizes
   are Ti/16's and `mlp_dim` is 4 * width. `dtype` is the compute dtype (parameters and logits
-  stay float32). `train` changes nothing: there is no dropout or stochastic depth.
+  stay float32); `kernels.attention` computes the attention. `train` changes nothing: there is no
+  dropout or stochastic depth.
   """
   variant: str | None = None
   patch_size: int | None = None
@@ -111,6 +117,7 @@ class ViT(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   normalization: str = 'minus_one_to_one'
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   def dims(self) -> tuple[int, int, int, int, int]:
     """(patch_size, width, depth, mlp_dim, num_heads), from `variant` where it is set."""
@@ -147,7 +154,8 @@ class ViT(nn.Module):
     x = x.reshape(x.shape[0], -1, width)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, width))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, width)), x], 1)
-    x = Encoder(depth, mlp_dim, num_heads, self.pool_type, self.dtype, name='Transformer')(x)
+    x = Encoder(depth, mlp_dim, num_heads, self.pool_type, self.dtype, self.kernels,
+                name='Transformer')(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                  name='head')(x)
     return x.astype(jnp.float32)

@@ -1,0 +1,98 @@
+"""Kernels chosen per backend: how MobileNetV3's depthwise convolutions and ViT's attention are
+computed (`config.kernels`). The implementations of a switch compute the same function of the
+same parameters, in different time per backend and with different rounding. 'auto' takes the
+backend's row of `AUTO`, the one place the choice is made:
+
+- depthwise 'taps' (CPU): a sum over the k * k taps of strided slices times the tap's weights,
+  accumulated in float32. XLA:CPU fuses the sum into one loop, 5 to 10x faster than its grouped
+  convolution, which takes a slow path.
+- depthwise 'grouped' (GPU, TPU): `lax.conv_general_dilated(feature_group_count=channels)` in the
+  compute dtype: cuDNN's and the TPU's depthwise kernels, with no float32 copy of bfloat16
+  activations.
+- attention 'einsum' (CPU): flax's `dot_product_attention` math (queries scaled, two einsums), what
+  ViTs computed before the switch; whether 'fused' is faster on a CPU is still to be measured.
+- attention 'fused' (GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to JAX:
+  cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA always).
+
+Both attentions take the softmax in float32 and multiply the values by its probabilities in the
+compute dtype.
+"""
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from big_distill import errors
+
+# (x [batch, H, W, C], kernel [k, k, 1, C], stride, padding on each side) -> [batch, H', W', C].
+Depthwise = Callable[[jax.Array, jax.Array, int, int], jax.Array]
+# (query, key, value [batch, length, heads, head_dim]) -> [batch, length, heads, head_dim].
+Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+# jax.default_backend() -> the implementation of each switch; backends not listed (plugins) take
+# the 'gpu' row, plain XLA ops.
+AUTO = {
+    'cpu': dict(depthwise='taps', attention='einsum'),
+    'gpu': dict(depthwise='grouped', attention='fused'),
+    'tpu': dict(depthwise='grouped', attention='fused'),
+}
+
+
+def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  k, acc = kernel.shape[0], jnp.promote_types(x.dtype, jnp.float32)  # Exact products, f32 sums.
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))).astype(acc)
+  h, w = ((n - k) // stride + 1 for n in padded.shape[1:3])
+  out = sum(padded[:, dy:dy + stride * (h - 1) + 1:stride, dx:dx + stride * (w - 1) + 1:stride]
+            * kernel[dy, dx, 0].astype(acc) for dy in range(k) for dx in range(k))
+  return out.astype(x.dtype)
+
+
+def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+
+
+def einsum_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  weights = nn.dot_product_attention_weights(query, key, force_fp32_for_softmax=True)
+  # Flax's own keeps the probabilities in float32, and so multiplies the values in float32.
+  return jnp.einsum('...hqk,...khd->...qhd', weights.astype(value.dtype), value)
+
+
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  return jax.nn.dot_product_attention(query, key, value)
+
+
+DEPTHWISE: dict[str, Depthwise] = {'taps': depthwise_taps, 'grouped': depthwise_grouped}
+ATTENTION: dict[str, Attention] = {'einsum': einsum_attention, 'fused': fused_attention}
+_SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """The implementation of each switch, by name; 'auto' is the backend's (`AUTO`)."""
+  depthwise: str = 'auto'
+  attention: str = 'auto'
+
+  def resolved(self, backend: str | None = None) -> 'Kernels':
+    """Each 'auto' replaced by `backend`'s choice (default: `jax.default_backend()`); an unknown
+    name is bad input."""
+    row = AUTO.get(backend or jax.default_backend(), AUTO['gpu'])
+    chosen = {}
+    for switch, implementations in _SWITCHES.items():
+      name = getattr(self, switch)
+      if name != 'auto' and name not in implementations:
+        raise errors.BadInput(f'config.kernels.{switch}={name!r}; use one of auto, '
+                              f'{", ".join(implementations)}.')
+      chosen[switch] = row[switch] if name == 'auto' else name
+    return Kernels(**chosen)
+
+  def depthwise_conv(self) -> Depthwise:
+    return DEPTHWISE[self.resolved().depthwise]
+
+  def attention_fn(self) -> Attention:
+    return ATTENTION[self.resolved().attention]

@@ -1,0 +1,152 @@
+"""Kernels chosen per backend (`models.kernels`): the implementations of each switch agree on the
+CPU (forward and gradients, float32 and bfloat16), a bfloat16 model reads no float32 in its
+matmuls and convolutions, and 'auto' resolves per backend."""
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_distill import errors, models
+from big_distill.models import kernels as kernels_lib, mobilenet_v3
+
+CPU, ACCELERATOR = kernels_lib.Kernels('taps', 'einsum'), kernels_lib.Kernels('grouped', 'fused')
+ROWS = {'cpu': CPU, 'accelerator': ACCELERATOR}
+DTYPES = ('float32', 'bfloat16')
+
+
+def matmuls(fn, *args) -> list[jex.core.JaxprEqn]:
+  """The matmuls and convolutions of `fn(*args)`, nested computations included."""
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+        yield eqn
+    for sub in jex.core.subjaxprs(jaxpr):
+      yield from walk(sub)
+  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def float32_matmuls(fn, *args) -> list[str]:
+  """The matmuls and convolutions of `fn(*args)` that read a float32 operand."""
+  return [str(e) for e in matmuls(fn, *args) if any(v.aval.dtype == jnp.float32 for v in e.invars)]
+
+
+def outputs_and_gradients(fn, args, cotangent):
+  """fn(*args) and the gradients of <fn(*args), cotangent> with respect to every argument."""
+  out, vjp = jax.vjp(fn, *args)
+  return (out, *vjp(cotangent.astype(out.dtype)))
+
+
+def assert_agree(a, b, float32: bool):
+  """Equal to float32 rounding (tight) or to bfloat16's (loose), relative to the largest value."""
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  scale = np.abs(b).max()
+  assert scale > 0.1
+  np.testing.assert_allclose(a, b, rtol=0, atol=(1e-5 if float32 else 3e-2) * scale)
+
+
+def normal(rng, shape, dtype, std=1.0):
+  return jnp.asarray(rng.normal(0.0, std, shape), jnp.float32).astype(dtype)
+
+
+@pytest.mark.parametrize('k, stride, size', [(3, 1, 8), (3, 2, 7), (5, 1, 7), (5, 2, 8)])
+def test_depthwise_implementations_agree(k, stride, size):
+  rng, pad = np.random.default_rng(k * stride * size), (stride - 1 + k - 1) // 2
+  x, kernel = normal(rng, (2, size, size, 5), jnp.float32), normal(rng, (k, k, 1, 5), jnp.float32)
+  cotangent = normal(rng, (2, (size - 1) // stride + 1, (size - 1) // stride + 1, 5), jnp.float32)
+
+  @jax.jit
+  def both(x, kernel):
+    return {(name, dtype): outputs_and_gradients(
+        lambda x, w: fn(x, w, stride, pad), (x.astype(dtype), kernel.astype(dtype)), cotangent)
+            for name, fn in kernels_lib.DEPTHWISE.items() for dtype in DTYPES}
+
+  got = both(x, kernel)
+  for dtype in DTYPES:
+    taps, grouped = got['taps', dtype], got['grouped', dtype]
+    assert all(t.dtype == dtype for t in taps + grouped)  # Output, d/dx, d/dkernel.
+    for a, b, reference in zip(taps, grouped, got['taps', 'float32']):
+      assert_agree(a, b, dtype == 'float32')
+      assert_agree(a, reference, dtype == 'float32')
+  low = (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert not float32_matmuls(lambda x, w: kernels_lib.depthwise_grouped(x, w, stride, pad), *low)
+
+
+def test_attention_implementations_agree():
+  rng = np.random.default_rng(0)
+  q, k, v = (normal(rng, (2, 5, 3, 8), jnp.float32, 2.0) for _ in range(3))  # 3 heads of 8.
+  cotangent = normal(rng, (2, 5, 3, 8), jnp.float32)
+
+  @jax.jit
+  def both(q, k, v):
+    return {(name, dtype): outputs_and_gradients(
+        fn, tuple(t.astype(dtype) for t in (q, k, v)), cotangent)
+            for name, fn in kernels_lib.ATTENTION.items() for dtype in DTYPES}
+
+  got = both(q, k, v)
+  for dtype in DTYPES:
+    einsum, fused = got['einsum', dtype], got['fused', dtype]
+    assert all(t.dtype == dtype for t in einsum + fused)  # Output, d/dq, d/dk, d/dv.
+    for a, b, reference in zip(einsum, fused, got['einsum', 'float32']):
+      assert_agree(a, b, dtype == 'float32')
+      assert_agree(a, reference, dtype == 'float32')
+  low = tuple(t.astype(jnp.bfloat16) for t in (q, k, v))
+  for fn in kernels_lib.ATTENTION.values():  # Float32 softmax, bfloat16 matmuls.
+    assert not float32_matmuls(fn, *low)
+
+
+def random_variables(shapes, rng):
+  """Random variables of these shapes, the head's too, that keep activations of the order of 1
+  (compiling a MobileNetV3's init would take longer than the test)."""
+  def leaf(path, shape):
+    name = path[-1].key
+    if name in ('scale', 'var'):  # Norms' scales, BatchNorm's running variances.
+      return rng.uniform(0.5, 1.5, shape.shape).astype(np.float32)
+    std = 1 / np.sqrt(np.prod(shape.shape[:-1])) if name == 'kernel' else 0.1
+    return rng.normal(0.0, std, shape.shape).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+@pytest.mark.parametrize('family', ['mobilenet_v3', 'vit'])
+def test_models_compute_the_same_with_either_kernels(family):
+  """The parameters are the same for both rows of kernels; the logits agree (float32 tightly,
+  bfloat16 loosely), and in bfloat16 no matmul or convolution reads float32."""
+  spec = models.spec(models.FAMILIES[family], **models.FAMILIES[family].tiny)
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  built = {(row, dtype): spec.create(10, dtype, kernels)
+           for row, kernels in ROWS.items() for dtype in DTYPES}
+  shapes = {key: jax.eval_shape(m.init, jax.random.PRNGKey(0), images) for key, m in built.items()}
+  assert len({str(s) for s in shapes.values()}) == 1
+  variables = random_variables(shapes['cpu', 'float32'], np.random.default_rng(2))
+  logits = jax.jit(lambda v, x: {key: m.apply(v, x) for key, m in built.items()})(
+      variables, images)
+  assert_agree(logits['accelerator', 'float32'], logits['cpu', 'float32'], float32=True)
+  for row in ROWS:
+    assert_agree(logits[row, 'bfloat16'], logits['cpu', 'float32'], float32=False)
+    assert not float32_matmuls(built[row, 'bfloat16'].apply, variables, images)
+  if family == 'mobilenet_v3':  # The switch reached every depthwise layer.
+    depthwise = sum(b.kind != 'cn' for stage in mobilenet_v3.block_specs(**spec.arguments)
+                    for b in stage)
+    grouped = [sum(e.params.get('feature_group_count', 1) > 1 for e in matmuls(
+        built[row, 'float32'].apply, variables, images)) for row in ROWS]
+    assert grouped == [0, depthwise]
+  else:  # bfloat16 rounds the einsum's logits, not the fused attention's.
+    assert not np.array_equal(logits['cpu', 'bfloat16'], logits['accelerator', 'bfloat16'])
+
+
+def test_auto_is_the_backends_row_and_bad_names_are_one_line():
+  assert kernels_lib.Kernels().resolved('cpu') == CPU
+  assert kernels_lib.Kernels().resolved('gpu') == ACCELERATOR
+  assert kernels_lib.Kernels().resolved('tpu') == ACCELERATOR
+  assert kernels_lib.Kernels(depthwise='grouped').resolved('cpu') == kernels_lib.Kernels(
+      'grouped', 'einsum')
+  assert kernels_lib.Kernels(attention='einsum').resolved('tpu') == kernels_lib.Kernels(
+      'grouped', 'einsum')
+  assert kernels_lib.Kernels().resolved() == CPU  # The tests run on the CPU.
+  with pytest.raises(errors.BadInput, match=r"^config.kernels.depthwise='fast'; use one of auto, "
+                     r"taps, grouped\.$"):
+    kernels_lib.Kernels(depthwise='fast').resolved('gpu')
+  with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='flash'; use one of "
+                     r"auto, einsum, fused\.$"):
+    models.resolve('bit').create(10, kernels=kernels_lib.Kernels(attention='flash'))
