@@ -24,7 +24,7 @@ from big_distill import checkpoint, configlib, console, errors, models, parallel
 from big_distill import targets as targets_lib, teachers as teachers_lib
 from big_distill import variants, workdir as workdir_lib
 from big_distill.data import input_pipeline, sources
-from big_distill.models import compute_dtype, loading
+from big_distill.models import compute_dtype, kernels as kernels_lib, loading
 from big_distill.optim import make_optimizer
 
 TEACHER_PARAMS = ('load', 'random', 'abstract', 'none')  # 'none': no teacher is built.
@@ -170,6 +170,7 @@ def validate(config: ml_collections.ConfigDict,
   parse_evals(config.evals)
   compute_dtype(config.dtype, 'config.dtype')
   compute_dtype(config.teacher_dtype, 'config.teacher_dtype')
+  kernels_lib.Kernels(**config.kernels).resolved()
   input_pipeline.check_input(config.input)
   parallel.check_batch_size(config.input.batch_size)
   parallel.check_batch_size(config.input.eval_batch_size, 'input.eval_batch_size')
@@ -286,7 +287,8 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   image_shape = (config.input.resolution, config.input.resolution, data.channels)
   num_steps = configlib.total_steps(config, data.num_train)
 
-  student = student_spec.create(data.num_classes, config.dtype)
+  kernels = kernels_lib.Kernels(**config.kernels)
+  student = student_spec.create(data.num_classes, config.dtype, kernels)
   tx, schedule = make_optimizer(config, num_steps)
   init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -299,7 +301,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
                        mixup_alpha=config.mixup_alpha)
   if teacher_specs:
     teachers = teachers_lib.build(teacher_specs, config.teachers, data.num_classes,
-                                  config.teacher_dtype)
+                                  config.teacher_dtype, kernels)
     teachers, params = create_teacher_params(config, teachers, image_shape, teacher_params)
     teacher_sharding = parallel.param_shardings(params, mesh, config.mesh.teacher_fsdp)
     if teacher_params != 'abstract':
@@ -381,8 +383,9 @@ def create_run_from_workdir(workdir: str, teacher_params: str = 'abstract') -> R
   unless `teacher_params` says otherwise (then a replayed run's teachers are built as well)."""
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   config.mesh.update(data=-1, fsdp=1)
-  if 'reinforcement' not in config:  # A run from before reinforcements.
-    config.reinforcement = configlib.base_config().reinforcement
+  for key in ('reinforcement', 'kernels'):  # A run from before these keys.
+    if key not in config:
+      config[key] = configlib.base_config()[key]
   if teacher_params == 'load' and config.teachers:
     config.reinforcement.path = ''  # A replayed run's teachers too (the reinforcement's).
   info = workdir_lib.read_data(workdir)

@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
   # parameters, logits, the loss and the optimizer stay float32.
   c.dtype = 'float32'
   c.teacher_dtype = 'float32'
+  # How every model of the run (student and teachers) computes MobileNetV3's depthwise
+  # convolutions ('taps' or 'grouped') and ViT's attention ('einsum' or 'fused'); 'auto': the
+  # backend's choice (`models.kernels`).
+  c.kernels = ml_collections.ConfigDict(dict(depthwise='auto', attention='auto'))
   # A jax.profiler trace of `num_steps` steps from `first_step` into the workdir (TensorBoard's
   # profile tab, or Perfetto); 0 steps: none.
   c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from big_distill import errors, models, workdir
-from big_distill.models import loading
+from big_distill.models import kernels as kernels_lib, loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +63,11 @@ def resolve(entries: list[ml_collections.ConfigDict]) -> tuple[models.Spec, ...]
 
 
 def build(specs: tuple[models.Spec, ...], entries: list[ml_collections.ConfigDict],
-          num_classes: int, dtype: str = 'float32') -> Teachers:
+          num_classes: int, dtype: str = 'float32',
+          kernels: kernels_lib.Kernels = kernels_lib.Kernels()) -> Teachers:
   """The (unloaded) teachers of `specs` (`resolve`) at the resolutions of their config
-  `entries`, computing in `dtype`."""
-  return Teachers(tuple(spec.create(num_classes, dtype) for spec in specs),
+  `entries`, computing in `dtype` with `kernels`."""
+  return Teachers(tuple(spec.create(num_classes, dtype, kernels) for spec in specs),
                   tuple(entry.get('resolution') for entry in entries), specs)
 
 

@@ -32,7 +32,7 @@ TEACHER_LOGITS = 'teacher_logits.npy'  # The configs' default `teacher_logits_ca
 
 # Keys that change how a run executes or what it logs, not what it computes: a workdir may
 # continue with other values.
-RUNTIME_KEYS = ('mesh.', 'profile.', 'log_every_steps', 'eval_every_steps',
+RUNTIME_KEYS = ('mesh.', 'kernels.', 'profile.', 'log_every_steps', 'eval_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'keep_best', 'input.prefetch',
                 'input.data_dir')
 

@@ -47,6 +47,11 @@ def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path):
   assert ('big_distill: error: input.batch_size=100 is not divisible by the 3 devices; '
           'use a multiple of 3.') in proc.stderr
   assert not run.exists()
+  proc = run_main(TEACHER_CONFIG, str(run), '--config.kernels.depthwise=fast', check=False)
+  assert proc.returncode == errors.BAD_INPUT
+  assert ("big_distill: error: config.kernels.depthwise='fast'; use one of auto, taps, "
+          'grouped.') in proc.stderr
+  assert not run.exists()
 
 
 def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path):
@@ -56,6 +61,7 @@ def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path)
   logging_only.update(eval_every_steps=7, log_every_steps=3, checkpoint_every_steps=9,
                       keep_checkpoints=1)
   logging_only.input.prefetch = 4
+  logging_only.kernels.depthwise = 'grouped'  # How it computes, not what.
   workdir.check(logging_only, str(tmp_path))
   other = config.copy_and_resolve_references()
   other.input.batch_size = 64

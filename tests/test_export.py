@@ -148,12 +148,15 @@ def test_load_runs_both_formats_at_batch_1_and_7(exported):
   np.testing.assert_array_equal(serving.pixels_at_resolution(images[0], lite.metadata), images[0])
 
 
-@pytest.mark.parametrize('student', ['mobilenet_v3', 'vit'])
-def test_other_families_export_to_tflite_one_image_a_call(student, tmp_path):
+@pytest.mark.parametrize('student, kernels', [('mobilenet_v3', 'auto'), ('vit', 'auto'),
+                                             ('mobilenet_v3', 'grouped'), ('vit', 'fused')])
+def test_other_families_export_to_tflite_one_image_a_call(student, kernels, tmp_path):
   """The default TFLite export (batch 1) of the demo's MobileNetV3 and ViT students, with random
-  parameters (heads included), computes their JAX logits; BiT's is the `exported` fixture."""
+  parameters (heads included), computes their JAX logits, with the CPU's kernels ('auto' here)
+  and with an accelerator's; BiT's is the `exported` fixture."""
   config = get_config('distill.py', f'runlocal=True,student={student}')
   config.mode = 'supervised'
+  config.kernels[{'mobilenet_v3': 'depthwise', 'vit': 'attention'}[student]] = kernels
   state = build.create_run(config, data=build.Data(10, 1, 64))
   rng = np.random.default_rng(0)
   variables = jax.tree_util.tree_map(

@@ -1,6 +1,9 @@
 """Kernels chosen per backend (`models.kernels`): the implementations of each switch agree on the
 CPU (forward and gradients, float32 and bfloat16), a bfloat16 model reads no float32 in its
-matmuls and convolutions, and 'auto' resolves per backend."""
+matmuls and convolutions, 'auto' resolves per backend, and `config.kernels` reaches every model
+of a run."""
+
+import json
 
 import jax
 import jax.extend as jex
@@ -8,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from big_distill import errors, models
+from big_distill import build, errors, models, workdir
 from big_distill.models import kernels as kernels_lib, mobilenet_v3
+from tests.helpers import get_config
 
 CPU, ACCELERATOR = kernels_lib.Kernels('taps', 'einsum'), kernels_lib.Kernels('grouped', 'fused')
 ROWS = {'cpu': CPU, 'accelerator': ACCELERATOR}
@@ -150,3 +154,26 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
   with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='flash'; use one of "
                      r"auto, einsum, fused\.$"):
     models.resolve('bit').create(10, kernels=kernels_lib.Kernels(attention='flash'))
+
+
+def test_config_kernels_reach_the_student_and_teachers_not_the_architecture():
+  config = get_config('distill.py', 'teacher=unused,teacher_model=vit,student=mobilenet_v3')
+  config.kernels.update(depthwise='grouped', attention='fused')
+  run = build.create_run(config, data=build.Data(10, 1, 64), teacher_params='abstract')
+  assert run.student.kernels == run.teachers.models[0].kernels == ACCELERATOR
+  assert run.config.student.model == str(run.student_spec)  # No kernels in a spec.
+  assert 'kernels' not in run.student_spec.architecture()
+  assert models.resolve('mobilenet_v3').create(10).kernels == CPU  # 'auto' on the CPU.
+  assert not hasattr(models.resolve('bit').create(10), 'kernels')  # BiT has no switch.
+  with pytest.raises(errors.BadInput, match=r'^config.student: kernels: not an argument'):
+    models.resolve(dict(model='mobilenet_v3', kernels='grouped'), 'config.student')
+
+
+def test_a_run_from_before_the_kernels_key_continues_and_builds_with_auto(tmp_path):
+  config = get_config('teacher.py', 'model=mobilenet_v3')
+  stored = workdir.config_json(config)
+  del stored['kernels']
+  (tmp_path / workdir.CONFIG).write_text(json.dumps(stored))
+  workdir.write_data(str(tmp_path), num_classes=10, channels=1, num_train=64)
+  workdir.check(config, str(tmp_path))  # Not refused as another config.
+  assert build.create_run_from_workdir(str(tmp_path)).student.kernels == CPU
