@@ -59,7 +59,7 @@ def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: int, padding: int
 
 def einsum_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
   weights = nn.dot_product_attention_weights(query, key, force_fp32_for_softmax=True)
-  # Flax's own keeps the probabilities in float32, and so multiplies the values in float32.
+  # Back in the compute dtype: flax's own keeps them float32, multiplying bfloat16 values in f32.
   return jnp.einsum('...hqk,...khd->...qhd', weights.astype(value.dtype), value)
 
 
@@ -92,7 +92,9 @@ class Kernels:
     return Kernels(**chosen)
 
   def depthwise_conv(self) -> Depthwise:
+    """The depthwise convolution, for this backend."""
     return DEPTHWISE[self.resolved().depthwise]
 
   def attention_fn(self) -> Attention:
+    """The attention, for this backend (flax's `MultiHeadDotProductAttention(attention_fn=)`)."""
     return ATTENTION[self.resolved().attention]
