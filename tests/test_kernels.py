@@ -152,8 +152,14 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
                      r"taps, grouped\.$"):
     kernels_lib.Kernels(depthwise='fast').resolved('gpu')
   with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='flash'; use one of "
-                     r"auto, einsum, fused\.$"):
+                     r"auto, einsum, fused, cudnn\.$"):
     models.resolve('bit').create(10, kernels=kernels_lib.Kernels(attention='flash'))
+  assert kernels_lib.Kernels(attention='cudnn').resolved('gpu').attention == 'cudnn'
+  with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='cudnn' runs on a gpu "
+                     r"only; this backend is cpu\.$"):
+    kernels_lib.Kernels(attention='cudnn').resolved()
+  assert kernels_lib.Kernels.available('attention', 'cpu') == ['einsum', 'fused']
+  assert kernels_lib.Kernels.available('attention', 'gpu') == ['einsum', 'fused', 'cudnn']
 
 
 def test_config_kernels_reach_the_student_and_teachers_not_the_architecture():

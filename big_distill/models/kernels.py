@@ -13,6 +13,8 @@ backend's row of `AUTO`, the one place the choice is made:
   ViTs computed before the switch; whether 'fused' is faster on a CPU is still to be measured.
 - attention 'fused' (GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to JAX:
   cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA always).
+- attention 'cudnn' (GPU only, never 'auto' until measured there): `jax.nn.dot_product_attention`
+  asking for cuDNN's fused kernel, in bfloat16 or float16 (JAX's choice in float32).
 
 Both attentions take the softmax in float32 and multiply the values by its probabilities in the
 compute dtype.
@@ -67,9 +69,16 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
   return jax.nn.dot_product_attention(query, key, value)
 
 
+def cudnn_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  half = query.dtype in (jnp.bfloat16, jnp.float16)  # What cuDNN's kernel takes.
+  return jax.nn.dot_product_attention(query, key, value, implementation='cudnn' if half else None)
+
+
 DEPTHWISE: dict[str, Depthwise] = {'taps': depthwise_taps, 'grouped': depthwise_grouped}
-ATTENTION: dict[str, Attention] = {'einsum': einsum_attention, 'fused': fused_attention}
-_SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION}
+ATTENTION: dict[str, Attention] = {'einsum': einsum_attention, 'fused': fused_attention,
+                                   'cudnn': cudnn_attention}
+ONLY_ON = {'cudnn': 'gpu'}  # Implementations that run on one backend alone.
+SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +90,24 @@ class Kernels:
   def resolved(self, backend: str | None = None) -> 'Kernels':
     """Each 'auto' replaced by `backend`'s choice (default: `jax.default_backend()`); an unknown
     name is bad input."""
-    row = AUTO.get(backend or jax.default_backend(), AUTO['gpu'])
+    backend = backend or jax.default_backend()
+    row = AUTO.get(backend, AUTO['gpu'])
     chosen = {}
-    for switch, implementations in _SWITCHES.items():
+    for switch, implementations in SWITCHES.items():
       name = getattr(self, switch)
       if name != 'auto' and name not in implementations:
         raise errors.BadInput(f'config.kernels.{switch}={name!r}; use one of auto, '
                               f'{", ".join(implementations)}.')
+      if ONLY_ON.get(name, backend) != backend:
+        raise errors.BadInput(f'config.kernels.{switch}={name!r} runs on a {ONLY_ON[name]} only; '
+                              f'this backend is {backend}.')
       chosen[switch] = row[switch] if name == 'auto' else name
     return Kernels(**chosen)
+
+  @staticmethod
+  def available(switch: str, backend: str) -> list[str]:
+    """The implementations of `switch` that run on `backend`."""
+    return [n for n in SWITCHES[switch] if ONLY_ON.get(n, backend) == backend]
 
   def depthwise_conv(self) -> Depthwise:
     """The depthwise convolution, for this backend."""
