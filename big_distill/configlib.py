@@ -19,14 +19,26 @@ from ml_collections import config_flags
 from big_distill import errors, models, variants, workdir
 
 
+_FAMILY_ARGUMENTS = re.compile(r'^\w+:\w+=')  # `bit:depth=50`, a model spec with arguments.
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `k=v,k2=v2` (the part after `:` in `--config=file.py:k=v`) against typed defaults.
 
   Values are converted to the type of their default (bools accept true/false/1/0). A bare `k`
-  means `k=True`. Unknown keys are bad input.
+  means `k=True`. Unknown keys are bad input. A model spec keeps its own commas
+  (`student=bit:depth=50,width=1,epochs=10`): an item that is no argument continues a value
+  that names a family with arguments.
   """
   result = ml_collections.ConfigDict(dict(defaults))
+  items = []
   for item in filter(None, (arg or '').split(',')):
+    key = item.partition('=')[0].strip()
+    if key not in defaults and items and _FAMILY_ARGUMENTS.match(items[-1].partition('=')[2]):
+      items[-1] += ',' + item
+    else:
+      items.append(item)
+  for item in items:
     key, _, value = item.partition('=')
     key = key.strip()
     if key not in defaults:

@@ -20,6 +20,13 @@ def test_parse_arg_types_and_errors():
     configlib.parse_arg('epoch=2', epochs=1.0)
   with pytest.raises(ValueError, match="runlocal='maybe' is not a bool"):
     configlib.parse_arg('runlocal=maybe', runlocal=False)
+  # A model spec keeps its commas; a misspelt argument after a plain value is still refused.
+  arg = configlib.parse_arg('teacher_model=bit:depth=50,width=1,student=timm:mobilenetv3_large_100,'
+                            'runlocal', teacher_model='', student='', runlocal=False)
+  assert (arg.teacher_model, arg.student, arg.runlocal) == (
+      'bit:depth=50,width=1', 'timm:mobilenetv3_large_100', True)
+  with pytest.raises(ValueError, match="Unknown config argument 'widht'"):
+    configlib.parse_arg('student=timm:mobilenetv3_large_100,widht=1', student='')
 
 
 def test_overrides_reach_the_resolved_config(tmp_path):
