@@ -8,6 +8,8 @@ Every check that can fail on bad input runs before anything is written anywhere,
 (`validate`: the config alone; then the dataset; then the teachers' files).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 from typing import Any, Callable, Iterator
@@ -17,8 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
 
 from big_distill import checkpoint, configlib, console, errors, models, parallel, steps
 from big_distill import targets as targets_lib, teachers as teachers_lib

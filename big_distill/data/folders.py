@@ -39,6 +39,8 @@ together each check a new folder and lock the folder itself to prepare it (nothi
 for the lock): the first writes the copy, the others then read it.
 """
 
+from __future__ import annotations
+
 import collections
 import dataclasses
 import hashlib
@@ -47,8 +49,10 @@ import os
 import re
 
 from absl import logging
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
 
 from big_distill import errors
 from big_distill.data import images, locks

@@ -31,6 +31,8 @@ and macOS write into folders (`Thumbs.db`, `desktop.ini`, `Icon\\r`) and macOS's
 (`__MACOSX/`). Every other file must be an image; an unreadable one is reported (`report_bad`).
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import dataclasses
 import io
@@ -41,7 +43,9 @@ from typing import Callable, TypeVar
 from absl import logging
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-import tensorflow as tf
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow as tf
 
 from big_distill import errors
 

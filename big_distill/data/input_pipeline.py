@@ -12,6 +12,8 @@ image (no extra key), its own augmentation or the un-augmented image (`teacher_i
 but the example's position in the split (`index`), to look up precomputed logits.
 """
 
+from __future__ import annotations
+
 import os
 import re
 from typing import Any, Callable, Iterator, Sequence
@@ -20,8 +22,10 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
 
 from big_distill import errors, variants
 from big_distill.data import folders, images, locks, offline

@@ -6,9 +6,13 @@
 splits and counts) that `tfds.load('fashion_mnist')` reads afterwards.
 """
 
+from __future__ import annotations
+
 import os
 
-import tensorflow_datasets as tfds
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'

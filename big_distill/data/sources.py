@@ -5,12 +5,16 @@ This is the one place that tells an image folder from a TFDS name for a run; `in
 reads the builders it gives.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 from typing import Callable
 
 import ml_collections
-import tensorflow_datasets as tfds
+from etils import epy
+with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
+  import tensorflow_datasets as tfds
 
 from big_distill import errors
 from big_distill.data import folders, input_pipeline
