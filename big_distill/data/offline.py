@@ -13,7 +13,7 @@ import os
 from etils import epy
 with epy.lazy_imports():  # TensorFlow loads where data is read, not with the module.
   import tensorflow_datasets as tfds
-from tensorflow_datasets.image_classification import mnist
+  from tensorflow_datasets.image_classification import mnist
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 _FILES = {
