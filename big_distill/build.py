@@ -292,7 +292,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   num_steps = configlib.total_steps(config, data.num_train)
 
   kernels = kernels_lib.Kernels(**config.kernels)
-  student = student_spec.create(data.num_classes, config.dtype, kernels)
+  student = student_spec.create(data.num_classes, config.dtype, kernels, config.remat)
   tx, schedule = make_optimizer(config, num_steps)
   init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -387,7 +387,7 @@ def create_run_from_workdir(workdir: str, teacher_params: str = 'abstract') -> R
   unless `teacher_params` says otherwise (then a replayed run's teachers are built as well)."""
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
   config.mesh.update(data=-1, fsdp=1)
-  for key in ('reinforcement', 'kernels'):  # A run from before these keys.
+  for key in ('reinforcement', 'kernels', 'remat'):  # A run from before these keys.
     if key not in config:
       config[key] = configlib.base_config()[key]
   if teacher_params == 'load' and config.teachers:

@@ -131,6 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
   # fsdp > 1 each parameter array (and its optimizer state) of the models marked below is split
   # over `fsdp` along its largest divisible dimension, for models too big to replicate.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, student_fsdp=True, teacher_fsdp=True))
+  # Rematerialise the student's blocks in the backward pass: less memory, one more forward pass.
+  c.remat = False
 
   # Compute dtypes ('float32', 'bfloat16', 'float16') of the student and of the teachers;
   # parameters, logits, the loss and the optimizer stay float32.

@@ -34,7 +34,7 @@ TEACHER_LOGITS = 'teacher_logits.npy'  # The configs' default `teacher_logits_ca
 # continue with other values.
 RUNTIME_KEYS = ('mesh.', 'kernels.', 'profile.', 'log_every_steps', 'eval_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'keep_best', 'input.prefetch',
-                'input.data_dir')
+                'input.data_dir', 'remat')
 
 
 def is_remote(p: str | os.PathLike) -> bool:

@@ -69,6 +69,7 @@ def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path)
                       keep_checkpoints=1)
   logging_only.input.prefetch = 4
   logging_only.kernels.depthwise = 'grouped'  # How it computes, not what.
+  logging_only.remat = True
   workdir.check(logging_only, str(tmp_path))
   other = config.copy_and_resolve_references()
   other.input.batch_size = 64

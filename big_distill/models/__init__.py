@@ -30,7 +30,7 @@ TIMM_PREFIX = 'timm:'
 # Keys of a config entry that are not the architecture's.
 ENTRY_KEYS = ('model', 'init', 'checkpoint', 'resolution')
 # Fields of a family's class that a spec does not set.
-_NOT_ARGUMENTS = ('parent', 'name', 'num_classes', 'dtype', 'kernels')
+_NOT_ARGUMENTS = ('parent', 'name', 'num_classes', 'dtype', 'kernels', 'remat')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
@@ -46,10 +46,12 @@ class Spec:
     return self.text
 
   def create(self, num_classes: int, dtype: str = 'float32',
-             kernels: kernels_lib.Kernels = kernels_lib.Kernels()) -> nn.Module:
+             kernels: kernels_lib.Kernels = kernels_lib.Kernels(),
+             remat: bool = False) -> nn.Module:
     """The model for `num_classes` classes, computing in `dtype` (parameters and logits stay
     float32) with `kernels` resolved for this backend (families without a `kernels` field have
-    no switch)."""
+    no switch); `remat` rematerialises its blocks in the backward pass (`config.remat`, the
+    student's; `family.rematerialized`): the same parameters, less memory."""
     if 'normalization' in self.arguments:
       normalization.check(self.arguments['normalization'],
                           f'the {self.family.name} model\'s normalization')
@@ -57,7 +59,7 @@ class Spec:
     if 'kernels' not in {f.name for f in dataclasses.fields(self.family.model)}:
       switches = {}
     return self.family.model(**self.arguments, **switches, num_classes=num_classes,
-                             dtype=compute_dtype(dtype))
+                             dtype=compute_dtype(dtype), remat=remat)
 
   def architecture(self) -> dict[str, Any]:
     """Every argument of the architecture, defaults included (`family.Family`)."""

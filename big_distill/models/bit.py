@@ -142,18 +142,21 @@ class BottleneckUnit(nn.Module):
 
 
 class ResNetStage(nn.Module):
-  """`units` bottleneck units; the first one strides and projects."""
+  """`units` bottleneck units; the first one strides and projects (`remat`:
+  `family.rematerialized`)."""
   units: int
   features: int
   stride: int
   dtype: Any = jnp.float32
   prestandardized: bool = False
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    unit = family.rematerialized(BottleneckUnit, self.remat)
     for j in range(self.units):
-      x = BottleneckUnit(self.features, self.stride if j == 0 else 1, self.dtype,
-                         self.prestandardized, name=f'unit{j + 1:02d}')(x)
+      x = unit(self.features, self.stride if j == 0 else 1, self.dtype, self.prestandardized,
+               name=f'unit{j + 1:02d}')(x)
     return x
 
 
@@ -162,6 +165,7 @@ class ResNetV2(nn.Module):
 
   `dtype` is the compute dtype (e.g. bfloat16; parameters and logits stay float32).
   `prestandardized`: the conv kernels in the parameters are already standardised (see `frozen`).
+  `remat`: each bottleneck unit rematerialised in the backward pass (`family.rematerialized`).
   """
   depth: int = 50
   width: float = 1
@@ -169,6 +173,7 @@ class ResNetV2(nn.Module):
   dtype: Any = jnp.float32
   prestandardized: bool = False
   normalization: str = 'minus_one_to_one'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -184,7 +189,7 @@ class ResNetV2(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
     for i, units in enumerate(BLOCK_UNITS[self.depth]):
       x = ResNetStage(units, base * 2**i, 1 if i == 0 else 2, self.dtype, self.prestandardized,
-                      name=f'block{i + 1}')(x)
+                      self.remat, name=f'block{i + 1}')(x)
     x = nn.relu(group_norm(x.shape[-1], 'norm_pre_head', self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,

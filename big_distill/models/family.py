@@ -53,10 +53,10 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """One model family. `model(**arguments, num_classes=N, dtype=D)` builds it (with `kernels=K`,
-  `kernels.Kernels`, where its class has that field); a built model's
-  `architecture()` gives its arguments in full (what two specs are compared on) and `frozen(params)`
-  what a frozen teacher precomputes."""
+  """One model family. `model(**arguments, num_classes=N, dtype=D, remat=R)` builds it (`remat`:
+  its blocks `rematerialized`; with `kernels=K`, `kernels.Kernels`, where its class has that
+  field); a built model's `architecture()` gives its arguments in full (what two specs are
+  compared on) and `frozen(params)` what a frozen teacher precomputes."""
   name: str
   model: type[nn.Module]
   timm_arguments: Callable[[str], dict[str, Any] | None]  # None: not one of this family's names.
@@ -72,6 +72,16 @@ class Family:
   def writer(self, suffix: str) -> Layout | None:
     """The layout written to files with `suffix`, if the family has one."""
     return next((l for l in self.layouts if l.suffix == suffix), None)
+
+
+def rematerialized(block: type[nn.Module], remat: bool,
+                   static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """`block`, or with `remat` the same block (same parameters) whose activations the backward
+  pass recomputes from its input instead of keeping them (`nn.remat`): less memory for the
+  student's training step, one more forward pass of each block. `static_argnums`: its Python
+  arguments (counting `self` as 0), e.g. a `train` flag. Forward-only calls (evaluation, frozen
+  teachers) keep no activations for a backward pass, so there it changes nothing."""
+  return nn.remat(block, static_argnums=static_argnums) if remat else block
 
 
 def with_zero_head(params: Mapping[str, Any], shape: tuple[int, int]) -> dict[str, Any]:

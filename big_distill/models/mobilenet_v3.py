@@ -181,7 +181,8 @@ class MobileNetV3(nn.Module):
   `dtype` is the compute dtype (parameters, batch statistics and logits stay float32);
   `kernels.depthwise` computes the depthwise convolutions. Variables are `{'params',
   'batch_stats'}`; `train=True` normalises with batch statistics and updates the running averages
-  (apply with `mutable=['batch_stats']`).
+  (apply with `mutable=['batch_stats']`). `remat`: each block rematerialised in the backward pass
+  (`family.rematerialized`).
   """
   variant: str = 'large'
   width: float = 1.0
@@ -189,6 +190,7 @@ class MobileNetV3(nn.Module):
   dtype: Any = jnp.float32
   normalization: str = 'imagenet'
   kernels: kernels_lib.Kernels = kernels_lib.Kernels()
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -196,9 +198,10 @@ class MobileNetV3(nn.Module):
     stages = block_specs(self.variant, self.width)
     x = conv(x, stem_channels(self.width), 3, 2, 'conv_stem', self.dtype)
     x = nn.hard_swish(batch_norm('bn1', train, self.dtype)(x))
+    block = family.rematerialized(Block, self.remat, static_argnums=(2,))  # `train`.
     for i, stage in enumerate(stages):
       for j, spec in enumerate(stage):
-        x = Block(spec, self.dtype, self.kernels, name=f'blocks_{i}_{j}')(x, train)
+        x = block(spec, self.dtype, self.kernels, name=f'blocks_{i}_{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.hard_swish(nn.Dense(HEAD_FEATURES[self.variant], dtype=self.dtype,
                                name='conv_head')(x))

@@ -80,20 +80,23 @@ class PositionEmbedding(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embeddings, the blocks, pooling and the final norm (see the module docstring)."""
+  """Position embeddings, the blocks, pooling and the final norm (see the module docstring);
+  `remat`: `family.rematerialized` blocks."""
   depth: int
   mlp_dim: int
   num_heads: int
   pool_type: str
   dtype: Any = jnp.float32
   kernels: kernels_lib.Kernels = kernels_lib.Kernels()
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = PositionEmbedding(name='posembed_input')(x)
+    block = family.rematerialized(EncoderBlock, self.remat)
     for i in range(self.depth):
-      x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, self.kernels,
-                       name=f'encoderblock_{i}')(x)
+      x = block(self.mlp_dim, self.num_heads, self.dtype, self.kernels,
+                name=f'encoderblock_{i}')(x)
     norm = layer_norm('encoder_norm', self.dtype)
     return norm(x)[:, 0] if self.pool_type == 'tok' else norm(jnp.mean(x[:, 1:], axis=1))
 
@@ -105,7 +108,8 @@ class ViT(nn.Module):
   `mlp_dim` and `num_heads`; sizes also given must agree with it. Without a variant, unset sizes
   are Ti/16's and `mlp_dim` is 4 * width. `dtype` is the compute dtype (parameters and logits
   stay float32); `kernels.attention` computes the attention. `train` changes nothing: there is no
-  dropout or stochastic depth.
+  dropout or stochastic depth. `remat`: each encoder block rematerialised in the backward pass
+  (`family.rematerialized`).
   """
   variant: str | None = None
   patch_size: int | None = None
@@ -118,6 +122,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   normalization: str = 'minus_one_to_one'
   kernels: kernels_lib.Kernels = kernels_lib.Kernels()
+  remat: bool = False
 
   def dims(self) -> tuple[int, int, int, int, int]:
     """(patch_size, width, depth, mlp_dim, num_heads), from `variant` where it is set."""
@@ -154,7 +159,7 @@ class ViT(nn.Module):
     x = x.reshape(x.shape[0], -1, width)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, width))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, width)), x], 1)
-    x = Encoder(depth, mlp_dim, num_heads, self.pool_type, self.dtype, self.kernels,
+    x = Encoder(depth, mlp_dim, num_heads, self.pool_type, self.dtype, self.kernels, self.remat,
                 name='Transformer')(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                  name='head')(x)
