@@ -316,7 +316,7 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
   train_step = jax.jit(
       functools.partial(steps.train_step, **step_kwargs), donate_argnums=0,
       in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
-      out_shardings=(state_sharding, replicated))
+      out_shardings=(state_sharding, replicated), compiler_options=remat_options(config, mesh))
   eval_step = jax.jit(functools.partial(steps.eval_step, student=student, teachers=teachers),
                       in_shardings=(state_sharding.variables, teacher_sharding, batch_sharding),
                       out_shardings=replicated)
@@ -329,6 +329,16 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
       abstract_state=parallel.with_shardings(abstract, state_sharding),
       init_state=jax.jit(init, out_shardings=state_sharding), train_step=train_step,
       eval_step=eval_step, step_kwargs=step_kwargs)
+
+
+def remat_options(config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+  """XLA options of the train step: with `config.remat` on a CPU, its `cse_barrier_expander` off
+  (it removes the barriers that keep remat's recomputation apart, which then merges with the
+  forward pass: every activation kept, as without remat)."""
+  if config.remat and mesh.devices.flat[0].platform == 'cpu':
+    return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  return None
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
