@@ -89,6 +89,36 @@ def test_scaling_summary_is_relative_to_one_device():
     assert summary[mode]['2']['efficiency'] == pytest.approx(img_s[2] / img_s[1] / 2, abs=0.01)
 
 
+def test_memory_parts_fit_and_remat():
+  """XLA's memory analysis of the distillation step for a deep-enough tiny student (R26 x1/8):
+  the total is its parts', remat keeps fewer temporaries, the largest batch the fit predicts for
+  a device size compiles within 5% of the predicted total, and the batches that bracket the
+  size are the compiled ones nearest to it."""
+  gib, capacity = '0.01', 0.01 * 2**30
+  lines = _run('scaling', '--measure=memory', '--memory_batches=16,32', f'--device_gib={gib}',
+               '--memory_checks=1', '--config.student.model=bit:depth=26,width=0.125',
+               '--config.input.resolution=28')
+  rows = [l for l in lines if l['measure'] == 'memory']
+  fits = {l['remat']: l for l in lines if l['measure'] == 'memory_fit'}
+  for r in rows:
+    assert r['total_bytes'] == (r['argument_bytes'] + r['output_bytes'] - r['alias_bytes'] +
+                                r['temp_bytes'] + r['generated_code_bytes'])
+    assert r['alias_bytes'] > 0  # The donated state.
+  temp = {(r['remat'], r['per_device_batch']): r['temp_bytes'] for r in rows}
+  for batch in (16, 32):
+    assert temp[True, batch] < temp[False, batch]
+  for remat, fit in fits.items():
+    compiled = [r for r in rows if r['remat'] == remat]
+    check, = [r for r in compiled if 'device_gib' in r]
+    assert fit['predicted_largest_batch'] == {gib: check['per_device_batch']}
+    assert check['total_bytes'] == pytest.approx(check['predicted_total_bytes'], rel=0.05)
+    assert fit['largest_batch'] == {gib: max(
+        r['per_device_batch'] for r in compiled if r['total_bytes'] <= capacity)}
+    assert fit['smallest_batch_over'] == {gib: min(
+        (r['per_device_batch'] for r in compiled if r['total_bytes'] > capacity), default=None)}
+  assert fits[True]['largest_batch'][gib] > fits[False]['largest_batch'][gib]
+
+
 def test_shampoo_vs_adam_runs_each_setting_through_the_training_loop(teacher_run):
   lines = _run('shampoo_vs_adam', '--epochs=0.5', '--shampoo_fractions=0.5',
                '--adam_lrs=0.01', '--shampoo_lrs=0.01', '--seeds=1',
