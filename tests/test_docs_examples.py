@@ -104,6 +104,8 @@ COVERED = {
     ('docs/performance.md', 'for teacher in'): {
         'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
                                       'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'for dtype in'): {
+        'benchmarks.scaling': 'tests/test_benchmarks.py::test_memory_parts_fit_and_remat'},
     ('docs/reference.md', 'python -m big_distill.convert'): {
         'big_distill.convert': ('tests/test_convert.py::test_timm_vit_to_big_vision_npz_and_back',
                                 'tests/test_convert.py::test_a_runs_student_goes_to_timm')},
