@@ -204,8 +204,8 @@ def memory(config: ml_collections.ConfigDict, resolution: int) -> None:
                           'two different batches.')
   if not set(_REMAT.value) <= {'false', 'true'}:
     raise errors.BadInput(f'--remat={",".join(_REMAT.value)}; use false and/or true.')
+  config = copy.deepcopy(config)
   for remat in (v == 'true' for v in _REMAT.value):
-    config = copy.deepcopy(config)
     config.remat = remat
     run = create_run(config, resolution)
     setting = {'config': flags.FLAGS.config.partition(':')[0],
