@@ -40,7 +40,10 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   `reinforcement_bytes_per_view` (`--top_k` classes in float16 and the rest, with the example's
   index and the step's ratio, of the config's classes and batch), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
   `distill_fraction_of_peak`: achieved / the chip's peak),
-  `distill_compile_s`, `peak_rss_mb`.
+  `distill_compile_s`, `distill_memory_mb` (what the compiled step holds on its device: arguments,
+  outputs and temporaries, from XLA's memory analysis), `peak_rss_mb` and, on a GPU or TPU,
+  `device_peak_mb` (the device's peak bytes in use). `--components` times only some parts; the
+  summary then gives the ratios whose parts were timed.
 - With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
   `profile_summary` (the distill step's span and op time over the sums of its parts').
 """
@@ -66,7 +69,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from big_distill import build, cli, parallel, reinforcement, steps
+from big_distill import build, cli, errors, parallel, reinforcement, steps
 from big_distill.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +89,10 @@ _TOP_K = flags.DEFINE_integer('top_k', 10, 'Classes kept per view for reinforcem
 _PEAK = flags.DEFINE_float(
     'peak_tflops', 0.0, 'The chip\'s peak TFLOP/s in the step\'s dtype (e.g. 989 for an H100 or '
     'H200 in bfloat16): if > 0, the summary gives the distillation step\'s fraction of it.')
+PARTS = ('teacher_forward', 'student_step', 'distill_step', 'distill_step_cached_logits',
+         'distill_step_replayed', 'teacher_forward_and_student_step')
+_PARTS = flags.DEFINE_list('components', list(PARTS), 'The parts to compile and time; the summary '
+                           'gives the ratios whose parts are among them.')
 _PROFILE = flags.DEFINE_string(
     'profile_dir', None, 'Trace one more round of the distillation step, teacher forward and '
     'student step with jax.profiler there (a directory each), and print their times in XLA ops.')
@@ -158,6 +165,14 @@ def compile_step(jitted: Callable, *args) -> tuple[Callable, float, float]:
   return compiled, seconds, float(cost.get('flops', 0.0))
 
 
+def memory_mb(compiled: Any) -> float:
+  """MiB a compiled program holds on its device while it runs, from XLA's memory analysis:
+  arguments, outputs (less those aliasing donated arguments) and temporaries."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
+          m.temp_size_in_bytes) / 2**20
+
+
 def matmul_flops_per_second(n: int, timer: Timer) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ a)
@@ -215,13 +230,20 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
     data = build.dataset_shape(config)
   # The distillation run, the student's supervised run, and the fixed teacher's with cached
   # logits (its teachers never run: shapes only).
+  unknown = sorted(set(_PARTS.value) - set(PARTS))
+  if unknown:
+    raise errors.BadInput(f'--components: unknown {", ".join(unknown)}; use {", ".join(PARTS)}.')
+  wanted = [name for name in PARTS if name in _PARTS.value]
   run = build.create_run(config, data=data, teacher_params='random')
   supervised = build.create_run(variant_of(config, mode='supervised'), data=run.data)
-  cached = build.create_run(variant_of(config, variant='fixed', teacher_logits_cache='unused'),
-                            data=run.data, teacher_params='abstract')
-  replayed = build.create_run(variant_of(config, reinforcement=dict(path='unused',
-                                                                     live_fraction=0.0)),
-                              data=run.data)
+  cached = replayed = None  # Built only if timed: each compiles its own step.
+  if 'distill_step_cached_logits' in wanted:
+    cached = build.create_run(variant_of(config, variant='fixed', teacher_logits_cache='unused'),
+                              data=run.data, teacher_params='abstract')
+  if 'distill_step_replayed' in wanted:
+    replayed = build.create_run(variant_of(config, reinforcement=dict(path='unused',
+                                                                       live_fraction=0.0)),
+                                data=run.data)
   bs, image_shape, num_classes = config.input.batch_size, run.image_shape, run.data.num_classes
   rng = jax.random.PRNGKey(0)
   batch_sharding = parallel.batch_sharded(run.mesh)
@@ -237,10 +259,10 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       'image': batch['image'], 'mixup_ratio': np.full(bs, 0.7, np.float32),
       'teacher_logp': jax.nn.log_softmax(noise.normal(size=(bs, num_classes)).astype(
           np.float32))}, batch_sharding)
-  states = {'student_step': supervised.init_state(rng), 'distill_step': run.init_state(rng),
-            'distill_step_cached_logits': cached.init_state(rng),
-            'distill_step_replayed': replayed.init_state(rng),
-            'teacher_forward_and_student_step': supervised.init_state(rng)}
+  state_runs = {'student_step': supervised, 'distill_step': run,
+                'distill_step_cached_logits': cached, 'distill_step_replayed': replayed,
+                'teacher_forward_and_student_step': supervised}
+  states = {name: r.init_state(rng) for name, r in state_runs.items() if name in wanted}
   teacher_forward = jax.jit(functools.partial(run.teachers.log_probs,
                                               temperature=config.temperature))
 
@@ -249,15 +271,18 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
     state, metrics = steps.train_step(state, (), batch, rng, **supervised.step_kwargs)
     return state, (metrics, teacher_forward(teacher_params, batch['image']))
 
-  components = {  # name: (jitted function, its arguments after the state; None: no state).
+  components = {  # name: (jitted function, its arguments after the state).
       'teacher_forward': (teacher_forward, (run.teacher_params, batch['image'])),
       'student_step': (supervised.train_step, ((), batch, rng)),
       'distill_step': (run.train_step, (run.teacher_params, batch, rng)),
-      'distill_step_cached_logits': (cached.train_step, (run.teacher_params, cached_batch, rng)),
-      'distill_step_replayed': (replayed.train_step, ((), replayed_batch, rng)),
+      'distill_step_cached_logits': (cached and cached.train_step,
+                                     (run.teacher_params, cached_batch, rng)),
+      'distill_step_replayed': (replayed and replayed.train_step, ((), replayed_batch, rng)),
       'teacher_forward_and_student_step': (teacher_forward_and_student_step,
                                            (run.teacher_params, batch, rng)),
   }
+  components = {name: components[name] for name in wanted}
+  in_turn = {'teacher_forward', 'student_step'} <= set(wanted)
   compiled, records = {}, {}
   for name, (fn, args) in components.items():
     stateful = name in states
@@ -281,9 +306,9 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   matmul = matmul_flops_per_second(_MATMUL.value, timer)
   emit({'measure': 'matmul', 'size': _MATMUL.value, 'gflop_per_sec': matmul / 1e9})
   for _ in range(_ROUNDS.value):
-    for name in (*components, 'teacher_forward_then_student_step'):
+    for name in (*components, *['teacher_forward_then_student_step'] * in_turn):
       timer.time(name, functools.partial(call, name), _STEPS.value)
-  if _PROFILE.value:
+  if _PROFILE.value and {'distill_step', 'teacher_forward', 'student_step'} <= set(wanted):
     profiled = {}
     for name in ('distill_step', 'teacher_forward', 'student_step'):  # One trace each.
       with jax.profiler.trace(os.path.join(_PROFILE.value, name)):
@@ -309,42 +334,44 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
           'step_ms': 1e3 * seconds, **record,
           'gflop_per_sec': record['gflop_per_image'] * img_s[name], **setting})
 
-  in_turn_s = timer.seconds('teacher_forward_then_student_step')
-  emit({'measure': 'component', 'name': 'teacher_forward_then_student_step',
-        'img_per_sec': bs / in_turn_s, 'step_ms': 1e3 * in_turn_s, **setting})
-  def over_parts(name):  # Each round's time of `name` over that round's parts.
-    return [d / (t + s) for d, t, s in zip(
-        *(timer.times[k] for k in (name, 'teacher_forward', 'student_step')))]
+  if in_turn:
+    in_turn_s = timer.seconds('teacher_forward_then_student_step')
+    emit({'measure': 'component', 'name': 'teacher_forward_then_student_step',
+          'img_per_sec': bs / in_turn_s, 'step_ms': 1e3 * in_turn_s, **setting})
 
-  per_round = over_parts('distill_step')
-  replayed = [d / r for d, r in zip(timer.times['distill_step'],
-                                    timer.times['distill_step_replayed'])]
-  one_program = over_parts('teacher_forward_and_student_step')
-  in_turn = [d / p for d, p in zip(timer.times['distill_step'],
-                                     timer.times['teacher_forward_then_student_step'])]
-  summary = {
-      'measure': 'summary',
-      'step_efficiency': statistics.median(per_round),
-      'step_efficiency_range': [min(per_round), max(per_round)],
-      'step_efficiency_in_turn': statistics.median(in_turn),
-      'step_efficiency_in_turn_range': [min(in_turn), max(in_turn)],
-      'one_program_efficiency': statistics.median(one_program),
-      'cached_logits_over_student_step': img_s['student_step'] / img_s[
-          'distill_step_cached_logits'],
-      'replayed_over_distill_step': statistics.median(replayed),
-      'replayed_over_distill_step_range': [min(replayed), max(replayed)],
-      'reinforcement_bytes_per_view': reinforcement.Layout(
-          steps=1, batch_size=bs, num_classes=num_classes, top_k=_TOP_K.value or None,
-          dtype='float16' if _TOP_K.value else 'float32', steps_per_chunk=1,
-          eval_sets={}).bytes_per_view(),
-      'distill_img_per_sec': img_s['distill_step'],
-      'distill_gflop_per_sec': records['distill_step']['gflop_per_image'] * img_s['distill_step'],
-      'matmul_gflop_per_sec': matmul / 1e9,
-      'distill_compile_s': records['distill_step']['compile_s'],
-  }
-  summary['distill_fraction_of_matmul'] = summary['distill_gflop_per_sec'] / (matmul / 1e9)
-  if _PEAK.value > 0:
-    summary['distill_fraction_of_peak'] = summary['distill_gflop_per_sec'] / (_PEAK.value * 1e3)
+  def per_round(name, *over):  # Each round's time of `name` over the sum of that round's `over`.
+    return [t[0] / sum(t[1:]) for t in zip(*(timer.times[k] for k in (name, *over)))]
+
+  summary = {'measure': 'summary'}
+
+  def ratios(key, name, *over):  # The median of the rounds' ratios, and their range.
+    if {name, *over} <= set(timer.times):
+      values = per_round(name, *over)
+      summary.update({key: statistics.median(values), f'{key}_range': [min(values), max(values)]})
+
+  ratios('step_efficiency', 'distill_step', 'teacher_forward', 'student_step')
+  ratios('step_efficiency_in_turn', 'distill_step', 'teacher_forward_then_student_step')
+  ratios('one_program_efficiency', 'teacher_forward_and_student_step', 'teacher_forward',
+         'student_step')
+  if {'student_step', 'distill_step_cached_logits'} <= set(img_s):
+    summary['cached_logits_over_student_step'] = (img_s['student_step'] /
+                                                  img_s['distill_step_cached_logits'])
+  ratios('replayed_over_distill_step', 'distill_step', 'distill_step_replayed')
+  summary['reinforcement_bytes_per_view'] = reinforcement.Layout(
+      steps=1, batch_size=bs, num_classes=num_classes, top_k=_TOP_K.value or None,
+      dtype='float16' if _TOP_K.value else 'float32', steps_per_chunk=1,
+      eval_sets={}).bytes_per_view()
+  summary['matmul_gflop_per_sec'] = matmul / 1e9
+  if 'distill_step' in img_s:
+    summary.update(
+        distill_img_per_sec=img_s['distill_step'],
+        distill_gflop_per_sec=records['distill_step']['gflop_per_image'] * img_s['distill_step'],
+        distill_compile_s=records['distill_step']['compile_s'],
+        distill_memory_mb=memory_mb(compiled['distill_step']))
+    summary['distill_fraction_of_matmul'] = summary['distill_gflop_per_sec'] / (matmul / 1e9)
+    if _PEAK.value > 0:
+      summary['distill_fraction_of_peak'] = summary['distill_gflop_per_sec'] / (
+          _PEAK.value * 1e3)
   if _INPUT.value or _STANDIN.value:
     with_data = run if run.data.builder else dataclasses.replace(run,
                                                                  data=build.create_data(config))
@@ -352,10 +379,14 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
     emit({'measure': 'component', 'name': 'input_pipeline', 'img_per_sec':
           img_s['input_pipeline'], 'dataset': config.input.dataset,
           'standin': bool(_STANDIN.value), 'cache': config.input.cache, **setting})
-    summary['input_over_step'] = img_s['input_pipeline'] / img_s['distill_step']
-    summary['input_over_replayed_step'] = (img_s['input_pipeline'] /
-                                           img_s['distill_step_replayed'])
+    for key, name in (('input_over_step', 'distill_step'),
+                      ('input_over_replayed_step', 'distill_step_replayed')):
+      if name in img_s:
+        summary[key] = img_s['input_pipeline'] / img_s[name]
   summary['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  stats = jax.local_devices()[0].memory_stats()  # None on a CPU.
+  if stats and 'peak_bytes_in_use' in stats:
+    summary['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
   emit({**summary, **setting})
 
 
