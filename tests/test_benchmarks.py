@@ -1,6 +1,7 @@
 """The benchmarks run and their summaries agree with their own measurements (tiny settings)."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -196,3 +197,74 @@ def test_students_reports_each_runs_student(distill_run):
       checkpoint.read_variables(distill_run)[0]['params'])) / 1e6)
   assert line['gflop_per_image'] > 0 and line['latency_ms_batch1'] > 0
   assert line['latency_ms_per_image_batch4'] > 0 and line['train_img_per_sec'] > 0
+
+
+def test_versus_pytorch_times_the_same_models_on_the_same_weights():
+  pytest.importorskip('timm')
+  lines = _run('versus_pytorch', '--teacher=vit_tiny_patch16_224', '--student=vit_tiny_patch16_224',
+               '--resolution=32', '--batch_size=2', '--num_classes=10', '--rounds=2', '--steps=1')
+  setting, = [l for l in lines if l['measure'] == 'setting']
+  summary, = [l for l in lines if l['measure'] == 'summary']
+  ours, theirs = setting['big_distill'], setting['pytorch']
+  assert ours['teacher_params'] == theirs['teacher_params'] == 5_489_482  # timm's count at 32 px, 10 classes.
+  assert ours['student_params'] == theirs['student_params']
+  # The same timm weights, read by big_distill from the file the PyTorch worker wrote.
+  assert summary['teacher_logp_max_difference'] < 1e-4
+  assert summary['student_logp_max_difference'] < 1e-4
+  components = {(l['framework'], l['name']): l['img_per_sec'] for l in lines
+                if l['measure'] == 'component'}
+  assert sorted(components) == sorted((f, p) for f in ('big_distill', 'pytorch')
+                                      for p in ('teacher_forward', 'student_step', 'distill_step'))
+  for part in ('teacher_forward', 'student_step', 'distill_step'):
+    low, high = summary[f'{part}_over_pytorch_range']
+    assert 0 < low <= summary[f'{part}_over_pytorch'] <= high
+
+
+def test_a_distill_step_builds_and_runs_without_tensorflow():
+  # Accelerator images bring JAX but not TensorFlow: a step on given data never loads it.
+  code = '''if True:
+    import sys
+    import jax
+    from big_distill import build, configlib
+    config = configlib.load('configs/distill.py', 'teacher=unused,teacher_model=bit,resolution=16')
+    config.input.batch_size = 2
+    run = build.create_run(config, data=build.Data(3, 1, 2), teacher_params='random')
+    batch = {'image': jax.numpy.zeros((2, 16, 16, 1)), 'label': jax.numpy.zeros(2, 'int32')}
+    state, metrics = run.train_step(run.init_state(jax.random.PRNGKey(0)), run.teacher_params,
+                                    batch, jax.random.PRNGKey(1))
+    loaded = {'tensorflow', 'tensorflow_datasets'} & set(sys.modules)
+    assert int(state.step) == 1 and not loaded, loaded
+    print('ok')'''
+  assert run([sys.executable, '-c', code]).stdout.split() == ['ok']
+
+
+def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
+  out = tmp_path / 'accelerator.json'
+  _run('accelerator', f'--out={out}', '--tiny', '--rounds=1', '--steps=1')
+  report = json.loads(out.read_text())
+  assert report['tiny'] and report['backend'] == 'cpu' and report['peak_tflops'] is None
+  assert sorted(report['cases']) == ['mobilenet_v3', 'paper', 'vit_b16']
+  for case in report['cases'].values():
+    for part in ('teacher_forward', 'student_step', 'distill_step'):
+      assert case[f'{part}_img_per_sec'] > 0 and case[f'{part}_compile_s'] > 0
+    assert case['distill_memory_mb'] > 0 and case['image_shape'] == [32, 32, 3]
+    low, high = case['step_efficiency_range']
+    assert low <= case['step_efficiency'] <= high
+  assert report['cases']['paper']['teachers'] == ['bit:depth=14,width=0.25']
+  # Each switch's implementations side by side; the cases hold 'auto''s, the CPU's.
+  assert report['kernels']['depthwise']['auto'] == 'taps'
+  assert set(report['kernels']['depthwise']) == {'auto', 'case', 'taps', 'grouped'}
+  assert set(report['kernels']['attention']) == {'auto', 'case', 'einsum', 'fused'}
+  assert report['kernels']['depthwise']['taps'] == report['cases']['mobilenet_v3'][
+      'distill_step_img_per_sec']
+  assert report['input']['img_per_sec'] > 0 and report['input']['cores'] >= 1
+
+
+def test_compile_time_compiles_once_and_loads_from_the_cache_the_second_time():
+  lines = _run('compile_time', '--families=bit', '--tiny', '--batch_size=2')
+  pair, summary = lines
+  assert pair['teacher'] == pair['student'] == 'bit:depth=14,width=0.25'
+  # The second process loads the step the first one compiled (a cache hit takes far less time).
+  assert 0 < pair['cached_compile_s'] < pair['compile_s'] / 2
+  assert summary == {'measure': 'summary', **{f'max_{k}': pair[k] for k in (
+      'compile_s', 'cached_compile_s', 'process_s', 'cached_process_s')}}

@@ -1,0 +1,150 @@
+r"""The accelerator check: on one GPU or TPU chip, in under 8 minutes, one JSON file saying how fast
+the paper's recipe runs there. On a CPU, `--tiny` runs the same cases with tiny models (a test).
+
+  python -m benchmarks.accelerator --out=accelerator.json [--peak_tflops=989] [--batch_size=128]
+  python -m benchmarks.accelerator --out=/tmp/accelerator.json --tiny
+
+Cases, all at 224 px in bfloat16 with random weights (`configs/imagenet_funmatch.py`, 1,000
+classes), `--batch_size` images per step on one chip:
+
+- `paper`: BiT-M-R152x2 -> BiT-R50x1, the paper's pair;
+- `vit_b16`: ViT-B/16 -> BiT-R50x1, once per attention implementation (`config.kernels.attention`);
+- `mobilenet_v3`: BiT-R50x1 -> MobileNetV3-Large, once per depthwise-convolution implementation
+  (`config.kernels.depthwise`).
+
+Each case is one `benchmarks.step_throughput` process (so that the device's peak memory is the
+case's own) timing the teacher's forward pass, the student's train step and the distillation step.
+Per case the file gives images/s of each part, the distillation step's fraction of the chip's
+bfloat16 peak (`--peak_tflops`, else the device's entry in `PEAK_TFLOPS`), step efficiency (the
+step's time over its parts'), each program's compile seconds, XLA's memory figure of the compiled
+step and the device's peak bytes in use. `kernels` sets each switch's implementations side by side
+(distillation images/s, and which one `auto` picks on this backend). `input`: the ImageNet
+config's input pipeline on a synthetic JPEG stand-in (`--standin` images of 384x512), decoding
+with the machine's cores, against the paper case's step (`input_over_step` >= 1: it keeps up);
+it needs TensorFlow, and says so where it is missing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+from big_distill.models import kernels  # JAX imported, no backend started: the cases have the chip.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUT = flags.DEFINE_string('out', None, 'The JSON file to write.', required=True)
+_TINY = flags.DEFINE_bool('tiny', False, 'Tiny models at 32 px, 4 images: a check on a CPU.')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per step.')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'The chip\'s dense bfloat16 peak in TFLOP/s '
+                           '(default: `PEAK_TFLOPS` by device kind).')
+_STANDIN = flags.DEFINE_integer('standin', 2048, 'JPEGs in the input pipeline\'s stand-in.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timings per part (the median).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Calls per timing.')
+
+# Dense bfloat16 TFLOP/s per JAX device, by the start of `device_kind` (vendors' data sheets; a TPU
+# v3's devices are its cores, half a chip).
+PEAK_TFLOPS = {'NVIDIA H100': 989.0, 'NVIDIA H200': 989.0, 'NVIDIA A100': 312.0,
+               'NVIDIA L4': 121.0, 'TPU v3': 61.5, 'TPU v4': 275.0, 'TPU v5 lite': 197.0,
+               'TPU v5p': 459.0, 'TPU v6 lite': 918.0}
+VIT_B16 = 'timm:vit_base_patch16_224.augreg2_in21k_ft_in1k'
+R50 = 'bit:depth=50,width=1'
+# name: (config arguments, the kernel switch it sets side by side, or None).
+CASES = {
+    'paper': ('', None),
+    'vit_b16': (f'teacher_model={VIT_B16}', 'attention'),
+    'mobilenet_v3': (f'teacher_model={R50},student=timm:mobilenetv3_large_100', 'depthwise'),
+}
+PARTS = ('teacher_forward', 'student_step', 'distill_step')
+
+
+def step_throughput(arguments: str, *flags_: str) -> list[dict[str, Any]]:
+  """The JSON lines of one `benchmarks.step_throughput` process on the ImageNet config."""
+  config = 'configs/imagenet_funmatch.py:teacher=unused' + (f',{arguments}' if arguments else '')
+  if _TINY.value:
+    config += ',runlocal=True'
+  batch = 4 if _TINY.value else _BATCH.value
+  command = [sys.executable, '-m', 'benchmarks.step_throughput', f'--config={config}',
+             '--channels=3', '--num_classes=1000', f'--rounds={_ROUNDS.value}',
+             f'--steps={_STEPS.value}', f'--components={",".join(PARTS)}',
+             f'--config.input.batch_size={batch}', '--config.dtype=bfloat16',
+             '--config.teacher_dtype=bfloat16', *flags_]
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+  return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def case(lines: list[dict[str, Any]]) -> dict[str, Any]:
+  """One case's figures from its step_throughput lines."""
+  summary, = [l for l in lines if l['measure'] == 'summary']
+  parts = {l['name']: l for l in lines if l['measure'] == 'component'}
+  out = {'teachers': summary['teachers'], 'student': summary['student'],
+         'batch_size': summary['batch_size'], 'image_shape': summary['image_shape'],
+         **{f'{p}_img_per_sec': parts[p]['img_per_sec'] for p in PARTS},
+         **{f'{p}_compile_s': parts[p]['compile_s'] for p in PARTS}}
+  for key in ('distill_fraction_of_peak', 'distill_gflop_per_sec', 'step_efficiency',
+              'step_efficiency_range', 'distill_memory_mb', 'device_peak_mb', 'input_over_step'):
+    if key in summary:
+      out[key] = summary[key]
+  if 'input_pipeline' in parts:
+    out['input_img_per_sec'] = parts['input_pipeline']['img_per_sec']
+  return out
+
+
+def device() -> dict[str, Any]:
+  """The device the cases run on, and its peak (asked in a process of its own: one that starts
+  the backend holds the chip's memory)."""
+  code = ('import jax, json; d = jax.devices()[0]; print(json.dumps(dict(backend='
+          'jax.default_backend(), device_kind=d.device_kind, devices=jax.device_count(), '
+          'cores=__import__("os").cpu_count())))')
+  info = json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                   check=True).stdout)
+  peak = _PEAK.value or next((v for k, v in PEAK_TFLOPS.items()
+                              if info['device_kind'].startswith(k)), 0.0)
+  return {**info, 'peak_tflops': peak or None}
+
+
+def has_tensorflow() -> bool:
+  return subprocess.run([sys.executable, '-c', 'import tensorflow_datasets'],
+                        capture_output=True).returncode == 0
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  report = {'tiny': _TINY.value, **device(), 'cases': {}, 'kernels': {}}
+  peak = [f'--peak_tflops={report["peak_tflops"]}'] if report['peak_tflops'] else []
+  auto = kernels.Kernels().resolved(report['backend'])
+  tensorflow = has_tensorflow()
+  for name, (arguments, switch) in CASES.items():
+    options = (None,) if switch is None else tuple(kernels.Kernels.available(switch, report['backend']))
+    for implementation in options:
+      extra = [] if implementation is None else [f'--config.kernels.{switch}={implementation}']
+      with_input = name == 'paper' and tensorflow
+      if with_input:
+        extra.append(f'--standin={16 if _TINY.value else _STANDIN.value}')
+      else:
+        extra.append('--input=false')
+      figures = case(step_throughput(arguments, *peak, *extra))
+      if implementation is None or implementation == getattr(auto, switch):
+        report['cases'][name] = {**figures, 'kernels': implementation and {switch: implementation}}
+      if switch:
+        report['kernels'].setdefault(switch, {'auto': getattr(auto, switch), 'case': name})[
+            implementation] = figures['distill_step_img_per_sec']
+  paper = report['cases']['paper']
+  report['input'] = ({'img_per_sec': paper.pop('input_img_per_sec'),
+                      'over_paper_step': paper.pop('input_over_step'),
+                      'cores': report['cores']} if tensorflow else
+                     {'skipped': 'tensorflow_datasets is not installed here'})
+  report['seconds'] = time.perf_counter() - start
+  with open(_OUT.value, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps({'out': _OUT.value, 'seconds': report['seconds']}))
+
+
+if __name__ == '__main__':
+  app.run(main)

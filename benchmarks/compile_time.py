@@ -1,0 +1,84 @@
+r"""Compile time of the distillation step for each teacher -> student pair of families, cold and
+from JAX's persistent compilation cache. JSON lines on stdout.
+
+  python -m benchmarks.compile_time [--families=bit,vit,mobilenet_v3] [--resolution=224]
+  python -m benchmarks.compile_time --families=bit --tiny     # each family's tiny model, 32 px
+
+A family is one model at 224 px (`SIZES`: BiT-R50x1, ViT-S/16, MobileNetV3-Large; `--tiny`: the
+family's `runlocal` model). Per pair, `benchmarks.step_throughput --components=distill_step`
+(`configs/distill.py`, 1,000 classes, `--batch_size` images, float32) runs twice, each time in a
+new process sharing one new compilation cache: the first compiles every program of the run, the
+second loads them from the cache, as a restarted or repeated run does. A line per pair gives the
+distillation step's `compile_s` and `cached_compile_s` (lowering and compiling, or loading), and
+each process's wall time, `process_s` and `cached_process_s`: start-up (imports, models built and
+initialised, the step compiled) plus one timed step. Then a `summary` with the slowest of each.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {'bit': 'bit:depth=50,width=1', 'vit': 'timm:vit_small_patch16_224',
+         'mobilenet_v3': 'timm:mobilenetv3_large_100'}
+_FAMILIES = flags.DEFINE_list('families', list(SIZES), 'Families; every ordered pair is timed.')
+_RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Input side.')
+_BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per step.')
+_TINY = flags.DEFINE_bool('tiny', False, 'Each family\'s tiny model at 32 px (a check).')
+
+
+def model(family: str) -> str:
+  if not _TINY.value:
+    return SIZES[family]
+  from big_distill import models  # pylint: disable=g-import-not-at-top
+  return str(models.spec(models.FAMILIES[family], **models.FAMILIES[family].tiny))
+
+
+def distill_step(teacher: str, student: str, cache: str) -> tuple[float, float]:
+  """(the distillation step's compile seconds, the process's wall seconds)."""
+  resolution = 32 if _TINY.value else _RESOLUTION.value
+  command = [sys.executable, '-m', 'benchmarks.step_throughput',
+             f'--config=configs/distill.py:teacher=unused,teacher_model={teacher},'
+             f'student={student},resolution={resolution}', '--channels=3', '--num_classes=1000',
+             '--input=false', '--components=distill_step', '--rounds=1', '--steps=1',
+             f'--config.input.batch_size={_BATCH.value}']
+  start = time.perf_counter()
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache})
+  seconds = time.perf_counter() - start
+  if proc.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+  line, = [json.loads(l) for l in proc.stdout.splitlines()
+           if json.loads(l).get('name') == 'distill_step']
+  return line['compile_s'], seconds
+
+
+def emit(record: dict[str, Any]) -> None:
+  print(json.dumps(record), flush=True)
+
+
+def main(argv):
+  del argv
+  lines = []
+  for teacher in _FAMILIES.value:
+    for student in _FAMILIES.value:
+      with tempfile.TemporaryDirectory() as cache:
+        compile_s, process_s = distill_step(model(teacher), model(student), cache)
+        cached_compile_s, cached_process_s = distill_step(model(teacher), model(student), cache)
+      lines.append({'measure': 'pair', 'teacher': model(teacher), 'student': model(student),
+                    'compile_s': compile_s, 'cached_compile_s': cached_compile_s,
+                    'process_s': process_s, 'cached_process_s': cached_process_s,
+                    'batch_size': _BATCH.value})
+      emit(lines[-1])
+  emit({'measure': 'summary', **{f'max_{key}': max(l[key] for l in lines) for key in (
+      'compile_s', 'cached_compile_s', 'process_s', 'cached_process_s')}})
+
+
+if __name__ == '__main__':
+  app.run(main)
