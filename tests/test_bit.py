@@ -2,11 +2,13 @@
 
 import re
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from jax import ad_checkpoint
 
 from big_distill import models
 from big_distill.models import bit
@@ -261,3 +263,26 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(model, npz_path):
   assert np.linalg.norm(logits - expected) < 0.1 * np.linalg.norm(expected)
   with pytest.raises(ValueError, match=r"config.dtype='bf16'; use one of float32, bfloat16"):
     models.resolve('bit').create(CLASSES, 'bf16')
+
+
+def test_group_norm_is_flaxs_in_float32_and_keeps_bfloat16_for_the_backward_pass(capsys):
+  x = (3 + 2 * np.random.default_rng(4).normal(size=(2, 5, 5, 64))).astype(np.float32)
+  theirs = flax.linen.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False)
+  variables = jax.tree.map(lambda p: p + np.random.default_rng(5).normal(size=p.shape),
+                           theirs.init(jax.random.PRNGKey(0), x))
+  ours = bit.group_norm(64, 'gn', jnp.float32)
+  np.testing.assert_array_equal(ours.apply(variables, x), theirs.apply(variables, x))
+  grads = [jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), (0, 1))(variables, x)
+           for m in (ours, theirs)]
+  for a, b in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # In bfloat16 the backward pass keeps no float32 array of the activations' size (flax's does).
+  low = bit.group_norm(64, 'gn', jnp.bfloat16)
+  ad_checkpoint.print_saved_residuals(lambda x: jnp.sum(low.apply(variables, x)),
+                                      x.astype(jnp.bfloat16))
+  saved = capsys.readouterr().out.splitlines()
+  assert any(line.startswith('bf16[2,5,5,32,2]') for line in saved), saved
+  assert not [line for line in saved if line.startswith('f32[2,5,5')], saved
+  out = low.apply(variables, x.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(np.float32), theirs.apply(variables, x), atol=0.1)

@@ -111,11 +111,36 @@ class StdConv(nn.Module):
     return conv2d(x, kernel, self.stride, ((k - 1) // 2, k - 1 - (k - 1) // 2))
 
 
-def group_norm(channels: int, name: str, dtype: Any) -> nn.GroupNorm:
-  # Two-pass variance E[(x - E[x])^2] as BiT's `tf.nn.moments`; flax's default E[x^2] - E[x]^2
-  # loses most float32 digits once a group's mean is large relative to its spread.
-  return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-5, use_fast_variance=False,
-                      dtype=dtype, name=name)
+class GroupNorm(nn.Module):
+  """flax's `GroupNorm` (parameters `scale`, `bias`), with BiT's two-pass variance
+  E[(x - E[x])^2] (`tf.nn.moments`; flax's default E[x^2] - E[x]^2 loses most float32 digits once
+  a group's mean is large relative to its spread), applied in the compute dtype: a bfloat16 run
+  keeps bfloat16 deviations from the mean for its backward pass, where flax's keeps them in
+  float32. The statistics are float32 sums either way; in float32 this is flax's arithmetic, step
+  for step."""
+  num_groups: int
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    channels = x.shape[-1]
+    per_group = (self.num_groups, channels // self.num_groups)
+    scale, bias = (self.param(name, init, (channels,), jnp.float32).reshape(per_group)
+                   for name, init in (('scale', nn.initializers.ones),
+                                      ('bias', nn.initializers.zeros)))
+    x = x.astype(self.dtype).reshape(*x.shape[:-1], *per_group)
+    axes = (*range(1, x.ndim - 2), x.ndim - 1)  # Space and the channels of a group.
+    mean = jnp.mean(x.astype(jnp.float32), axes, keepdims=True)
+    deviation = (x.astype(jnp.float32) - mean).astype(self.dtype)
+    var = jnp.mean((deviation * deviation).astype(jnp.float32), axes, keepdims=True)
+    y = deviation * (jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
+    return (y + bias.astype(self.dtype)).reshape(*x.shape[:-2], channels)
+
+
+def group_norm(channels: int, name: str, dtype: Any) -> GroupNorm:
+  # Widths below 1 give channel counts that 32 may not divide: their largest common divisor.
+  return GroupNorm(num_groups=math.gcd(32, channels), dtype=dtype, name=name)
 
 
 class BottleneckUnit(nn.Module):
