@@ -15,7 +15,7 @@ from big_distill import build, errors, models, workdir
 from big_distill.models import kernels as kernels_lib, mobilenet_v3
 from tests.helpers import get_config
 
-CPU, ACCELERATOR = kernels_lib.Kernels('taps', 'einsum'), kernels_lib.Kernels('grouped', 'fused')
+CPU, ACCELERATOR = kernels_lib.Kernels('taps', 'fused'), kernels_lib.Kernels('grouped', 'fused')
 ROWS = {'cpu': CPU, 'accelerator': ACCELERATOR}
 DTYPES = ('float32', 'bfloat16')
 
@@ -144,7 +144,7 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
   assert kernels_lib.Kernels().resolved('gpu') == ACCELERATOR
   assert kernels_lib.Kernels().resolved('tpu') == ACCELERATOR
   assert kernels_lib.Kernels(depthwise='grouped').resolved('cpu') == kernels_lib.Kernels(
-      'grouped', 'einsum')
+      'grouped', 'fused')
   assert kernels_lib.Kernels(attention='einsum').resolved('tpu') == kernels_lib.Kernels(
       'grouped', 'einsum')
   assert kernels_lib.Kernels().resolved() == CPU  # The tests run on the CPU.

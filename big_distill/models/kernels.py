@@ -9,10 +9,12 @@ backend's row of `AUTO`, the one place the choice is made:
 - depthwise 'grouped' (GPU, TPU): `lax.conv_general_dilated(feature_group_count=channels)` in the
   compute dtype: cuDNN's and the TPU's depthwise kernels, with no float32 copy of bfloat16
   activations.
-- attention 'einsum' (CPU): flax's `dot_product_attention` math (queries scaled, two einsums), what
-  ViTs computed before the switch; whether 'fused' is faster on a CPU is still to be measured.
-- attention 'fused' (GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to JAX:
-  cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA always).
+- attention 'einsum': flax's `dot_product_attention` math (queries scaled, two einsums), what ViTs
+  computed before the switch.
+- attention 'fused' (CPU, GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to
+  JAX: cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA
+  always). On XLA:CPU its program runs ViT-S/16's forward pass 1.5x as fast as 'einsum's
+  (docs/performance.md, `benchmarks.versus_pytorch`).
 - attention 'cudnn' (GPU only, never 'auto' until measured there): `jax.nn.dot_product_attention`
   asking for cuDNN's fused kernel, in bfloat16 or float16 (JAX's choice in float32).
 
@@ -38,7 +40,7 @@ Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # jax.default_backend() -> the implementation of each switch; backends not listed (plugins) take
 # the 'gpu' row, plain XLA ops.
 AUTO = {
-    'cpu': dict(depthwise='taps', attention='einsum'),
+    'cpu': dict(depthwise='taps', attention='fused'),
     'gpu': dict(depthwise='grouped', attention='fused'),
     'tpu': dict(depthwise='grouped', attention='fused'),
 }
