@@ -101,9 +101,16 @@ COVERED = {
     ('docs/performance.md', 'python -m benchmarks.step_throughput --input=false --rounds=9'): {
         'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
                                       'test_step_throughput_reports_every_part_and_consistent_ratios'},
-    ('docs/performance.md', 'for teacher in'): {
-        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
-                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'python -m benchmarks.accelerator'): {
+        'benchmarks.accelerator': 'tests/test_benchmarks.py::'
+                                  'test_accelerator_check_writes_every_case_in_tiny_mode'},
+    ('docs/performance.md', 'python -m benchmarks.versus_pytorch'): {
+        'benchmarks.versus_pytorch': 'tests/test_benchmarks.py::'
+                                     'test_versus_pytorch_times_the_same_models_on_the_same_weights'},
+    ('docs/performance.md', 'python -m benchmarks.compile_time'): {
+        'benchmarks.compile_time': 'tests/test_benchmarks.py::'
+                                   'test_compile_time_compiles_once_and_loads_from_the_cache_the_'
+                                   'second_time'},
     ('docs/performance.md', 'for dtype in'): {
         'benchmarks.scaling': 'tests/test_benchmarks.py::test_memory_parts_fit_and_remat'},
     ('docs/reference.md', 'python -m big_distill.convert'): {
