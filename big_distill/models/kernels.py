@@ -23,6 +23,7 @@ compute dtype.
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -46,13 +47,50 @@ AUTO = {
 }
 
 
-def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-  k, acc = kernel.shape[0], jnp.promote_types(x.dtype, jnp.float32)  # Exact products, f32 sums.
-  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))).astype(acc)
+def _taps(padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """sum over taps (dy, dx) of padded[:, dy::stride, dx::stride] * kernel[dy, dx, 0], float32."""
+  k, acc = kernel.shape[0], jnp.promote_types(padded.dtype, jnp.float32)
+  padded, kernel = padded.astype(acc), kernel.astype(acc)
   h, w = ((n - k) // stride + 1 for n in padded.shape[1:3])
-  out = sum(padded[:, dy:dy + stride * (h - 1) + 1:stride, dx:dx + stride * (w - 1) + 1:stride]
-            * kernel[dy, dx, 0].astype(acc) for dy in range(k) for dx in range(k))
-  return out.astype(x.dtype)
+  return sum(padded[:, dy:dy + stride * (h - 1) + 1:stride, dx:dx + stride * (w - 1) + 1:stride]
+             * kernel[dy, dx, 0] for dy in range(k) for dx in range(k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return _taps(jnp.pad(x, pad), kernel, stride).astype(x.dtype)
+
+
+def _taps_forward(x, kernel, stride, padding):
+  return depthwise_taps(x, kernel, stride, padding), (x, kernel)
+
+
+def _taps_backward(stride, padding, residuals, grad):
+  """The gradients as taps too, where autodiff's would pad the output gradient once per tap and
+  sum k * k full-size arrays (a MobileNetV3-Large train step then compiles in 25 s of CPU time,
+  against 15). The input's gradient is the output gradient spread to the stride and padded by
+  k - 1, correlated with the flipped kernel; the kernel's, per tap, the sum of the gradient times
+  that tap's slice of the input."""
+  x, kernel = residuals
+  k, (h, w) = kernel.shape[0], grad.shape[1:3]
+  size = [n + 2 * padding for n in x.shape[1:3]]  # The padded input's.
+  rest = [(n - k) % stride for n in size]  # Rows and columns no tap reaches.
+  spread = lax.pad(grad, jnp.zeros((), grad.dtype), (
+      (0, 0, 0), (k - 1, k - 1 + rest[0], stride - 1), (k - 1, k - 1 + rest[1], stride - 1),
+      (0, 0, 0)))
+  dx = _taps(spread, kernel[::-1, ::-1], 1)
+  dx = dx[:, padding:padding + x.shape[1], padding:padding + x.shape[2]].astype(x.dtype)
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))).astype(acc)
+  g = grad.astype(acc)
+  dkernel = jnp.stack([
+      jnp.sum(padded[:, dy:dy + stride * (h - 1) + 1:stride, dx_:dx_ + stride * (w - 1) + 1:stride]
+              * g, axis=(0, 1, 2)) for dy in range(k) for dx_ in range(k)])
+  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+depthwise_taps.defvjp(_taps_forward, _taps_backward)
 
 
 def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
