@@ -149,6 +149,8 @@ def torch_parts(directory: str) -> tuple[dict[str, Callable[[], Any]], dict[str,
 def jax_parts(directory: str) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
   """The big_distill worker's parts: the pair built from the PyTorch worker's files."""
   import functools  # pylint: disable=g-import-not-at-top
+  from big_distill import cli  # pylint: disable=g-import-not-at-top
+  cli.set_cpu_xla_flags()  # As every big_distill command does (and a --setup's flags win).
   import jax  # pylint: disable=g-import-not-at-top
   from big_distill import build, configlib, parallel  # pylint: disable=g-import-not-at-top
 

@@ -10,6 +10,10 @@ try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, 
 except ImportError:  # timm and torch are test-only dependencies, for parity with the original.
   pass
 
+from big_distill import cli  # pylint: disable=g-import-not-at-top
+
+cli.set_cpu_xla_flags()  # As every command sets them: the tests' own programs compile the same.
+
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -1,12 +1,13 @@
 """Config files, `:k=v` arguments, command-line overrides and dry runs."""
 
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
-from big_distill import configlib, errors, models, workdir
+from big_distill import cli, configlib, errors, models, workdir
 from tests.helpers import TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
 
 
@@ -27,6 +28,22 @@ def test_parse_arg_types_and_errors():
       'bit:depth=50,width=1', 'timm:mobilenetv3_large_100', True)
   with pytest.raises(ValueError, match="Unknown config argument 'widht'"):
     configlib.parse_arg('student=timm:mobilenetv3_large_100,widht=1', student='')
+
+
+def test_cpu_xla_flags_join_the_users_and_never_replace_them(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  cli.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2',
+                                             *cli.CPU_XLA_FLAGS]
+  cli.set_cpu_xla_flags()  # Once only.
+  assert len(os.environ['XLA_FLAGS'].split()) == 1 + len(cli.CPU_XLA_FLAGS)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_fusion_emitters=true')  # The user's choice.
+  cli.set_cpu_xla_flags()
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_use_fusion_emitters=true'
+  monkeypatch.delenv('XLA_FLAGS')
+  monkeypatch.setattr(cli.importlib.metadata, 'version', lambda name: '0.11.0')
+  cli.set_cpu_xla_flags()  # A jaxlib they were not measured on: none.
+  assert 'XLA_FLAGS' not in os.environ
 
 
 def test_overrides_reach_the_resolved_config(tmp_path):
