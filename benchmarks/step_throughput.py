@@ -40,7 +40,8 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   `reinforcement_bytes_per_view` (`--top_k` classes in float16 and the rest, with the example's
   index and the step's ratio, of the config's classes and batch), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
   `distill_fraction_of_peak`: achieved / the chip's peak),
-  `distill_compile_s`, `distill_memory_mb` (what the compiled step holds on its device: arguments,
+  `distill_compile_s`, `ready_s` (from the process's first import to every part compiled and
+  warmed up: what a run waits before its first step), `distill_memory_mb` (what the compiled step holds on its device: arguments,
   outputs and temporaries, from XLA's memory analysis), `peak_rss_mb` and, on a GPU or TPU,
   `device_peak_mb` (the device's peak bytes in use). `--components` times only some parts; the
   summary then gives the ratios whose parts were timed.
@@ -48,7 +49,11 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   `profile_summary` (the distill step's span and op time over the sums of its parts').
 """
 
-import contextlib
+import time
+
+START = time.perf_counter()  # Before JAX is imported: `ready_s` counts from here.
+
+import contextlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import copy
 import dataclasses
 import functools
@@ -60,7 +65,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 from absl import flags
@@ -302,6 +306,7 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
     states[name], metrics = fn(states[name], *args)
     return metrics
 
+  ready_s = time.perf_counter() - START  # Imports, models built and initialised, all compiled.
   timer = Timer()
   matmul = matmul_flops_per_second(_MATMUL.value, timer)
   emit({'measure': 'matmul', 'size': _MATMUL.value, 'gflop_per_sec': matmul / 1e9})
@@ -362,6 +367,7 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
       dtype='float16' if _TOP_K.value else 'float32', steps_per_chunk=1,
       eval_sets={}).bytes_per_view()
   summary['matmul_gflop_per_sec'] = matmul / 1e9
+  summary['ready_s'] = ready_s
   if 'distill_step' in img_s:
     summary.update(
         distill_img_per_sec=img_s['distill_step'],

@@ -101,6 +101,9 @@ COVERED = {
     ('docs/performance.md', 'python -m benchmarks.step_throughput --input=false --rounds=9'): {
         'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
                                       'test_step_throughput_reports_every_part_and_consistent_ratios'},
+    ('docs/performance.md', 'python -m benchmarks.step_throughput --input=false --rounds=3'): {
+        'benchmarks.step_throughput': 'tests/test_benchmarks.py::'
+                                      'test_step_throughput_reports_every_part_and_consistent_ratios'},
     ('docs/performance.md', 'python -m benchmarks.accelerator'): {
         'benchmarks.accelerator': 'tests/test_benchmarks.py::'
                                   'test_accelerator_check_writes_every_case_in_tiny_mode'},
