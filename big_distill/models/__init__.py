@@ -55,11 +55,17 @@ class Spec:
     if 'normalization' in self.arguments:
       normalization.check(self.arguments['normalization'],
                           f'the {self.family.name} model\'s normalization')
+    fields = {f.name for f in dataclasses.fields(self.family.model)}
     switches = {'kernels': kernels.resolved()}  # Refused if bad, whatever the family.
-    if 'kernels' not in {f.name for f in dataclasses.fields(self.family.model)}:
+    if 'kernels' not in fields:
       switches = {}
+    if remat:
+      if 'remat' not in fields:
+        raise errors.BadInput(f'config.remat: a {self.family.name} model has no blocks to '
+                              'rematerialise (its class has no remat field).')
+      switches['remat'] = True
     return self.family.model(**self.arguments, **switches, num_classes=num_classes,
-                             dtype=compute_dtype(dtype), remat=remat)
+                             dtype=compute_dtype(dtype))
 
   def architecture(self) -> dict[str, Any]:
     """Every argument of the architecture, defaults included (`family.Family`)."""
