@@ -25,7 +25,6 @@ it needs TensorFlow, and says so where it is missing.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,9 +32,9 @@ from typing import Any
 
 from absl import app, flags
 
+import benchmarks
 from big_distill.models import kernels  # JAX imported, no backend started: the cases have the chip.
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string('out', None, 'The JSON file to write.', required=True)
 _TINY = flags.DEFINE_bool('tiny', False, 'Tiny models at 32 px, 4 images: a check on a CPU.')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Images per step.')
@@ -72,10 +71,7 @@ def step_throughput(arguments: str, *flags_: str) -> list[dict[str, Any]]:
              f'--steps={_STEPS.value}', f'--components={",".join(PARTS)}',
              f'--config.input.batch_size={batch}', '--config.dtype=bfloat16',
              '--config.teacher_dtype=bfloat16', *flags_]
-  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
-  return [json.loads(line) for line in proc.stdout.splitlines()]
+  return benchmarks.json_lines(command)
 
 
 def case(lines: list[dict[str, Any]]) -> dict[str, Any]:

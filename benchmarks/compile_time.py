@@ -17,14 +17,14 @@ call). Then a `summary` with the slowest of each.
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from typing import Any
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchmarks
+
 SIZES = {'bit': 'bit:depth=50,width=1', 'vit': 'timm:vit_small_patch16_224',
          'mobilenet_v3': 'timm:mobilenetv3_large_100'}
 _FAMILIES = flags.DEFINE_list('families', list(SIZES), 'Families; every ordered pair is timed.')
@@ -48,11 +48,7 @@ def distill_step(teacher: str, student: str, cache: str) -> tuple[float, float]:
              f'student={student},resolution={resolution}', '--channels=3', '--num_classes=1000',
              '--input=false', '--components=distill_step', '--rounds=1', '--steps=1',
              f'--config.input.batch_size={_BATCH.value}']
-  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache})
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
-  lines = [json.loads(l) for l in proc.stdout.splitlines()]
+  lines = benchmarks.json_lines(command, env={**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache})
   step, = [l for l in lines if l.get('name') == 'distill_step']
   summary, = [l for l in lines if l['measure'] == 'summary']
   return step['compile_s'], summary['ready_s']
