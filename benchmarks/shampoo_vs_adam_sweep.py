@@ -94,9 +94,11 @@ class Sweep:
     self.rngs = self.seed_rngs[self.of_seed]
     self.settings = jnp.arange(len(hps))
     self.axes = _state_axes(jax.eval_shape(self._init, self.rngs[0], self.settings[0]))
-    # Compiled: op by op, init took half a minute on a CPU. Replicated over the run's mesh, as
-    # the step returns the states: states of another sharding would compile the step again.
-    self.init = jax.jit(self._init_all, out_shardings=parallel.replicated(run.mesh))
+    # Compiled: op by op, init took half a minute on a CPU; with the run's `init_options`.
+    # Replicated over the run's mesh, as the step returns the states: states of another sharding
+    # would compile the step again.
+    self.init = jax.jit(self._init_all, out_shardings=parallel.replicated(run.mesh),
+                        compiler_options=build.init_options(run.mesh))
     self.step = jax.jit(self._step, donate_argnums=0)
     self.eval_sums = jax.jit(self._eval_sums)
 

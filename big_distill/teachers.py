@@ -71,15 +71,17 @@ def build(specs: tuple[models.Spec, ...], entries: list[ml_collections.ConfigDic
                   tuple(entry.get('resolution') for entry in entries), specs)
 
 
-def init_params(teachers: Teachers, image_shape: tuple[int, int, int],
-                rng: jax.Array) -> tuple[Any, ...]:
+def init_params(teachers: Teachers, image_shape: tuple[int, int, int], rng: jax.Array,
+                compiler_options: dict[str, Any] | None = None) -> tuple[Any, ...]:
   """Randomly initialised variables of each teacher at its own resolution (benchmarks use them;
-  their shapes are those a teacher checkpoint must have)."""
+  their shapes are those a teacher checkpoint must have), each compiled with `compiler_options`
+  (`build.init_options`)."""
   out = []
   for model, resolution in zip(teachers.models, teachers.resolutions):
     side = resolution or image_shape[0]
     # Compiled: op by op, a ResNet's init takes tens of seconds on a CPU.
-    out.append(jax.jit(model.init)(rng, jnp.zeros((1, side, side, image_shape[2]))))
+    init = jax.jit(model.init, compiler_options=compiler_options)
+    out.append(init(rng, jnp.zeros((1, side, side, image_shape[2]))))
   return tuple(out)
 
 

@@ -1,9 +1,11 @@
 """Fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
+import fcntl
 import importlib
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, which timm loads,
   importlib.import_module('timm')  # crashes the process when loaded after it.
@@ -39,20 +41,35 @@ def fmnist_builder():
   return input_pipeline.get_builder('fashion_mnist')
 
 
+def shared_run(tmp_path_factory, name: str, make: Callable[[str], object]) -> str:
+  """The workdir `name`, made by `make(workdir)` once per session: by the first of pytest-xdist's
+  workers to ask, while the others wait for it (xdist's pattern for session fixtures, with a file
+  lock), so both workers' tests read one run. The tests only read it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # The session's directory, above each worker's own.
+  workdir, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # What a failed attempt left.
+      make(str(workdir))
+      done.touch()
+  return str(workdir)
+
+
 @pytest.fixture(scope='session')
 def teacher_run(tmp_path_factory, fmnist_builder):
   """A 10-step supervised run of the demo teacher config on a slice of Fashion-MNIST."""
-  workdir = str(tmp_path_factory.mktemp('teacher'))
-  run_main(f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER)
-  return workdir
+  return shared_run(tmp_path_factory, 'teacher', lambda workdir: run_main(
+      f'{TEACHER_CONFIG}:runlocal=True', workdir, *TINY_TEACHER))
 
 
 @pytest.fixture(scope='session')
 def distill_run(tmp_path_factory, teacher_run):
   """A 10-step function-matching run distilling `teacher_run` into an R14 x 1/8 student."""
-  workdir = str(tmp_path_factory.mktemp('distill'))
-  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT)
-  return workdir
+  return shared_run(tmp_path_factory, 'distill', lambda workdir: run_main(
+      f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT))
 
 
 @pytest.fixture(scope='session')
@@ -60,7 +77,6 @@ def sgd_distill_run_4_devices(tmp_path_factory, teacher_run):
   """6 SGD steps (see `test_e2e.test_four_devices_match_one_device`) of the distillation of
   `teacher_run` on 4 devices, data parallel (replicated parameters), a loss logged and a
   checkpoint kept at every step: `test_e2e`'s 4-device run and `test_fsdp`'s replicated one."""
-  workdir = str(tmp_path_factory.mktemp('sgd_distill_4_devices'))
-  run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT,
-           *SGD_6, '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=6', devices=4)
-  return workdir
+  return shared_run(tmp_path_factory, 'sgd_distill_4_devices', lambda workdir: run_main(
+      f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}', workdir, *TINY_STUDENT,
+      *SGD_6, '--config.checkpoint_every_steps=1', '--config.keep_checkpoints=6', devices=4))

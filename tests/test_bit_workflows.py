@@ -12,13 +12,13 @@ import pytest
 
 from big_distill import workdir as workdir_lib
 from big_distill.models import bit
-from tests.helpers import TEACHER_CONFIG, eval_images, read_metrics, run_main
+from tests.helpers import TEACHER_CONFIG, eval_images, init_variables, read_metrics, run_main
 
 
 def _random_bit_npz(path, depth, width, num_classes, channels, seed):
   """A BiT `.npz` with random weights everywhere (the head too, so predictions differ)."""
   model = bit.ResNetV2(depth=depth, width=width, num_classes=num_classes)
-  params = model.init(jax.random.PRNGKey(seed), np.zeros((1, 32, 32, channels)))['params']
+  params = init_variables(model, seed, (1, 32, 32, channels))['params']
   params = jax.tree_util.tree_map(np.asarray, params)
   params['head']['kernel'] = np.random.default_rng(seed).normal(
       size=params['head']['kernel'].shape).astype(np.float32)

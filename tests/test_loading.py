@@ -7,6 +7,7 @@ import pytest
 
 from big_distill import errors
 from big_distill.models import bit, loading
+from tests.helpers import init_variables
 
 torch = pytest.importorskip('torch')
 timm = pytest.importorskip('timm')
@@ -175,4 +176,4 @@ def test_the_architecture_a_bit_file_says(tmp_path, timm_bit):
 
 
 def _abstract_params(model):
-  return model.init(jax.random.PRNGKey(0), np.zeros((1, SIDE, SIDE, 3)))['params']
+  return init_variables(model, 0, (1, SIDE, SIDE, 3))['params']

@@ -17,7 +17,7 @@ from big_distill import workdir as workdir_lib
 from big_distill.data import input_pipeline, synthetic
 from big_distill.optim import make_optimizer
 from big_distill.models import bit, vit
-from tests.helpers import ROOT, eval_images, get_config, read_metrics, run_main
+from tests.helpers import ROOT, eval_images, get_config, init_variables, read_metrics, run_main
 
 # Beyer et al. 2022, Table 4 (best per length) and Table 5 (splits): config -> dataset, classes,
 # train split, eval split, {schedule: (epochs, lr, weight decay, temperature)}.
@@ -124,8 +124,7 @@ def standins(tmp_path_factory):
         {s: 1024 if s == 'train' else 256 if s == eval_split else 4
          for s in synthetic.SPLITS[dataset]}, image_size=(36, 44))
     model = bit.ResNetV2(depth=14, width=0.25, num_classes=classes)
-    params = jax.tree_util.tree_map(np.asarray, model.init(
-        jax.random.PRNGKey(classes), np.zeros((1, 32, 32, 3)))['params'])
+    params = init_variables(model, classes, (1, 32, 32, 3))['params']
     params['head']['kernel'] = np.random.default_rng(classes).normal(
         size=params['head']['kernel'].shape).astype(np.float32)  # Non-uniform predictions.
     teachers[classes] = str(root / f'teacher{classes}.npz')
@@ -199,8 +198,7 @@ def test_a_timm_vit_teacher_with_the_paper_recipe(tmp_path, standins):
   data_dir, _ = standins
   local = get_config('imagenet_funmatch.py', f'teacher_model={VIT_B16},runlocal=True')
   model = models.resolve(local.teachers[0]).create(1000)
-  params = jax.tree_util.tree_map(np.asarray, model.init(
-      jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))['params'])
+  params = init_variables(model, 0, (1, 32, 32, 3))['params']
   params['head']['kernel'] = np.random.default_rng(0).normal(
       size=params['head']['kernel'].shape).astype(np.float32)
   teacher = str(tmp_path / 'vit.safetensors')

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from big_distill.models import bit
-from tests.helpers import ROOT, run
+from tests.helpers import ROOT, init_variables, run
 
 SECTION = '## Distill your own teacher into your own student'
 CLASSES = ('cat', 'dog', 'fox')
@@ -66,7 +66,7 @@ def _write_images(root: str) -> None:
 def _write_bit_init(path: str) -> None:
   """A BiT .npz of the tiny teacher's shape with a head of another class count (as BiT-M's)."""
   model = bit.ResNetV2(depth=14, width=0.25, num_classes=7)
-  params = model.init(jax.random.PRNGKey(1), np.zeros((1, 32, 32, 3), np.float32))['params']
+  params = init_variables(model, 1, (1, 32, 32, 3))['params']
   bit.save_bit_npz(jax.device_get(params), path)
 
 

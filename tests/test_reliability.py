@@ -19,8 +19,8 @@ from big_distill import workdir as workdir_lib
 from big_distill import errors
 from big_distill.models import bit, vit
 from tests.helpers import (FUNMATCH_CONFIG, ROOT, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
-                           command, env, error_lines, main_command, params, run, run_main,
-                           saved_steps, snapshot)
+                           command, env, error_lines, init_variables, main_command, params, run,
+                           run_main, saved_steps, snapshot)
 
 # 60 distillation steps with mixup, a checkpoint every 3: long enough to be killed in between.
 LONG = ('--config.total_steps=60', '--config.checkpoint_every_steps=3',
@@ -144,7 +144,7 @@ def get_config(arg=None):
 
 def _npz_teacher(path, width=0.25, num_classes=10, side=28):
   model = bit.ResNetV2(depth=14, width=width, num_classes=num_classes)
-  params_ = model.init(jax.random.PRNGKey(0), np.zeros((1, side, side, 1)))['params']
+  params_ = init_variables(model, 0, (1, side, side, 1))['params']
   bit.save_bit_npz(jax.tree_util.tree_map(np.asarray, params_), str(path))
   return str(path)
 
@@ -161,7 +161,7 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
   (d / 'clip_teacher.py').write_text(CLIP_TEACHER)
   # A state dict of another architecture, in timm's layout (a ViT's, for the BiT teacher).
   vit_model = vit.ViT(patch_size=7, width=16, depth=1, num_heads=2, num_classes=10)
-  vit_params = vit_model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)))['params']
+  vit_params = init_variables(vit_model, 0, (1, 28, 28, 1))['params']
   (d / 'vit.safetensors').write_bytes(safetensors_numpy.save(
       vit.params_to_timm(jax.tree_util.tree_map(np.asarray, vit_params), vit_model)))
   (d / 'garbage.npz').write_bytes(b'PK\x03\x04 this is not a zip archive')
