@@ -33,6 +33,7 @@ def pytest_configure(config):
     os.environ[COMPILATION_CACHE] = path = tempfile.mkdtemp(prefix='big_distill_tests_jax_')
     config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
   jax.config.update('jax_compilation_cache_dir', os.environ[COMPILATION_CACHE])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # As `helpers.env`.
 
 
 @pytest.fixture(scope='session')

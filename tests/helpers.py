@@ -55,6 +55,9 @@ def env(devices: int = 1, **env_vars: str) -> dict[str, str]:
              JAX_PLATFORMS='cpu')
   if COMPILATION_CACHE in os.environ:
     out['JAX_COMPILATION_CACHE_DIR'] = os.environ[COMPILATION_CACHE]
+    # Every program, not only those compiling for a second or more (JAX's default): the tests'
+    # commands compile the same small programs (inits, eval steps) again and again.
+    out['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return {**out, **env_vars}
 
 
