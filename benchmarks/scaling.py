@@ -19,7 +19,7 @@ devices share the host's cores: this shows what splitting the step costs, not a 
 `--flops_batch` images (nothing is run, no parameters are allocated, the dataset is not read).
 
 `memory`: XLA's memory analysis (`compiled.memory_analysis()`) of the distillation step as
-training compiles it (frozen random teachers, donated state, `build.remat_options`), per device,
+training compiles it (frozen random teachers, donated state, `build.train_step_options`), per device,
 for each `--remat`: argument, output, temporary, aliased and generated-code bytes and their total
 (arguments + outputs - aliased + temporaries + code) at each of `--memory_batches` images per
 device (nothing is run, the dataset is not read); a fit a + b * batch through the two largest and

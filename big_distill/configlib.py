@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   # How every model of the run (student and teachers) computes MobileNetV3's depthwise
   # convolutions ('taps' or 'grouped') and ViT's attention ('einsum' or 'fused'); 'auto': the
   # backend's choice (`models.kernels`).
-  c.kernels = ml_collections.ConfigDict(dict(depthwise='auto', attention='auto'))
+  c.kernels = ml_collections.ConfigDict(dict(depthwise='auto', attention='auto', scheduler='auto'))
   # A jax.profiler trace of `num_steps` steps from `first_step` into the workdir (TensorBoard's
   # profile tab, or Perfetto); 0 steps: none.
   c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from big_distill import build, errors, models, workdir
+from big_distill import build, errors, models, parallel, workdir
 from big_distill.models import kernels as kernels_lib, mobilenet_v3
 from tests.helpers import get_config
 
-CPU, ACCELERATOR = kernels_lib.Kernels('taps', 'fused'), kernels_lib.Kernels('grouped', 'fused')
+CPU = kernels_lib.Kernels('taps', 'fused', 'student')
+ACCELERATOR = kernels_lib.Kernels('grouped', 'fused', 'default')
 # Every implementation that runs here: each switch's two, side by side.
 ROWS = {'cpu': kernels_lib.Kernels('taps', 'einsum'), 'accelerator': ACCELERATOR}
 DTYPES = ('float32', 'bfloat16')
@@ -148,9 +149,9 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
   assert kernels_lib.Kernels().resolved('gpu') == ACCELERATOR
   assert kernels_lib.Kernels().resolved('tpu') == ACCELERATOR
   assert kernels_lib.Kernels(depthwise='grouped').resolved('cpu') == kernels_lib.Kernels(
-      'grouped', 'fused')
+      'grouped', 'fused', 'student')
   assert kernels_lib.Kernels(attention='einsum').resolved('tpu') == kernels_lib.Kernels(
-      'grouped', 'einsum')
+      'grouped', 'einsum', 'default')
   assert kernels_lib.Kernels().resolved() == CPU  # The tests run on the CPU.
   with pytest.raises(errors.BadInput, match=r"^config.kernels.depthwise='fast'; use one of auto, "
                      r"taps, grouped\.$"):
@@ -166,9 +167,37 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
   assert kernels_lib.Kernels.available('attention', 'gpu') == ['einsum', 'fused', 'cudnn']
 
 
+def test_the_train_steps_scheduler_is_the_student_familys_on_a_cpu():
+  """'auto' gives a MobileNetV3 student's train step XLA:CPU's memory-optimised scheduler and a
+  BiT or ViT student's the default; either can be asked for (the memory one on a CPU only)."""
+  memory = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+  mesh = parallel.make_mesh(1, 1)
+
+  def options(student, teacher_model='bit', remat=False, **kernels):
+    config = get_config('distill.py', f'teacher=unused,teacher_model={teacher_model}')
+    config.student.model, config.remat = student, remat
+    config.kernels.update(kernels)
+    return build.train_step_options(config, mesh, models.resolve(config.student))
+
+  assert options('mobilenet_v3') == memory
+  assert options('mobilenet_v3', teacher_model='vit') == memory  # The student's family decides.
+  assert options('bit') is None and options('vit') is None
+  assert options('mobilenet_v3', scheduler='default') is None
+  assert options('bit', scheduler='memory') == memory
+  assert options('mobilenet_v3', remat=True) == {
+      **memory, 'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  with pytest.raises(errors.BadInput, match=r"^config.kernels.scheduler='memory' runs on a cpu "
+                     r"only; this backend is gpu\.$"):
+    kernels_lib.Kernels(scheduler='memory').resolved('gpu')
+  assert kernels_lib.Kernels(scheduler='student').scheduler_options('gpu', 'memory') == {}
+  with pytest.raises(errors.BadInput, match=r"^config.kernels.scheduler='fast'; use one of "
+                     r"auto, student, default, memory\.$"):
+    kernels_lib.Kernels(scheduler='fast').resolved('cpu')
+
+
 def test_config_kernels_reach_the_student_and_teachers_not_the_architecture():
   config = get_config('distill.py', 'teacher=unused,teacher_model=vit,student=mobilenet_v3')
-  config.kernels.update(depthwise='grouped', attention='fused')
+  config.kernels.update(depthwise='grouped', attention='fused', scheduler='default')
   run = build.create_run(config, data=build.Data(10, 1, 64), teacher_params='abstract')
   assert run.student.kernels == run.teachers.models[0].kernels == ACCELERATOR
   assert run.config.student.model == str(run.student_spec)  # No kernels in a spec.

@@ -232,12 +232,10 @@ class ResNetV2(nn.Module):
 
 
 def standardize_params(params: Mapping[str, Any]) -> dict[str, Any]:
-  """`params` with every conv kernel weight-standardised (host arrays; the head is unchanged), in
-  one compiled program (op by op, each kernel's shape compiles its own)."""
-  flat = _flat_params(params)
-  kernels = {path: v for path, v in flat.items() if path[-1] == 'kernel' and path[0] != 'head'}
-  standardized = jax.device_get(jax.jit(lambda k: jax.tree.map(standardize, k))(kernels))
-  return traverse_util.unflatten_dict({**flat, **standardized})
+  """`params` with every conv kernel weight-standardised (host arrays; the head is unchanged)."""
+  return traverse_util.unflatten_dict({
+      path: np.asarray(standardize(v)) if path[-1] == 'kernel' and path[0] != 'head' else v
+      for path, v in _flat_params(params).items()})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ class Family:
   demo_teacher: dict[str, Any]  # The demo's sizes (Fashion-MNIST at 56 px).
   demo_student: dict[str, Any]
   tiny: dict[str, Any]  # `runlocal`'s model of this family, at 32 px.
+  # XLA:CPU's scheduler for a train step of a student of this family (`kernels`' 'auto').
+  cpu_scheduler: str = 'default'
 
   def layout(self, name: str) -> Layout | None:
     return next((l for l in self.layouts if l.name == name), None)

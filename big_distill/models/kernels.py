@@ -1,7 +1,7 @@
 """Kernels chosen per backend: how MobileNetV3's depthwise convolutions and ViT's attention are
-computed (`config.kernels`). The implementations of a switch compute the same function of the
-same parameters, in different time per backend and with different rounding. 'auto' takes the
-backend's row of `AUTO`, the one place the choice is made:
+computed, and how XLA:CPU orders a train step's ops (`config.kernels`). The implementations of a
+switch compute the same function of the same parameters, in different time per backend and with
+different rounding. 'auto' takes the backend's row of `AUTO`, the one place the choice is made:
 
 - depthwise 'taps' (CPU): a sum over the k * k taps of strided slices times the tap's weights,
   accumulated in float32. XLA:CPU fuses the sum into one loop, 5 to 10x faster than its grouped
@@ -20,6 +20,13 @@ backend's row of `AUTO`, the one place the choice is made:
 
 Both attentions take the softmax in float32 and multiply the values by its probabilities in the
 compute dtype.
+
+- scheduler 'default': XLA's own op order. 'memory' (CPU only): XLA:CPU's memory-optimised
+  scheduler (`CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`), an option of the train step's compilation
+  (`build.train_step_options`). 'student' (a CPU's 'auto') is the student family's
+  `Family.cpu_scheduler` on a CPU, 'default' elsewhere: 'memory' for MobileNetV3 (its step 10 to
+  29% faster, the ViT-S/16 -> MobileNetV3-Large distillation step 14%), 'default' for BiT (the
+  demo pair 6% slower under 'memory') and ViT (docs/performance.md).
 """
 
 import dataclasses
@@ -41,10 +48,13 @@ Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # jax.default_backend() -> the implementation of each switch; backends not listed (plugins) take
 # the 'gpu' row, plain XLA ops.
 AUTO = {
-    'cpu': dict(depthwise='taps', attention='fused'),
-    'gpu': dict(depthwise='grouped', attention='fused'),
-    'tpu': dict(depthwise='grouped', attention='fused'),
+    'cpu': dict(depthwise='taps', attention='fused', scheduler='student'),
+    'gpu': dict(depthwise='grouped', attention='fused', scheduler='default'),
+    'tpu': dict(depthwise='grouped', attention='fused', scheduler='default'),
 }
+# The XLA options of each scheduler.
+SCHEDULERS = {'default': {},
+              'memory': {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}}
 
 
 def _taps(padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -117,8 +127,9 @@ def cudnn_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
 DEPTHWISE: dict[str, Depthwise] = {'taps': depthwise_taps, 'grouped': depthwise_grouped}
 ATTENTION: dict[str, Attention] = {'einsum': einsum_attention, 'fused': fused_attention,
                                    'cudnn': cudnn_attention}
-ONLY_ON = {'cudnn': 'gpu'}  # Implementations that run on one backend alone.
-SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION}
+ONLY_ON = {'cudnn': 'gpu', 'memory': 'cpu'}  # Implementations that run on one backend alone.
+SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION,
+            'scheduler': {'student': None, **SCHEDULERS}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +137,7 @@ class Kernels:
   """The implementation of each switch, by name; 'auto' is the backend's (`AUTO`)."""
   depthwise: str = 'auto'
   attention: str = 'auto'
+  scheduler: str = 'auto'
 
   def resolved(self, backend: str | None = None) -> 'Kernels':
     """Each 'auto' replaced by `backend`'s choice (default: `jax.default_backend()`); an unknown
@@ -156,3 +168,11 @@ class Kernels:
   def attention_fn(self) -> Attention:
     """The attention, for this backend (flax's `MultiHeadDotProductAttention(attention_fn=)`)."""
     return ATTENTION[self.resolved().attention]
+
+  def scheduler_options(self, backend: str, student_scheduler: str) -> dict[str, str]:
+    """The XLA options of a train step on `backend` whose student's family prefers
+    `student_scheduler` on a CPU (what 'student' stands for there; elsewhere 'default')."""
+    name = self.resolved(backend).scheduler
+    if name == 'student':
+      name = student_scheduler if backend == 'cpu' else 'default'
+    return SCHEDULERS[name]

@@ -375,4 +375,5 @@ FAMILY = family.Family(
         write=lambda variables, model: variables_to_timm(variables)),),
     demo_teacher=dict(variant='small', width=1.0),
     demo_student=dict(variant='small', width=0.5),  # 0.58 M parameters.
-    tiny=dict(variant='small', width=0.25))
+    tiny=dict(variant='small', width=0.25),
+    cpu_scheduler='memory')  # Its step 10 to 29% faster (docs/performance.md).
