@@ -107,7 +107,10 @@ COVERED = {
     ('docs/performance.md', 'python -m benchmarks.accelerator'): {
         'benchmarks.accelerator': 'tests/test_benchmarks.py::'
                                   'test_accelerator_check_writes_every_case_in_tiny_mode'},
-    ('docs/performance.md', 'python -m benchmarks.versus_pytorch'): {
+    ('docs/performance.md', 'python -m benchmarks.versus_pytorch --rounds=5 --steps=2 --setup='): {
+        'benchmarks.versus_pytorch': 'tests/test_benchmarks.py::'
+                                     'test_versus_pytorch_times_the_same_models_on_the_same_weights'},
+    ('docs/performance.md', 'python -m benchmarks.versus_pytorch --rounds=5 --steps=2 "--setup=|'): {
         'benchmarks.versus_pytorch': 'tests/test_benchmarks.py::'
                                      'test_versus_pytorch_times_the_same_models_on_the_same_weights'},
     ('docs/performance.md', 'python -m benchmarks.compile_time'): {
