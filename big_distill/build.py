@@ -352,10 +352,8 @@ def train_step_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 def init_options(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any] | None:
   """XLA options of the programs that initialise parameters on `mesh` (default: JAX's default
   backend): on a CPU, LLVM at optimisation level 1. Such a program runs once, and its random
-  initialisers then compile 3 to 6x faster (ResNet-50 at 224 px: 7 s against 45 s, MobileNetV3-
-  Small 6.5 s against 35 s, on a busy machine), which was most of a run's cold start-up on a CPU.
-  The values are bit-identical to the default's (level 0 would compile faster still, but rounds
-  differently)."""
+  initialisers then compile several times faster, with values bit-identical to the default
+  level's (level 0 compiles faster still but rounds differently; docs/performance.md)."""
   platform = mesh.devices.flat[0].platform if mesh else jax.default_backend()
   if platform == 'cpu':
     return {'xla_backend_optimization_level': 1}

@@ -24,9 +24,8 @@ compute dtype.
 - scheduler 'default': XLA's own op order. 'memory' (CPU only): XLA:CPU's memory-optimised
   scheduler (`CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`), an option of the train step's compilation
   (`build.train_step_options`). 'student' (a CPU's 'auto') is the student family's
-  `Family.cpu_scheduler` on a CPU, 'default' elsewhere: 'memory' for MobileNetV3 (its step 10 to
-  29% faster, the ViT-S/16 -> MobileNetV3-Large distillation step 14%), 'default' for BiT (the
-  demo pair 6% slower under 'memory') and ViT (docs/performance.md).
+  `Family.cpu_scheduler` on a CPU, 'default' elsewhere: 'memory' for MobileNetV3, whose steps it
+  speeds, 'default' for BiT, whose demo pair it slows, and ViT (docs/performance.md).
 """
 
 import dataclasses

@@ -376,4 +376,4 @@ FAMILY = family.Family(
     demo_teacher=dict(variant='small', width=1.0),
     demo_student=dict(variant='small', width=0.5),  # 0.58 M parameters.
     tiny=dict(variant='small', width=0.25),
-    cpu_scheduler='memory')  # Its step 10 to 29% faster (docs/performance.md).
+    cpu_scheduler='memory')  # Its steps faster on XLA:CPU (docs/performance.md).
