@@ -133,7 +133,14 @@ COVERED = {
     ('docs/reproduction/results.md', 'python -m big_distill.reproduce'): {
         'big_distill.reproduce':
             'tests/test_reproduce.py::test_a_stopped_study_resumes_and_reports_what_has_finished'},
-    ('docs/reinforce.md', 'W=/tmp/reinforce_study'): {
+    ('docs/reinforce.md', 'W=/tmp/reinforce_study T=/tmp/big_distill_demo/teacher\n'
+                          'python -m big_distill.reproduce --workdir=$W --teacher=$T '
+                          '--train_examples=1000'): {
+        'big_distill.reproduce': 'tests/test_reproduce.py::test_students_of_every_length_replay_'
+                                 'one_reinforcement_and_the_report_says_its_cost'},
+    ('docs/reinforce.md', 'W=/tmp/reinforce_study T=/tmp/big_distill_demo/teacher\n'
+                          'python -m big_distill.reproduce --workdir=$W --teacher=$T '
+                          '--train_examples=5000'): {
         'big_distill.reproduce': 'tests/test_reproduce.py::test_students_of_every_length_replay_'
                                  'one_reinforcement_and_the_report_says_its_cost'},
     ('docs/reproduction/small_data.md', 'W=/tmp/small_data'): {
