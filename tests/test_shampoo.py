@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from big_distill.optim import shampoo as sh
+from tests.helpers import ROOT
 
 
 # ---------------------------------------------------------------- reference --
@@ -341,15 +342,14 @@ def test_updates_stay_finite_and_graft_sized_for_any_gradient_scale(scale):
 _TRAIN_STEP_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import NamedSharding, PartitionSpec
-    from big_distill import build
     from big_distill.models.bit import ResNetV2
     from big_distill.optim import shampoo as sh
 
     model = ResNetV2(depth=14, width=0.125, num_classes=10)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 1)), jnp.float32)
     y = jnp.array([1, 2])
-    init = jax.jit(model.init, compiler_options=build.init_options())  # Op by op: 17 s.
-    params = init(jax.random.PRNGKey(0), x)["params"]
+    from tests.helpers import init_variables
+    params = init_variables(model, 0, x.shape)["params"]
     tx = sh.shampoo(1e-3, start_preconditioning_step=2, preconditioning_compute_steps=2)
 
     def step(state, x, y):
@@ -378,7 +378,7 @@ def test_no_deadlock_in_jitted_conv_train_step():
     """Regression: batched LAPACK eigh inside the train step deadlocked XLA:CPU's thread pool."""
     try:
         res = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT], capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=120, cwd=ROOT)
     except subprocess.TimeoutExpired:
         pytest.fail("Shampoo train step hung (deadlock) for more than 120 s")
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
