@@ -70,11 +70,105 @@ def main_command(config: str, workdir_: str, *overrides: str) -> list[str]:
   return command('big_distill.main', f'--config={config}', f'--workdir={workdir_}', *overrides)
 
 
+# The modules a command imports before its first step, imported once by the forkserver that
+# `run` forks commands from (what `python -m big_distill.main` spends 5-7 s of its start-up on).
+PRELOAD = ('big_distill.train', 'big_distill.build', 'big_distill.reinforce', 'big_distill.export',
+           'big_distill.evaluate', 'tensorflow_datasets', 'tests.helpers')
+# Commands that import PyTorch in their own process, which crashes after TensorFlow (conftest.py).
+FRESH_ONLY = ('benchmarks.versus_pytorch',)
+_forkserver = None  # (the context, the `_settings` it started with)
+
+
+def _forkserver_context():
+  """multiprocessing's forkserver, started once per test process in the commands' environment
+  (`env`) with `PRELOAD` imported: JAX and TensorFlow read their settings when imported, and
+  nothing in it has started a JAX backend, so a forked command still picks its device count."""
+  global _forkserver
+  if _forkserver is None:
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    context, saved = multiprocessing.get_context('forkserver'), dict(os.environ)
+    context.set_forkserver_preload(list(PRELOAD))
+    os.environ.update(env())
+    try:
+      context.Process(target=os._exit, args=(0,)).start()  # Starts the server.
+    finally:
+      os.environ.clear()
+      os.environ.update(saved)
+    _forkserver = context, _settings(env())
+  return _forkserver
+
+
+def _settings(env_: dict[str, str]) -> dict[str, str]:
+  """The variables JAX and TensorFlow read when imported."""
+  return {k: v for k, v in env_.items() if k.startswith(('JAX_', 'TF_'))}
+
+
+def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str, err: str):
+  """In a process forked from the forkserver: `python -m module args` as a fresh interpreter runs
+  it (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
+  descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit."""
+  import atexit  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  os.environ.clear()
+  os.environ.update(env_)
+  os.chdir(ROOT)
+  sys.path[0] = ROOT
+  for fd, path in ((1, out), (2, err)):
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(target, fd)
+    os.close(target)
+  sys.argv = [module, *args]
+  sys.modules.pop(module, None)  # As in a fresh process, `__main__` is the module's only copy.
+  code = 0
+  try:
+    runpy.run_module(module, run_name='__main__', alter_sys=True)
+  except SystemExit as e:
+    if isinstance(e.code, int) or e.code is None:
+      code = e.code or 0
+    else:
+      print(e.code, file=sys.stderr)
+      code = 1
+  except BaseException:  # pylint: disable=broad-except  # As the interpreter: traceback, exit 1.
+    traceback.print_exc()
+    code = 1
+  threading._shutdown()  # pylint: disable=protected-access  # What the interpreter's exit does.
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def _run_forked(cmd: list[str], env_: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
+    proc = _forkserver_context()[0].Process(target=_forked_command,
+                                            args=(cmd[2], cmd[3:], env_, out, err))
+    proc.start()
+    proc.join(timeout)
+    if proc.exitcode is None:
+      proc.kill()
+      proc.join()
+      raise subprocess.TimeoutExpired(cmd, timeout)
+    outputs = [open(path, encoding='utf-8', errors='replace').read() for path in (out, err)]
+  return subprocess.CompletedProcess(cmd, proc.exitcode, *outputs)
+
+
 def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
         **env_vars: str) -> subprocess.CompletedProcess:
-  """Runs a command in a fresh process from the repository root (so `benchmarks` imports)."""
-  proc = subprocess.run(cmd, env=env(devices, **env_vars), capture_output=True, text=True,
-                        timeout=timeout, cwd=ROOT)
+  """Runs a command from the repository root (so `benchmarks` imports) as a fresh process would:
+  `python -m` commands are forked from a forkserver that has their modules imported
+  (`_forkserver_context`), unless they change what JAX or TensorFlow read on import, or are
+  `FRESH_ONLY`; anything else runs in a fresh process."""
+  env_ = env(devices, **env_vars)
+  if (cmd[:2] == [sys.executable, '-m'] and cmd[2] not in FRESH_ONLY and
+      _settings(env_) == _forkserver_context()[1]):
+    proc = _run_forked(cmd, env_, timeout)
+  else:
+    proc = subprocess.run(cmd, env=env_, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
   if check and proc.returncode != 0:
     raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
   return proc
