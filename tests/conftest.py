@@ -1,11 +1,9 @@
 """Fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
-import fcntl
 import importlib
 import os
 import shutil
 import tempfile
-from typing import Callable
 
 try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, which timm loads,
   importlib.import_module('timm')  # crashes the process when loaded after it.
@@ -20,7 +18,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 from tests.helpers import (COMPILATION_CACHE, FUNMATCH_CONFIG, SGD_6, TEACHER_CONFIG,
-                           TINY_STUDENT, TINY_TEACHER, run_main)
+                           TINY_STUDENT, TINY_TEACHER, run_main, shared_run)
 
 
 def pytest_configure(config):
@@ -40,23 +38,6 @@ def pytest_configure(config):
 def fmnist_builder():
   from big_distill.data import input_pipeline
   return input_pipeline.get_builder('fashion_mnist')
-
-
-def shared_run(tmp_path_factory, name: str, make: Callable[[str], object]) -> str:
-  """The workdir `name`, made by `make(workdir)` once per session: by the first of pytest-xdist's
-  workers to ask, while the others wait for it (xdist's pattern for session fixtures, with a file
-  lock), so both workers' tests read one run. The tests only read it."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get('PYTEST_XDIST_WORKER'):
-    root = root.parent  # The session's directory, above each worker's own.
-  workdir, done = root / name, root / f'{name}.done'
-  with open(root / f'{name}.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not done.exists():
-      shutil.rmtree(workdir, ignore_errors=True)  # What a failed attempt left.
-      make(str(workdir))
-      done.touch()
-  return str(workdir)
 
 
 @pytest.fixture(scope='session')

@@ -7,11 +7,13 @@ import hashlib
 import os
 import pty
 import select
+import shutil
 import struct
 import subprocess
 import sys
 import termios
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -179,6 +181,23 @@ def run_main(config: str, workdir_: str, *overrides: str, devices: int = 1,
   """Runs `python -m big_distill.main` in a fresh process with `devices` CPU devices (and the
   environment variables `env_vars`)."""
   return run(main_command(config, workdir_, *overrides), devices=devices, check=check, **env_vars)
+
+
+def shared_run(tmp_path_factory, name: str, make: Callable[[str], object]) -> str:
+  """The workdir `name`, made by `make(workdir)` once per session: by the first of pytest-xdist's
+  workers to ask, while the others wait for it (xdist's pattern for session fixtures, with a file
+  lock), so both workers' tests read one run. The tests only read it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # The session's directory, above each worker's own.
+  path, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)  # What a failed attempt left.
+      make(str(path))
+      done.touch()
+  return str(path)
 
 
 def read_metrics(workdir_: str) -> list[dict]:

@@ -14,7 +14,7 @@ import pytest
 
 from big_distill import build, checkpoint, errors, workdir
 from tests.helpers import (FUNMATCH_CONFIG, env, get_config, main_command, read_metrics, run,
-                           run_main, saved_steps)
+                           run_main, saved_steps, shared_run)
 
 AT_28 = ('--config.input.resolution=28',)  # The teacher run's own resolution.
 VIT_STUDENT = ('--config.student.model=vit:patch_size=7,width=32,depth=2,num_heads=2,mlp_dim=64',)
@@ -46,11 +46,27 @@ def _final_eval(workdir_: str) -> dict[str, float]:
   return [r for r in read_metrics(workdir_) if 'eval/student_accuracy' in r][-1]
 
 
-def test_vit_and_mobilenet_students_of_a_bit_teacher(tmp_path, teacher_run):
-  for student, overrides in (('vit', VIT_STUDENT), ('mobilenet_v3', ())):
+MOBILENET_CONFIG = 'runlocal=True,teacher={},student=mobilenet_v3'
+# 24 steps, a checkpoint every 3: long enough to kill the run between two of them.
+MOBILENET_RUN = (*AT_28, '--config.total_steps=24', '--config.checkpoint_every_steps=3',
+                 '--config.eval_every_steps=24', '--config.log_every_steps=3')
+
+
+@pytest.fixture(name='mobilenet_run')
+def fixture_mobilenet_run(tmp_path_factory, teacher_run):
+  """The demo's MobileNetV3 student of `teacher_run`, 24 steps: both tests' run."""
+  return shared_run(tmp_path_factory, 'mobilenet_v3_student', lambda workdir_: run_main(
+      f'{FUNMATCH_CONFIG}:{MOBILENET_CONFIG.format(teacher_run)}', workdir_, *MOBILENET_RUN))
+
+
+def test_vit_and_mobilenet_students_of_a_bit_teacher(tmp_path, teacher_run, mobilenet_run):
+  for student, overrides in (('vit', VIT_STUDENT), ('mobilenet_v3', None)):
     run_dir = str(tmp_path / student)
-    run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student={student}', run_dir,
-             *AT_28, *overrides)
+    if overrides is None:
+      run_dir = mobilenet_run
+    else:
+      run_main(f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student={student}',
+               run_dir, *AT_28, *overrides)
     assert workdir.read_config(run_dir)['student']['model'].startswith(f'{student}:')
     evals = _final_eval(run_dir)
     assert 0 <= evals['eval/student_accuracy'] <= 1 and evals['eval/kl'] >= 0
@@ -70,13 +86,10 @@ def test_a_vit_teacher_teaches_a_bit_student(tmp_path):
              teacher_accuracy['eval/accuracy']) < 1e-6
 
 
-def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run):
+def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run, mobilenet_run):
   """Parameters and BatchNorm statistics end as those of an uninterrupted run."""
-  config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run},student=mobilenet_v3'
-  long = (*AT_28, '--config.total_steps=24', '--config.checkpoint_every_steps=3',
-          '--config.eval_every_steps=24', '--config.log_every_steps=3')
-  whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
-  run_main(config, whole, *long)
+  config = f'{FUNMATCH_CONFIG}:{MOBILENET_CONFIG.format(teacher_run)}'
+  long, whole, killed = MOBILENET_RUN, mobilenet_run, str(tmp_path / 'killed')
   proc = subprocess.Popen(main_command(config, killed, *long), env=env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
