@@ -260,6 +260,10 @@ def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
   assert report['kernels']['depthwise']['taps'] == report['cases']['mobilenet_v3'][
       'distill_step_img_per_sec']
   assert report['input']['img_per_sec'] > 0 and report['input']['cores'] >= 1
+  paper = report['cases']['paper']  # Also replayed: its ratio to the live step, one round.
+  assert paper['replayed_over_distill_step'] == pytest.approx(
+      paper['distill_step_replayed_img_per_sec'] / paper['distill_step_img_per_sec'], rel=1e-3)
+  assert 'distill_step_replayed_img_per_sec' not in report['cases']['vit_b16']
 
 
 def test_compile_time_compiles_once_and_loads_from_the_cache_the_second_time():
