@@ -61,7 +61,7 @@ CASES = {
     'mobilenet_v3': (f'teacher_model={R50},student=timm:mobilenetv3_large_100', 'depthwise'),
 }
 PARTS = ('teacher_forward', 'student_step', 'distill_step')
-REPLAYED = 'distill_step_replayed'  # The paper case's too.
+REPLAYED = 'distill_step_replayed'  # Timed for the paper case besides `PARTS`.
 
 
 def step_throughput(arguments: str, *flags_: str, parts: tuple[str, ...] = PARTS

@@ -1,18 +1,24 @@
 """What the tests share: paths, tiny model overrides, config loading, running the real commands,
 and reading a workdir back (through `big_distill.workdir`, the owner of its layout)."""
 
+import atexit
 import fcntl
 import glob
 import hashlib
+import multiprocessing
 import os
 import pty
+import runpy
 import select
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
+import threading
 import time
+import traceback
 from typing import Callable
 
 import jax
@@ -87,16 +93,15 @@ def _forkserver_context():
   nothing in it has started a JAX backend, so a forked command still picks its device count."""
   global _forkserver
   if _forkserver is None:
-    import multiprocessing  # pylint: disable=g-import-not-at-top
-    context, saved = multiprocessing.get_context('forkserver'), dict(os.environ)
+    context, saved, server_env = multiprocessing.get_context('forkserver'), dict(os.environ), env()
     context.set_forkserver_preload(list(PRELOAD))
-    os.environ.update(env())
+    os.environ.update(server_env)
     try:
       context.Process(target=os._exit, args=(0,)).start()  # Starts the server.
     finally:
       os.environ.clear()
       os.environ.update(saved)
-    _forkserver = context, _settings(env())
+    _forkserver = context, _settings(server_env)
   return _forkserver
 
 
@@ -109,10 +114,6 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
   """In a process forked from the forkserver: `python -m module args` as a fresh interpreter runs
   it (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
   descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit."""
-  import atexit  # pylint: disable=g-import-not-at-top
-  import runpy  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
-  import traceback  # pylint: disable=g-import-not-at-top
   os.environ.clear()
   os.environ.update(env_)
   os.chdir(ROOT)
@@ -143,7 +144,6 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
 
 
 def _run_forked(cmd: list[str], env_: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-  import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
     proc = _forkserver_context()[0].Process(target=_forked_command,
