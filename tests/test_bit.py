@@ -229,22 +229,6 @@ def test_frozen_model_gives_the_same_logits(model, npz_path):
                              model.apply({'params': params}, images), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('size, stride, padding', [
-    (1, 1, (1, 1)), (2, 1, (1, 1)), (2, 2, (1, 1)), (3, 2, (1, 1)), (1, 2, (3, 3)), (4, 2, (3, 3)),
-    (5, 1, (0, 0)), (5, 2, (0, 0)), (8, 1, (1, 1))])
-def test_conv2d_matches_xla(size, stride, padding):
-  """Every path (1x1 dot, im2col where the output is smaller than the kernel, XLA's
-  convolution) equals XLA's convolution."""
-  rng = np.random.default_rng(4)
-  k = 2 * padding[0] + 1
-  x = rng.normal(size=(2, size, size + 1, 5)).astype(np.float32)
-  kernel = rng.normal(size=(k, k, 5, 6)).astype(np.float32)
-  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
-                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  np.testing.assert_allclose(bit.conv2d(x, kernel, stride, padding), expected,
-                             rtol=1e-5, atol=1e-5)
-
-
 def test_bfloat16_compute_keeps_float32_parameters_and_logits(model, npz_path):
   params = bit.load_bit_npz(npz_path, model)
   low = models.resolve(f'bit:depth={DEPTH},width={WIDTH}').create(CLASSES, 'bfloat16')

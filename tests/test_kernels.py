@@ -216,3 +216,46 @@ def test_a_run_from_before_the_kernels_key_continues_and_builds_with_auto(tmp_pa
   workdir.write_data(str(tmp_path), num_classes=10, channels=1, num_train=64)
   workdir.check(config, str(tmp_path))  # Not refused as another config.
   assert build.create_run_from_workdir(str(tmp_path)).student.kernels == CPU
+
+
+@pytest.mark.parametrize('size, stride, padding', [
+    (1, 1, (1, 1)), (2, 1, (1, 1)), (2, 2, (1, 1)), (3, 2, (1, 1)), (1, 2, (3, 3)), (4, 2, (3, 3)),
+    (5, 1, (0, 0)), (5, 2, (0, 0)), (8, 1, (1, 1))])
+def test_conv2d_matches_xla(size, stride, padding):
+  """Every path (1x1 dot, im2col where the output is smaller than the kernel, XLA's
+  convolution) equals XLA's convolution."""
+  rng = np.random.default_rng(4)
+  k = 2 * padding[0] + 1
+  x = rng.normal(size=(2, size, size + 1, 5)).astype(np.float32)
+  kernel = rng.normal(size=(k, k, 5, 6)).astype(np.float32)
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(kernels_lib.conv2d(x, kernel, stride, padding), expected,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('lhs, rhs, contract', [
+    ((2, 3, 4, 5), (5, 6), 1),  # A 1x1 convolution's dot, `Dense` over tokens.
+    ((2, 3, 8), (8, 2, 4), 1),  # Attention's query/key/value projection.
+    ((2, 3, 2, 4), (2, 4, 8), 2),  # Its output projection.
+    ((3, 5), (5, 2), 1)])  # Nothing to flatten.
+def test_dot_general_is_lax_dot_general_with_one_contracted_axis_in_the_kernel_gradient(
+    lhs, rhs, contract):
+  """`kernels.dot_general` equals `lax.dot_general` in value and gradients, and the kernel's
+  gradient contracts one axis (the flattened leading axes), not several."""
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
+  numbers = ((tuple(range(len(lhs) - contract, len(lhs))), tuple(range(contract))), ((), ()))
+  ours = lambda x, w: kernels_lib.dot_general(x, w, numbers)
+  plain = lambda x, w: jax.lax.dot_general(x, w, numbers)
+  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(plain), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  def kernel_gradient_axes(f):  # Axes its kernel gradient's dot contracts.
+    jaxpr = jax.make_jaxpr(jax.grad(loss(f), 1))(x, w).jaxpr
+    dot, = [e for e in jaxpr.eqns if e.primitive.name == 'dot_general'
+            and e.outvars[0].aval.size == w.size]
+    return len(dot.params['dimension_numbers'][0][0])
+  assert kernel_gradient_axes(ours) == 1
+  assert kernel_gradient_axes(plain) == len(lhs) - contract  # Several without the flattening.

@@ -35,7 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from big_distill import errors
-from big_distill.models import family, matching, normalization
+from big_distill.models import family, kernels, matching, normalization
 
 # Units per stage for each depth (depth = 3 * sum(units) + 2).
 BLOCK_UNITS = {
@@ -51,41 +51,6 @@ def standardize(kernel: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
   """Weight standardisation over all but the output axis of an HWIO kernel."""
   kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
   return kernel / jnp.sqrt(jnp.var(kernel, axis=(0, 1, 2), keepdims=True) + eps)
-
-
-def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
-           padding: tuple[int, int]) -> jnp.ndarray:
-  """NHWC x HWIO convolution with zero `padding` (before, after) on both spatial axes.
-
-  A 1x1 convolution is a dot over channels. Where the output is smaller than the kernel (late
-  stages at low resolution) it is one dot over the kernel taps that see the input (im2col; the
-  other taps only see padding): the same result, where XLA:CPU's convolution takes a slow path
-  (docs/performance.md).
-  """
-  k = kernel.shape[0]
-  if k == 1 and padding == (0, 0):
-    return _dot(x[:, ::stride, ::stride], kernel[0, 0])
-  out = [(n + sum(padding) - k) // stride + 1 for n in x.shape[1:3]]
-  if min(out) >= k:
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  taps = [[d for d in range(k) if any(0 <= i * stride + d - padding[0] < n for i in range(o))]
-          for n, o in zip(x.shape[1:3], out)]
-  x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
-  cols = [x[:, dy:dy + stride * (out[0] - 1) + 1:stride, dx:dx + stride * (out[1] - 1) + 1:stride]
-          for dy in taps[0] for dx in taps[1]]
-  w = jnp.concatenate([kernel[dy, dx] for dy in taps[0] for dx in taps[1]], axis=0)
-  return _dot(jnp.concatenate(cols, axis=-1), w)
-
-
-def _dot(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-  """[b, h, w, C] x [C, D] over the last axis. A single position ([1, 1, 1, C]: batch-1
-  inference where a late stage is down to 1x1) is computed as a 1x1 convolution: TFLite's
-  converter rejects that product (an invalid batch matmul) but converts the convolution."""
-  if x.size == x.shape[-1]:
-    return jax.lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return x @ w
 
 
 class StdConv(nn.Module):
@@ -108,7 +73,7 @@ class StdConv(nn.Module):
     if not self.prestandardized:
       kernel = standardize(kernel)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    return conv2d(x, kernel, self.stride, ((k - 1) // 2, k - 1 - (k - 1) // 2))
+    return kernels.conv2d(x, kernel, self.stride, ((k - 1) // 2, k - 1 - (k - 1) // 2))
 
 
 class GroupNorm(nn.Module):

@@ -56,6 +56,60 @@ SCHEDULERS = {'default': {},
               'memory': {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}}
 
 
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                preferred_element_type=None) -> jax.Array:
+  """`lax.dot_general` for layers (flax's `Dense(dot_general=)`): where the lhs's last axes are
+  contracted and there are no batch axes, its leading axes are flattened into one first. Over
+  several leading axes, the kernel's gradient contracts them all, and XLA:CPU then transposes
+  the incoming gradient first, fused with the norm's backward pass before it (slowly: 40% of a
+  ViT-S/16 train step at 224 px); over one, it is a plain dot."""
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  lead = lhs.ndim - len(lhs_contract)
+  if lead <= 1 or batch != ((), ()) or tuple(lhs_contract) != tuple(range(lead, lhs.ndim)):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+  flat = lhs.reshape(-1, *lhs.shape[lead:])
+  out = lax.dot_general(flat, rhs, ((tuple(range(1, flat.ndim)), rhs_contract), ((), ())),
+                        precision, preferred_element_type)
+  return out.reshape(*lhs.shape[:lead], *out.shape[1:])
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
+           padding: tuple[int, int]) -> jax.Array:
+  """NHWC x HWIO convolution with zero `padding` (before, after) on both spatial axes.
+
+  A 1x1 convolution is a dot over channels. Where the output is smaller than the kernel (late
+  stages at low resolution) it is one dot over the kernel taps that see the input (im2col; the
+  other taps only see padding): the same result, where XLA:CPU's convolution takes a slow path
+  (docs/performance.md).
+  """
+  k = kernel.shape[0]
+  if k == 1 and padding == (0, 0):
+    return _dot(x[:, ::stride, ::stride], kernel[0, 0])
+  out = [(n + sum(padding) - k) // stride + 1 for n in x.shape[1:3]]
+  if min(out) >= k:
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  taps = [[d for d in range(k) if any(0 <= i * stride + d - padding[0] < n for i in range(o))]
+          for n, o in zip(x.shape[1:3], out)]
+  x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
+  cols = [x[:, dy:dy + stride * (out[0] - 1) + 1:stride, dx:dx + stride * (out[1] - 1) + 1:stride]
+          for dy in taps[0] for dx in taps[1]]
+  w = jnp.concatenate([kernel[dy, dx] for dy in taps[0] for dx in taps[1]], axis=0)
+  return _dot(jnp.concatenate(cols, axis=-1), w)
+
+
+def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
+  """[b, h, w, C] x [C, D] over the last axis. A single position ([1, 1, 1, C]: batch-1
+  inference where a late stage is down to 1x1) is computed as a 1x1 convolution: TFLite's
+  converter rejects that product (an invalid batch matmul) but converts the convolution.
+  Otherwise the positions are flattened first (`dot_general`; a quarter of a MobileNetV3-Large
+  train step at 224 px went to XLA:CPU's transposes before)."""
+  if x.size == x.shape[-1]:
+    return jax.lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return dot_general(x, w, (((3,), (0,)), ((), ())))
+
+
 def _taps(padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """sum over taps (dy, dx) of padded[:, dy::stride, dx::stride] * kernel[dy, dx, 0], float32."""
   k, acc = kernel.shape[0], jnp.promote_types(padded.dtype, jnp.float32)

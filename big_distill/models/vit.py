@@ -48,7 +48,8 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name,
-                                     kernel_init=nn.initializers.xavier_uniform())
+                                     kernel_init=nn.initializers.xavier_uniform(),
+                                     dot_general=kernels_lib.dot_general)
     y = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x), approximate=False)
     return dense(x.shape[-1], 'Dense_1')(y)
 
@@ -65,6 +66,7 @@ class EncoderBlock(nn.Module):
     x = x + nn.MultiHeadDotProductAttention(
         self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
         attention_fn=self.kernels.attention_fn(), deterministic=True,
+        qkv_dot_general=kernels_lib.dot_general, out_dot_general=kernels_lib.dot_general,
         name='MultiHeadDotProductAttention_1')(y)
     return x + MlpBlock(self.mlp_dim, self.dtype, name='MlpBlock_3')(
         layer_norm('LayerNorm_2', self.dtype)(x))
