@@ -22,9 +22,12 @@ biases and norms, which costs the same). A round times each part `--steps` calls
 worker, then the same in the PyTorch worker, while the other waits, so both see the same load.
 `--setup` (repeatable) adds big_distill workers with other XLA flags or config values (kernels),
 timed in the same rounds.
+The rounds also time a `--matmul`-sided float32 matmul in each worker: the machine's dot speed
+under each framework, the bound of a part that is mostly dots (the ViT teacher's forward pass).
 Lines: `setting` (the models' parameter counts, equal on both sides, and each worker's set-up and
 compile seconds), `component` (per framework, setup and part: median images/s over the rounds),
-and a `summary` per setup (per part, big_distill over PyTorch: the median of the rounds' ratios and their range;
+`matmul` (per framework and setup: GFLOP/s), and a `summary` per setup (per part and the matmul,
+big_distill over PyTorch: the median of the rounds' ratios and their range;
 and, showing that both sides run the same models on the same weights, the largest difference of
 the teacher's and of the student's log-probabilities (eval mode) on the batch's first images).
 """
@@ -44,6 +47,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ('teacher_forward', 'student_step', 'distill_step')
+MATMUL = 'matmul'  # Timed besides `PARTS`: each framework's own float32 matmul.
+TIMED = (*PARTS, MATMUL)
 _TEACHER = flags.DEFINE_string('teacher', 'vit_small_patch16_224', 'The teacher\'s timm name.')
 _STUDENT = flags.DEFINE_string('student', 'mobilenetv3_large_100', 'The student\'s timm name.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Input side.')
@@ -51,6 +56,8 @@ _BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per step.')
 _CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of both heads.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timings per part and framework, interleaved.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Calls per timing.')
+_MATMUL = flags.DEFINE_integer('matmul', 2048, 'Side of the square float32 matmul both workers '
+                               'also time (the machine\'s dot speed under each framework).')
 _WORKER = flags.DEFINE_enum('worker', None, ['torch', 'jax'], 'Internal: run one framework\'s '
                             'parts on requests from stdin.')
 _DIR = flags.DEFINE_string('dir', None, 'Internal: where the weights files are.')
@@ -133,8 +140,9 @@ def torch_parts(directory: str) -> tuple[dict[str, Callable[[], Any]], dict[str,
                     reduction='batchmean')
     return update(loss, 'distill_step')
 
+  square = torch.rand(_MATMUL.value, _MATMUL.value)
   parts = {'teacher_forward': teacher_forward, 'student_step': student_step,
-           'distill_step': distill_step}
+           'distill_step': distill_step, MATMUL: lambda: square @ square}
   student.eval()
   with torch.no_grad():
     outputs = {name: F.log_softmax(fn(images[:CHECKED]), -1).numpy()
@@ -194,6 +202,9 @@ def jax_parts(directory: str) -> tuple[dict[str, Callable[[], Any]], dict[str, A
     return jax.block_until_ready(metrics)
 
   parts = {name: functools.partial(call, name) for name in PARTS}
+  square = jax.numpy.ones((_MATMUL.value, _MATMUL.value), jax.numpy.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  parts[MATMUL] = lambda: jax.block_until_ready(matmul(square))
   outputs = {'teacher': teacher_forward(run.teacher_params, images[:CHECKED]),
              'student': jax.nn.log_softmax(jax.jit(functools.partial(run.student.apply,
                                                                      train=False))(
@@ -271,9 +282,9 @@ def compare() -> None:
       return {k: v for k, v in worker.info.items() if not k.endswith('_logp')}
     emit({'measure': 'setting', **setting, 'pytorch': described(torch_worker),
           'big_distill': {setup: described(w) for setup, w in workers.items()}})
-    times = {(setup, part): [] for setup in (*setups, None) for part in PARTS}  # None: PyTorch.
+    times = {(setup, part): [] for setup in (*setups, None) for part in TIMED}  # None: PyTorch.
     for _ in range(_ROUNDS.value):
-      for part in PARTS:
+      for part in TIMED:
         for setup, worker in (*workers.items(), (None, torch_worker)):
           times[setup, part].append(worker.seconds(part, _STEPS.value))
     for worker in (*workers.values(), torch_worker):
@@ -283,12 +294,15 @@ def compare() -> None:
       emit({'measure': 'component', 'framework': 'pytorch' if setup is None else 'big_distill',
             **({} if setup is None else {'setup': setup}), 'name': part,
             'img_per_sec': _BATCH.value / statistics.median(times[setup, part]), **setting})
+    emit({'measure': MATMUL, 'framework': 'pytorch' if setup is None else 'big_distill',
+          **({} if setup is None else {'setup': setup}), 'size': _MATMUL.value,
+          'gflop_per_sec': 2 * _MATMUL.value**3 / statistics.median(times[setup, MATMUL]) / 1e9})
   for setup, worker in workers.items():
     summary = {'measure': 'summary', 'setup': setup, **setting}
     for model in ('teacher', 'student'):
       summary[f'{model}_logp_max_difference'] = float(np.max(np.abs(np.subtract(
           worker.info[f'{model}_logp'], torch_worker.info[f'{model}_logp']))))
-    for part in PARTS:
+    for part in TIMED:
       ratios = [t / b for b, t in zip(times[setup, part], times[None, part])]
       summary[f'{part}_over_pytorch'] = statistics.median(ratios)
       summary[f'{part}_over_pytorch_range'] = [min(ratios), max(ratios)]

@@ -202,7 +202,8 @@ def test_students_reports_each_runs_student(distill_run):
 def test_versus_pytorch_times_the_same_models_on_the_same_weights():
   pytest.importorskip('timm')
   lines = _run('versus_pytorch', '--teacher=vit_tiny_patch16_224', '--student=vit_tiny_patch16_224',
-               '--resolution=32', '--batch_size=2', '--num_classes=10', '--rounds=2', '--steps=1')
+               '--resolution=32', '--batch_size=2', '--num_classes=10', '--rounds=2', '--steps=1',
+               '--matmul=128')
   setting, = [l for l in lines if l['measure'] == 'setting']
   summary, = [l for l in lines if l['measure'] == 'summary']
   ours, theirs = setting['big_distill'][''], setting['pytorch']  # One setup: XLA's defaults.
@@ -216,9 +217,12 @@ def test_versus_pytorch_times_the_same_models_on_the_same_weights():
                 if l['measure'] == 'component'}
   assert sorted(components) == sorted((f, p) for f in ('big_distill', 'pytorch')
                                       for p in ('teacher_forward', 'student_step', 'distill_step'))
-  for part in ('teacher_forward', 'student_step', 'distill_step'):
+  for part in ('teacher_forward', 'student_step', 'distill_step', 'matmul'):
     low, high = summary[f'{part}_over_pytorch_range']
     assert 0 < low <= summary[f'{part}_over_pytorch'] <= high
+  matmul = {l['framework']: l for l in lines if l['measure'] == 'matmul'}
+  assert sorted(matmul) == ['big_distill', 'pytorch']
+  assert all(l['size'] == 128 and l['gflop_per_sec'] > 0 for l in matmul.values())
 
 
 def test_a_distill_step_builds_and_runs_without_tensorflow():
