@@ -1,5 +1,8 @@
-"""Kernels chosen per backend: how MobileNetV3's depthwise convolutions and ViT's attention are
-computed, and how XLA:CPU orders a train step's ops (`config.kernels`). The implementations of a
+"""How the families' layers are computed: `dot_general` and `conv2d`, the dots and convolutions
+they share, written so that XLA:CPU's gradients stay plain dots (docs/performance.md, "Standard
+models against PyTorch"); and the kernels chosen per backend: how MobileNetV3's depthwise
+convolutions and ViT's attention are computed, and how XLA:CPU orders a train step's ops
+(`config.kernels`). The implementations of a
 switch compute the same function of the same parameters, in different time per backend and with
 different rounding. 'auto' takes the backend's row of `AUTO`, the one place the choice is made:
 
@@ -61,8 +64,8 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
   """`lax.dot_general` for layers (flax's `Dense(dot_general=)`): where the lhs's last axes are
   contracted and there are no batch axes, its leading axes are flattened into one first. Over
   several leading axes, the kernel's gradient contracts them all, and XLA:CPU then transposes
-  the incoming gradient first, fused with the norm's backward pass before it (slowly: 40% of a
-  ViT-S/16 train step at 224 px); over one, it is a plain dot."""
+  the incoming gradient first, fused with the norm's backward pass before it, slowly; over one,
+  it is a plain dot."""
   (lhs_contract, rhs_contract), batch = dimension_numbers
   lead = lhs.ndim - len(lhs_contract)
   if lead <= 1 or batch != ((), ()) or tuple(lhs_contract) != tuple(range(lead, lhs.ndim)):
@@ -101,9 +104,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
 def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
   """[b, h, w, C] x [C, D] over the last axis. A single position ([1, 1, 1, C]: batch-1
   inference where a late stage is down to 1x1) is computed as a 1x1 convolution: TFLite's
-  converter rejects that product (an invalid batch matmul) but converts the convolution.
-  Otherwise the positions are flattened first (`dot_general`; a quarter of a MobileNetV3-Large
-  train step at 224 px went to XLA:CPU's transposes before)."""
+  converter rejects that product (an invalid batch matmul) but converts the convolution;
+  otherwise a `dot_general` over the flattened positions."""
   if x.size == x.shape[-1]:
     return jax.lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

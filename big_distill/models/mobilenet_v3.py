@@ -107,7 +107,7 @@ class Conv(nn.Module):
   """Bias-free convolution with timm's symmetric padding: `nn.Conv`'s parameter, computed by
   `kernels.conv2d`, so that the pointwise convolutions and their kernels' gradients are dots
   (XLA:CPU computes a 1x1 convolution's kernel gradient as a convolution over the whole image,
-  10% of a MobileNetV3-Large train step at 224 px)."""
+  slowly)."""
   features: int
   kernel_size: int
   stride: int = 1
