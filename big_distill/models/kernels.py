@@ -2,9 +2,9 @@
 they share, written so that XLA:CPU's gradients stay plain dots (docs/performance.md, "Standard
 models against PyTorch"); and the kernels chosen per backend: how MobileNetV3's depthwise
 convolutions and ViT's attention are computed, and how XLA:CPU orders a train step's ops
-(`config.kernels`). The implementations of a
-switch compute the same function of the same parameters, in different time per backend and with
-different rounding. 'auto' takes the backend's row of `AUTO`, the one place the choice is made:
+(`config.kernels`). The implementations of a switch compute the same function of the same
+parameters, in different time per backend and with different rounding. 'auto' takes the
+backend's row of `AUTO`, the one place the choice is made:
 
 - depthwise 'taps' (CPU): a sum over the k * k taps of strided slices times the tap's weights,
   accumulated in float32. XLA:CPU fuses the sum into one loop, 5 to 10x faster than its grouped
@@ -90,8 +90,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
     return _dot(x[:, ::stride, ::stride], kernel[0, 0])
   out = [(n + sum(padding) - k) // stride + 1 for n in x.shape[1:3]]
   if min(out) >= k:
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return lax.conv_general_dilated(x, kernel, (stride, stride), (padding, padding),
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   taps = [[d for d in range(k) if any(0 <= i * stride + d - padding[0] < n for i in range(o))]
           for n, o in zip(x.shape[1:3], out)]
   x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
@@ -107,8 +107,8 @@ def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
   converter rejects that product (an invalid batch matmul) but converts the convolution;
   otherwise a `dot_general` over the flattened positions."""
   if x.size == x.shape[-1]:
-    return jax.lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return lax.conv_general_dilated(x, w[None, None], (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   return dot_general(x, w, (((3,), (0,)), ((), ())))
 
 
