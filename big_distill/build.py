@@ -29,7 +29,7 @@ from big_distill import targets as targets_lib, teachers as teachers_lib
 from big_distill import variants, workdir as workdir_lib
 from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, kernels as kernels_lib, loading
-from big_distill.optim import make_optimizer
+from big_distill import optim
 
 TEACHER_PARAMS = ('load', 'random', 'abstract', 'none')  # 'none': no teacher is built.
 EVAL = 'eval'  # The metrics prefix of `config.input.eval_split`.
@@ -294,13 +294,14 @@ def create_run(config: ml_collections.ConfigDict, *, data: Data | None = None,
 
   kernels = kernels_lib.Kernels(**config.kernels)
   student = student_spec.create(data.num_classes, config.dtype, kernels, config.remat)
-  tx, schedule = make_optimizer(config, num_steps)
+  norm = optim.global_norm(split=config.mesh.student_fsdp and mesh.shape['fsdp'] > 1)
+  tx, schedule = optim.make_optimizer(config, num_steps, norm)
   init = functools.partial(steps.init_state, student, tx, image_shape=image_shape)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   state_sharding = parallel.param_shardings(abstract, mesh, config.mesh.student_fsdp)
 
   teachers, params, teacher_sharding = None, (), ()
-  step_kwargs = dict(student=student, tx=tx, schedule=schedule)
+  step_kwargs = dict(student=student, tx=tx, schedule=schedule, norm=norm)
   if variant:
     step_kwargs.update(variant=variant, temperature=config.temperature,
                        mixup_alpha=config.mixup_alpha)

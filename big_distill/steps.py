@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from big_distill import losses, variants
+from big_distill import losses, optim, variants
 from big_distill import teachers as teachers_lib
 
 Batch = dict[str, jax.Array]
@@ -89,12 +89,13 @@ def stored_targets(batch: Batch, temperature: float) -> Callable[[jax.Array], ja
 def _update(state: TrainState,
             loss_fn: Callable[[Any], tuple[jax.Array, dict[str, Any]]],
             tx: optax.GradientTransformation,
-            schedule: optax.Schedule) -> tuple[TrainState, Metrics]:
+            schedule: optax.Schedule,
+            norm: optim.Norm) -> tuple[TrainState, Metrics]:
   (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-             'param_norm': optax.tree.norm(params), 'learning_rate': schedule(state.step)}
+  metrics = {'loss': loss, 'grad_norm': norm(grads), 'param_norm': norm(params),
+             'learning_rate': schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                     model_state=model_state), metrics
 
@@ -116,7 +117,7 @@ def views(batch: Batch, rng: jax.Array, variant: variants.Variant | None,
 
 def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch, rng: jax.Array,
                *, student: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-               teachers: teachers_lib.Teachers | None = None,
+               norm: optim.Norm, teachers: teachers_lib.Teachers | None = None,
                variant: variants.Variant | None = None, temperature: float = 1.0,
                mixup_alpha: float = 1.0) -> tuple[TrainState, Metrics]:
   """One step: views (mixup) -> target -> student -> loss -> update.
@@ -124,7 +125,8 @@ def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
   The target is the labels (cross-entropy) when `variant` is None, else the frozen teachers'
   probabilities at `temperature` (KL(teacher || student)): those that come with the batch
   (`stored_targets`: precomputed or replayed), or the teachers' forward pass on the teacher's
-  view. `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`.
+  view. `rng` is the run's key; the step's randomness is `fold_in(rng, state.step)`. `norm`
+  computes the logged gradient and parameter norms.
   """
   teacher_images, images = views(batch, jax.random.fold_in(rng, state.step), variant, mixup_alpha)
   if variant is None:
@@ -143,7 +145,7 @@ def train_step(state: TrainState, teacher_params: tuple[Any, ...], batch: Batch,
     logits, model_state = apply_model(student, params, state.model_state, images, train=True)
     return jnp.mean(per_example(logits)), model_state
 
-  return _update(state, loss_fn, tx, schedule)
+  return _update(state, loss_fn, tx, schedule, norm)
 
 
 def eval_step(variables: dict[str, Any], teacher_params: tuple[Any, ...], batch: Batch, *,

@@ -144,7 +144,8 @@ for student, teacher in (('mobilenet_v3',
       state, metrics = run.train_step(state, run.teacher_params, batch, jax.random.PRNGKey(step))
       losses[fsdp].append(float(metrics['loss']))
     out[f'{student}_{fsdp}'] = dict(losses=losses[fsdp], split=sorted(split),
-                                    teacher_split=sorted(teacher_split))
+                                    teacher_split=sorted(teacher_split),
+                                    norm=run.step_kwargs['norm'].__name__)
 print(json.dumps(out))
 '''
 
@@ -156,4 +157,7 @@ def test_mobilenet_student_and_vit_teacher_train_alike_split_over_fsdp():
   replicated, split = out['mobilenet_v3_1'], out['mobilenet_v3_2']
   assert replicated['split'] == replicated['teacher_split'] == [False]
   assert True in split['split'] and True in split['teacher_split']
+  # Norms of a split state per leaf (a concatenation would gather it); of a replicated one, as
+  # one reduction (`optim.global_norm`).
+  assert (replicated['norm'], split['norm']) == ('concatenated_norm', 'tree_norm')
   np.testing.assert_allclose(split['losses'], replicated['losses'], rtol=1e-5)

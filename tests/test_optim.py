@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from big_distill import configlib
+from big_distill import optim
 from big_distill.optim import decay_mask, make_optimizer, make_schedule
 
 
@@ -67,6 +68,41 @@ def test_gradient_clipping_and_sgd():
   tx, _ = make_optimizer(c, 10)
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(optax.tree.norm(updates)) == pytest.approx(2.0, rel=1e-5)
+
+
+def _tree(seed: int, scale: float = 1.0) -> dict:
+  """Leaves of the shapes a model has: a kernel, a vector, a scalar; one in bfloat16."""
+  rng = np.random.default_rng(seed)
+  return {'conv': {'kernel': jnp.asarray(scale * rng.normal(size=(3, 3, 4, 8)), jnp.float32),
+                   'bias': jnp.asarray(scale * rng.normal(size=8), jnp.bfloat16)},
+          'head': {'kernel': jnp.asarray(scale * rng.normal(size=(8, 10)), jnp.float32),
+                   'scale': jnp.asarray(scale * 2.0, jnp.float32)}}
+
+
+def test_the_concatenated_norm_is_optax_tree_norm():
+  tree = _tree(0)
+  expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                         for x in jax.tree_util.tree_leaves(tree)))
+  assert float(jax.jit(optim.concatenated_norm)(tree)) == pytest.approx(expected, rel=1e-6)
+  # optax squares the bfloat16 leaf in bfloat16; the concatenation is float32 throughout.
+  assert float(optax.tree.norm(tree)) == pytest.approx(expected, rel=1e-5)
+  assert optim.global_norm(split=True) is optax.tree.norm
+  assert optim.global_norm(split=False) is optim.concatenated_norm
+
+
+@pytest.mark.parametrize('scale', [0.01, 10.0])  # Below the clipping norm, and above it.
+def test_clipping_by_the_concatenated_norm_is_optaxs(scale):
+  grads, ours, theirs = _tree(1, scale), optim.clip_by_global_norm(
+      1.0, optim.concatenated_norm), optax.clip_by_global_norm(1.0)
+  state = ours.init(grads)
+  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(theirs.init(grads))
+  got, _ = jax.jit(ours.update)(grads, state)
+  expected, _ = jax.jit(theirs.update)(grads, theirs.init(grads))
+  for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+    assert g.dtype == e.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=1e-5)
+  assert float(optax.tree.norm(got)) == pytest.approx(min(1.0, float(optax.tree.norm(grads))),
+                                                      rel=1e-2)  # bfloat16's rounding.
 
 
 def test_optimizers_by_name():

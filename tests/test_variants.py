@@ -117,6 +117,7 @@ def test_distill_step_feeds_each_model_its_view(fmnist_builder, variant):
   rng, temperature, alpha = jax.random.PRNGKey(7), 2.0, 0.4
   step = jax.jit(functools.partial(
       steps.train_step, student=student, tx=tx, schedule=optax.constant_schedule(0.1),
+      norm=optax.tree.norm,
       teachers=teachers_lib.Teachers((teacher,), (None,)),
       variant=variants.get('fixed' if variant == 'cached' else variant), temperature=temperature,
       mixup_alpha=alpha))
