@@ -15,13 +15,14 @@ classes), `--batch_size` images per step on one chip:
   (`config.kernels.depthwise`).
 
 Each case is one `benchmarks.step_throughput` process (so that the device's peak memory is the
-case's own) timing the teacher's forward pass, the student's train step and the distillation step.
+case's own) timing the teacher's forward pass, the student's train step and the distillation step,
+then the distillation step of the switch's other implementations (their states built after the
+case's are freed).
 Per case the file gives images/s of each part, the distillation step's fraction of the chip's
 bfloat16 peak (`--peak_tflops`, else the device's entry in `PEAK_TFLOPS`), step efficiency (the
 step's time over its parts'), each program's compile seconds, XLA's memory figure of the compiled
 step and the device's peak bytes in use. `kernels` sets each switch's implementations side by side
-(distillation images/s, and which one `auto` picks on this backend; the other implementations
-time only the distillation step). `input`: the ImageNet
+(distillation images/s, and which one `auto` picks on this backend, the one its case runs). `input`: the ImageNet
 config's input pipeline on a synthetic JPEG stand-in (`--standin` images of 384x512), decoding
 with the machine's cores, against the paper case's step (`input_over_step` >= 1: it keeps up);
 it needs TensorFlow, and says so where it is missing.
@@ -68,7 +69,7 @@ REPLAYED = 'distill_step_replayed'  # Timed for the paper case besides `PARTS`.
 def step_throughput(arguments: str, *flags_: str, parts: tuple[str, ...] = PARTS
                     ) -> list[dict[str, Any]]:
   """The JSON lines of one `benchmarks.step_throughput` process on the ImageNet config, timing
-  `parts`."""
+  `parts` (and the distillation step of the kernels that `flags_` name, after them)."""
   config = 'configs/imagenet_funmatch.py:teacher=unused' + (f',{arguments}' if arguments else '')
   if _TINY.value:
     config += ',runlocal=True'
@@ -84,7 +85,7 @@ def step_throughput(arguments: str, *flags_: str, parts: tuple[str, ...] = PARTS
 def case(lines: list[dict[str, Any]]) -> dict[str, Any]:
   """One case's figures from its step_throughput lines."""
   summary, = [l for l in lines if l['measure'] == 'summary']
-  parts = {l['name']: l for l in lines if l['measure'] == 'component'}
+  parts = {l['name']: l for l in lines if l['measure'] == 'component' and 'kernels' not in l}
   out = {'teachers': summary['teachers'], 'student': summary['student'],
          'batch_size': summary['batch_size'], 'image_shape': summary['image_shape'],
          **{f'{p}_img_per_sec': parts[p]['img_per_sec'] for p in PARTS},
@@ -127,26 +128,21 @@ def main(argv):
   auto = kernels.Kernels().resolved(report['backend'])
   tensorflow = has_tensorflow()
   for name, (arguments, switch) in CASES.items():
-    options = (None,) if switch is None else tuple(kernels.Kernels.available(switch, report['backend']))
-    for implementation in options:
-      extra = [] if implementation is None else [f'--config.kernels.{switch}={implementation}']
-      with_input = name == 'paper' and tensorflow
-      if with_input:
-        extra.append(f'--standin={16 if _TINY.value else _STANDIN.value}')
-      else:
-        extra.append('--input=false')
-      # The case runs 'auto''s implementation; the others time only the distillation step.
-      is_case = implementation is None or implementation == getattr(auto, switch)
-      parts = (*PARTS, REPLAYED) if name == 'paper' else PARTS
-      lines = step_throughput(arguments, *peak, *extra,
-                              parts=parts if is_case else ('distill_step',))
-      if is_case:
-        report['cases'][name] = {**case(lines),
-                                 'kernels': implementation and {switch: implementation}}
-      if switch:
-        distill, = [l['img_per_sec'] for l in lines if l.get('name') == 'distill_step']
-        report['kernels'].setdefault(switch, {'auto': getattr(auto, switch), 'case': name})[
-            implementation] = distill
+    extra = [f'--standin={16 if _TINY.value else _STANDIN.value}'
+             if name == 'paper' and tensorflow else '--input=false']
+    if switch:  # The case runs 'auto''s implementation; the others time its distillation step.
+      chosen = getattr(auto, switch)
+      others = [i for i in kernels.Kernels.available(switch, report['backend']) if i != chosen]
+      extra += [f'--config.kernels.{switch}={chosen}',
+                f'--kernels={",".join(f"{switch}={i}" for i in others)}']
+    lines = step_throughput(arguments, *peak, *extra,
+                            parts=(*PARTS, REPLAYED) if name == 'paper' else PARTS)
+    report['cases'][name] = {**case(lines), 'kernels': switch and {switch: chosen}}
+    if switch:
+      timed = report['kernels'][switch] = {'auto': chosen, 'case': name}
+      for line in lines:
+        if line.get('name') == 'distill_step':
+          timed[line.get('kernels', {}).get(switch, chosen)] = line['img_per_sec']
   paper = report['cases']['paper']
   report['input'] = ({'img_per_sec': paper.pop('input_img_per_sec'),
                       'over_paper_step': paper.pop('input_over_step'),

@@ -45,6 +45,9 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   outputs and temporaries, from XLA's memory analysis), `peak_rss_mb` and, on a GPU or TPU,
   `device_peak_mb` (the device's peak bytes in use). `--components` times only some parts; the
   summary then gives the ratios whose parts were timed.
+- With `--kernels=switch=name,...`: one more `component` line `distill_step` per entry, with
+  `kernels` ({switch: name}): that implementation's distillation step, built and timed after
+  the summary (its rounds are not interleaved with the parts').
 - With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
   `profile_summary` (the distill step's span and op time over the sums of its parts').
 """
@@ -75,6 +78,7 @@ import numpy as np
 
 from big_distill import build, cli, errors, parallel, reinforcement, steps
 from big_distill.data import synthetic
+from big_distill.models import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CHANNELS = flags.DEFINE_integer('channels', None, 'Image channels (default: the dataset\'s).')
@@ -97,6 +101,9 @@ PARTS = ('teacher_forward', 'student_step', 'distill_step', 'distill_step_cached
          'distill_step_replayed', 'teacher_forward_and_student_step')
 _PARTS = flags.DEFINE_list('components', list(PARTS), 'The parts to compile and time; the summary '
                            'gives the ratios whose parts are among them.')
+_ALTERNATIVES = flags.DEFINE_list(
+    'kernels', [], 'Other kernel implementations (`config.kernels`), each `switch=name`: after '
+    'the parts, each one\'s distillation step alone, built, compiled and timed afresh.')
 _PROFILE = flags.DEFINE_string(
     'profile_dir', None, 'Trace one more round of the distillation step, teacher forward and '
     'student step with jax.profiler there (a directory each), and print their times in XLA ops.')
@@ -213,10 +220,52 @@ def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
 
 def main(argv, config):
   del argv
+  alternatives = [a.split('=', 1) for a in _ALTERNATIVES.value]
+  if any(len(a) != 2 or a[0] not in config.kernels for a in alternatives):
+    raise errors.BadInput(f'--kernels={",".join(_ALTERNATIVES.value)}: use switch=name entries, '
+                          f'a switch one of {", ".join(config.kernels)}.')
+  for switch, name in alternatives:  # An unknown name, or one for another backend: refused now.
+    kernels.Kernels(**{**config.kernels, switch: name}).resolved()
   with tempfile.TemporaryDirectory() as directory:
     if _STANDIN.value:
       make_standin(config, directory)
-    benchmark(config)
+    data = benchmark(config)
+  for switch, name in alternatives:  # The parts' states and programs are gone by now.
+    alternative(config, data, switch, name)
+
+
+def alternative(config: ml_collections.ConfigDict, data: build.Data, switch: str,
+                name: str) -> None:
+  """A `component` line for the distillation step with `config.kernels.<switch>=<name>`: built,
+  compiled and timed on its own, after the parts (so that the summary's device memory is
+  theirs)."""
+  config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
+  config.kernels[switch] = name
+  data = build.Data(data.num_classes, data.channels, config.input.batch_size, data.class_names)
+  run = build.create_run(config, data=data, teacher_params='random')
+  bs, noise, rng = config.input.batch_size, np.random.default_rng(0), jax.random.PRNGKey(0)
+  batch = jax.device_put({
+      'image': noise.uniform(-1, 1, (bs, *run.image_shape)).astype(np.float32),
+      'label': noise.integers(0, data.num_classes, bs).astype(np.int32)},
+      parallel.batch_sharded(run.mesh))
+  state = run.init_state(rng)
+  step, compile_s, flops = compile_step(run.train_step, state, run.teacher_params, batch, rng)
+  state, _ = step(state, run.teacher_params, batch, rng)  # Warm-up.
+  timer = Timer()
+
+  def call():
+    nonlocal state
+    state, metrics = step(state, run.teacher_params, batch, rng)
+    return metrics
+
+  for _ in range(_ROUNDS.value):
+    timer.time('distill_step', call, _STEPS.value)
+  img_s = bs / timer.seconds('distill_step')
+  emit({'measure': 'component', 'name': 'distill_step', 'kernels': {switch: name},
+        'img_per_sec': img_s, 'step_ms': 1e3 * timer.seconds('distill_step'),
+        'compile_s': compile_s, 'gflop_per_image': flops / bs / 1e9,
+        'gflop_per_sec': flops / bs / 1e9 * img_s, 'student': str(run.student_spec),
+        'teachers': [str(spec) for spec in run.teachers.specs], 'batch_size': bs})
 
 
 def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
@@ -225,7 +274,8 @@ def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collecti
   return out
 
 
-def benchmark(config: ml_collections.ConfigDict) -> None:
+def benchmark(config: ml_collections.ConfigDict) -> build.Data:
+  """Times the parts (the module docstring); returns the shape of the data they ran on."""
   config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
   data = None  # The config's dataset, prepared if missing: the input pipeline reads it.
   if _CHANNELS.value and _CLASSES.value:
@@ -394,6 +444,7 @@ def benchmark(config: ml_collections.ConfigDict) -> None:
   if stats and 'peak_bytes_in_use' in stats:
     summary['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
   emit({**summary, **setting})
+  return run.data
 
 
 if __name__ == '__main__':

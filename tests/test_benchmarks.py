@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import comparison
-from big_distill import checkpoint
+from big_distill import checkpoint, errors
 from tests.helpers import FUNMATCH_CONFIG, TINY_STUDENT, command, read_metrics, run
 
 TINY = (*TINY_STUDENT, '--config.input.batch_size=16', '--config.input.shuffle_buffer=1000')
@@ -74,6 +74,15 @@ def test_step_throughput_reports_every_part_and_consistent_ratios(tmp_path):
   assert summary['image_shape'] == [28, 28, 1] and summary['batch_size'] == 16
   input_line, = [l for l in lines if l.get('name') == 'input_pipeline']
   assert input_line['standin'] and input_line['dataset'] == 'fashion_mnist'
+
+
+def test_step_throughput_refuses_other_kernels_it_cannot_build_before_measuring():
+  for arg, message in (('--kernels=depthwise', 'use switch=name entries'),
+                       ('--kernels=depthwise=bogus', "config.kernels.depthwise='bogus'")):
+    proc = run(command('benchmarks.step_throughput', arg, *TINY), check=False)
+    assert proc.returncode == errors.BAD_INPUT and proc.stdout == ''
+    assert proc.stderr.strip().splitlines()[-1].startswith('big_distill: error: ')
+    assert message in proc.stderr
 
 
 def test_scaling_summary_is_relative_to_one_device():
