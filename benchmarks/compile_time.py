@@ -12,7 +12,8 @@ second loads them from the cache, as a restarted or repeated run does. A line pe
 distillation step's `compile_s` and `cached_compile_s` (lowering and compiling, or loading), and
 each process's `ready_s` and `cached_ready_s`: its start-up, from its first import to the step
 compiled (imports, models built and initialised, every program compiled or loaded, one warm-up
-call). Then a `summary` with the slowest of each.
+call); `programs`, the cache's entries after the first process, and `compiled_again`, those the
+second added (0: it loaded every program). Then a `summary` with the slowest of each time.
 """
 
 import json
@@ -54,6 +55,11 @@ def distill_step(teacher: str, student: str, cache: str) -> tuple[float, float]:
   return step['compile_s'], summary['ready_s']
 
 
+def entries(cache: str) -> set[str]:
+  """The compiled programs in JAX's compilation cache directory `cache`."""
+  return {name for name in os.listdir(cache) if name.endswith('-cache')}
+
+
 def emit(record: dict[str, Any]) -> None:
   print(json.dumps(record), flush=True)
 
@@ -65,10 +71,13 @@ def main(argv):
     for student in _FAMILIES.value:
       with tempfile.TemporaryDirectory() as cache:
         compile_s, ready_s = distill_step(model(teacher), model(student), cache)
+        programs = entries(cache)
         cached_compile_s, cached_ready_s = distill_step(model(teacher), model(student), cache)
+        compiled_again = entries(cache) - programs
       lines.append({'measure': 'pair', 'teacher': model(teacher), 'student': model(student),
                     'compile_s': compile_s, 'cached_compile_s': cached_compile_s,
                     'ready_s': ready_s, 'cached_ready_s': cached_ready_s,
+                    'programs': len(programs), 'compiled_again': len(compiled_again),
                     'batch_size': _BATCH.value})
       emit(lines[-1])
   emit({'measure': 'summary', **{f'max_{key}': max(l[key] for l in lines) for key in (

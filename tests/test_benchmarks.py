@@ -283,8 +283,10 @@ def test_compile_time_compiles_once_and_loads_from_the_cache_the_second_time():
   lines = _run('compile_time', '--families=bit', '--tiny', '--batch_size=2')
   pair, summary = lines
   assert pair['teacher'] == pair['student'] == 'bit:depth=14,width=0.25'
-  # The second process loads the step the first one compiled (a cache hit takes far less time).
-  assert 0 < pair['cached_compile_s'] < pair['compile_s'] / 2
+  # The second process loads every program the first one compiled, the step in less time than
+  # compiling it (both lower it first).
+  assert pair['programs'] > 0 and pair['compiled_again'] == 0
+  assert 0 < pair['cached_compile_s'] < pair['compile_s']
   assert summary == {'measure': 'summary', **{f'max_{k}': pair[k] for k in (
       'compile_s', 'cached_compile_s', 'ready_s', 'cached_ready_s')}}
   assert 0 < pair['cached_ready_s'] < pair['ready_s']
