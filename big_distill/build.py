@@ -24,12 +24,11 @@ with epy.lazy_imports():  # TensorFlow loads where data is read, not with the mo
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-from big_distill import checkpoint, configlib, console, errors, models, parallel, steps
+from big_distill import checkpoint, configlib, console, errors, models, optim, parallel, steps
 from big_distill import targets as targets_lib, teachers as teachers_lib
 from big_distill import variants, workdir as workdir_lib
 from big_distill.data import input_pipeline, sources
 from big_distill.models import compute_dtype, kernels as kernels_lib, loading
-from big_distill import optim
 
 TEACHER_PARAMS = ('load', 'random', 'abstract', 'none')  # 'none': no teacher is built.
 EVAL = 'eval'  # The metrics prefix of `config.input.eval_split`.

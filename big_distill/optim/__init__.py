@@ -1,4 +1,5 @@
-"""The optimizer built from config: clipping -> Adam | SGD | Shampoo -> weight decay -> lr."""
+"""The optimizer built from config (clipping -> Adam | SGD | Shampoo -> weight decay -> lr),
+and the global norm that clipping and the logged norms take."""
 
 from typing import Any, Callable
 
