@@ -229,6 +229,7 @@ def main(argv, config):
   with tempfile.TemporaryDirectory() as directory:
     if _STANDIN.value:
       make_standin(config, directory)
+    config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
     data = benchmark(config)
   for switch, name in alternatives:  # The parts' states and programs are gone by now.
     alternative(config, data, switch, name)
@@ -239,15 +240,12 @@ def alternative(config: ml_collections.ConfigDict, data: build.Data, switch: str
   """A `component` line for the distillation step with `config.kernels.<switch>=<name>`: built,
   compiled and timed on its own, after the parts (so that the summary's device memory is
   theirs)."""
-  config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
+  config = copy.deepcopy(config)
   config.kernels[switch] = name
   data = build.Data(data.num_classes, data.channels, config.input.batch_size, data.class_names)
   run = build.create_run(config, data=data, teacher_params='random')
-  bs, noise, rng = config.input.batch_size, np.random.default_rng(0), jax.random.PRNGKey(0)
-  batch = jax.device_put({
-      'image': noise.uniform(-1, 1, (bs, *run.image_shape)).astype(np.float32),
-      'label': noise.integers(0, data.num_classes, bs).astype(np.int32)},
-      parallel.batch_sharded(run.mesh))
+  bs, rng = config.input.batch_size, jax.random.PRNGKey(0)
+  batch = random_batch(run, np.random.default_rng(0))
   state = run.init_state(rng)
   step, compile_s, flops = compile_step(run.train_step, state, run.teacher_params, batch, rng)
   state, _ = step(state, run.teacher_params, batch, rng)  # Warm-up.
@@ -268,6 +266,15 @@ def alternative(config: ml_collections.ConfigDict, data: build.Data, switch: str
         'teachers': [str(spec) for spec in run.teachers.specs], 'batch_size': bs})
 
 
+def random_batch(run: build.Run, noise: np.random.Generator) -> dict[str, jax.Array]:
+  """A global batch of the run's shape: uniform images in [-1, 1] and random labels."""
+  bs = run.config.input.batch_size
+  return jax.device_put({
+      'image': noise.uniform(-1, 1, (bs, *run.image_shape)).astype(np.float32),
+      'label': noise.integers(0, run.data.num_classes, bs).astype(np.int32)},
+      parallel.batch_sharded(run.mesh))
+
+
 def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
   out = copy.deepcopy(config)
   out.update(changes)
@@ -276,7 +283,6 @@ def variant_of(config: ml_collections.ConfigDict, **changes: Any) -> ml_collecti
 
 def benchmark(config: ml_collections.ConfigDict) -> build.Data:
   """Times the parts (the module docstring); returns the shape of the data they ran on."""
-  config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
   data = None  # The config's dataset, prepared if missing: the input pipeline reads it.
   if _CHANNELS.value and _CLASSES.value:
     data = build.Data(_CLASSES.value, _CHANNELS.value, config.input.batch_size)
@@ -302,9 +308,7 @@ def benchmark(config: ml_collections.ConfigDict) -> build.Data:
   rng = jax.random.PRNGKey(0)
   batch_sharding = parallel.batch_sharded(run.mesh)
   noise = np.random.default_rng(0)
-  batch = jax.device_put({
-      'image': noise.uniform(-1, 1, (bs, *image_shape)).astype(np.float32),
-      'label': noise.integers(0, num_classes, bs).astype(np.int32)}, batch_sharding)
+  batch = random_batch(run, noise)
   cached_batch = jax.device_put({
       'image': batch['image'],
       'teacher_logits': noise.normal(size=(bs, len(run.teachers.models), num_classes)).astype(
