@@ -110,10 +110,12 @@ def _settings(env_: dict[str, str]) -> dict[str, str]:
   return {k: v for k, v in env_.items() if k.startswith(('JAX_', 'TF_'))}
 
 
-def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str, err: str):
+def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str, err: str,
+                    status: str):
   """In a process forked from the forkserver: `python -m module args` as a fresh interpreter runs
   it (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
-  descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit."""
+  descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit, its
+  code also written to the file `status` (see `_run_forked`)."""
   os.environ.clear()
   os.environ.update(env_)
   os.chdir(ROOT)
@@ -140,22 +142,29 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
   atexit._run_exitfuncs()  # pylint: disable=protected-access
   sys.stdout.flush()
   sys.stderr.flush()
+  with open(status, 'w') as f:
+    f.write(str(code))
   os._exit(code)
 
 
 def _run_forked(cmd: list[str], env_: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+  """Runs `cmd` forked from the forkserver. The exit code is read from the file the command
+  writes: with commands run from two threads, one thread's `Process.start()` may read the other's
+  exit code from the forkserver first (multiprocessing's `_cleanup`), and the other's `exitcode`
+  is then 255. Only a command that died without writing it (a signal) reports `exitcode`."""
   with tempfile.TemporaryDirectory() as tmp:
-    out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
+    out, err, status = (os.path.join(tmp, name) for name in ('stdout', 'stderr', 'status'))
     proc = _forkserver_context()[0].Process(target=_forked_command,
-                                            args=(cmd[2], cmd[3:], env_, out, err))
+                                            args=(cmd[2], cmd[3:], env_, out, err, status))
     proc.start()
     proc.join(timeout)
     if proc.exitcode is None:
       proc.kill()
       proc.join()
       raise subprocess.TimeoutExpired(cmd, timeout)
+    code = int(open(status).read()) if os.path.exists(status) else proc.exitcode
     outputs = [open(path, encoding='utf-8', errors='replace').read() for path in (out, err)]
-  return subprocess.CompletedProcess(cmd, proc.exitcode, *outputs)
+  return subprocess.CompletedProcess(cmd, code, *outputs)
 
 
 def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
