@@ -270,3 +270,20 @@ def test_group_norm_is_flaxs_in_float32_and_keeps_bfloat16_for_the_backward_pass
   out = low.apply(variables, x.astype(jnp.bfloat16))
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(out.astype(np.float32), theirs.apply(variables, x), atol=0.1)
+
+
+def test_frozen_kernels_round_alike_whatever_their_memory_layout():
+  """`standardize_params` (a frozen teacher's kernels, in NumPy) gives the model's own
+  standardisation, and the same bits for a kernel held as a transposed view (what timm's OIHW
+  layout reads back as) as for its contiguous copy (an `.npz`'s)."""
+  rng = np.random.default_rng(0)
+  kernel = (rng.standard_normal((3, 3, 16, 32)) * 0.3 + 0.05).astype(np.float32)
+  view = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)).transpose(2, 3, 1, 0)
+  assert not view.flags.c_contiguous and np.array_equal(view, kernel)
+  head = {'kernel': np.ones((32, 10), np.float32), 'bias': np.zeros(10, np.float32)}
+  a, b = (bit.standardize_params({'conv_root': {'kernel': k}, 'head': head}) for k in (kernel, view))
+  assert a['conv_root']['kernel'].dtype == np.float32
+  assert np.array_equal(a['conv_root']['kernel'], b['conv_root']['kernel'])
+  assert all(a['head'][k] is head[k] for k in head)  # The head as it was.
+  np.testing.assert_allclose(a['conv_root']['kernel'], bit.standardize(jnp.asarray(kernel)),
+                             rtol=1e-5, atol=1e-5)

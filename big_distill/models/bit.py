@@ -199,9 +199,12 @@ class ResNetV2(nn.Module):
 
 def standardize_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """`params` with every conv kernel weight-standardised (host arrays; the head is unchanged), in
-  NumPy: op by op, JAX would compile a few programs per kernel shape (half a second for an R14)."""
+  NumPy: op by op, JAX would compile a few programs per kernel shape (half a second for an R14).
+  Each kernel is made C-contiguous first: NumPy's sums follow the memory layout, and a kernel read
+  from timm's layout (a transposed view) must round as the same kernel read from an `.npz`."""
   return traverse_util.unflatten_dict({
-      path: standardize(np.asarray(v), xp=np) if path[-1] == 'kernel' and path[0] != 'head' else v
+      path: standardize(np.ascontiguousarray(v), xp=np)
+      if path[-1] == 'kernel' and path[0] != 'head' else v
       for path, v in _flat_params(params).items()})
 
 
