@@ -83,8 +83,8 @@ def main_command(config: str, workdir_: str, *overrides: str) -> list[str]:
 # `run` forks commands from (what `python -m big_distill.main` spends 5-7 s of its start-up on).
 PRELOAD = ('big_distill.train', 'big_distill.build', 'big_distill.reinforce', 'big_distill.export',
            'big_distill.evaluate', 'tensorflow_datasets', 'tests.helpers')
-# TFDS imports its every dataset module at a process's first builder (0.4 s of a command's
-# start-up): here, so that the forkserver has them too.
+# TFDS imports its every dataset module at a process's first builder: here, so that the
+# forkserver has them imported too.
 tfds.builder_cls('fashion_mnist')
 # Commands that import PyTorch in their own process, which crashes after TensorFlow (conftest.py).
 FRESH_ONLY = ('benchmarks.versus_pytorch',)

@@ -199,7 +199,7 @@ class ResNetV2(nn.Module):
 
 def standardize_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """`params` with every conv kernel weight-standardised (host arrays; the head is unchanged), in
-  NumPy: op by op, JAX would compile a few programs per kernel shape (half a second for an R14).
+  NumPy: op by op, JAX would lower and compile a few programs per kernel shape.
   Each kernel is made C-contiguous first: NumPy's sums follow the memory layout, and a kernel read
   from timm's layout (a transposed view) must round as the same kernel read from an `.npz`."""
   return traverse_util.unflatten_dict({
