@@ -3,6 +3,7 @@ and reading a workdir back (through `big_distill.workdir`, the owner of its layo
 
 import atexit
 import fcntl
+import gc
 import glob
 import hashlib
 import multiprocessing
@@ -11,6 +12,7 @@ import pty
 import runpy
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -86,6 +88,10 @@ PRELOAD = ('big_distill.train', 'big_distill.build', 'big_distill.reinforce', 'b
 # TFDS imports its every dataset module at a process's first builder: here, so that the
 # forkserver has them imported too.
 tfds.builder_cls('fashion_mnist')
+# What is imported by now lives as long as the process: frozen, Python's full garbage collections
+# skip it. The forkserver imports this module last: its forked commands inherit the frozen
+# objects, which their collections would otherwise scan (and copy, page by page) again.
+gc.freeze()
 # Commands that import PyTorch in their own process, which crashes after TensorFlow (conftest.py).
 FRESH_ONLY = ('benchmarks.versus_pytorch',)
 _forkserver = None  # (the context, the `_settings` it started with)
@@ -119,7 +125,7 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
   """In a process forked from the forkserver: `python -m module args` as a fresh interpreter runs
   it (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
   descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit, its
-  code also written to the file `status` (see `_run_forked`)."""
+  code also written to the file `status` (see `Started`)."""
   os.environ.clear()
   os.environ.update(env_)
   os.chdir(ROOT)
@@ -151,42 +157,81 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
   os._exit(code)
 
 
-def _run_forked(cmd: list[str], env_: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-  """Runs `cmd` forked from the forkserver. The exit code is read from the file the command
-  writes: with commands run from two threads, one thread's `Process.start()` may read the other's
-  exit code from the forkserver first (multiprocessing's `_cleanup`), and the other's `exitcode`
-  is then 255. Only a command that died without writing it (a signal) reports `exitcode`."""
-  with tempfile.TemporaryDirectory() as tmp:
-    out, err, status = (os.path.join(tmp, name) for name in ('stdout', 'stderr', 'status'))
-    proc = _forkserver_context()[0].Process(target=_forked_command,
-                                            args=(cmd[2], cmd[3:], env_, out, err, status))
-    proc.start()
-    proc.join(timeout)
-    if proc.exitcode is None:
-      proc.kill()
-      proc.join()
-      raise subprocess.TimeoutExpired(cmd, timeout)
-    code = int(open(status).read()) if os.path.exists(status) else proc.exitcode
-    outputs = [open(path, encoding='utf-8', errors='replace').read() for path in (out, err)]
-  return subprocess.CompletedProcess(cmd, code, *outputs)
+class Started:
+  """A command started by `start`: forked from the forkserver where it can be, else a fresh
+  process. `subprocess.Popen`'s `pid`, `poll`, `send_signal`, `kill` and `wait`, after which
+  `returncode`, `stdout` and `stderr` hold how it ended and what it wrote.
+
+  A forked command's exit code is read from the file it writes (`_forked_command`): with commands
+  waited on from two threads, one thread's `Process.start()` may read the other's exit code from
+  the forkserver first (multiprocessing's `_cleanup`), and the other's `exitcode` is then 255.
+  Only a command that died without writing it (a signal) reports `exitcode`."""
+
+  def __init__(self, cmd: list[str], env_: dict[str, str]):
+    self.args, self.returncode, self.stdout, self.stderr = cmd, None, None, None
+    self._dir = tempfile.mkdtemp(prefix='big_distill_command_')
+    self._out, self._err, self._status = (os.path.join(self._dir, name)
+                                          for name in ('stdout', 'stderr', 'status'))
+    if (cmd[:2] == [sys.executable, '-m'] and cmd[2] not in FRESH_ONLY and
+        _settings(env_) == _forkserver_context()[1]):
+      self._proc = _forkserver_context()[0].Process(
+          target=_forked_command, args=(cmd[2], cmd[3:], env_, self._out, self._err, self._status))
+      self._proc.start()
+    else:
+      with open(self._out, 'w') as out, open(self._err, 'w') as err:
+        self._proc = subprocess.Popen(cmd, env=env_, stdout=out, stderr=err, cwd=ROOT)
+    self.pid = self._proc.pid
+
+  def poll(self) -> int | None:
+    if isinstance(self._proc, subprocess.Popen):
+      return self._proc.poll()
+    if self._proc.exitcode is None:
+      return None
+    return int(open(self._status).read()) if os.path.exists(self._status) else self._proc.exitcode
+
+  def send_signal(self, sig: int) -> None:
+    if self.poll() is None:
+      os.kill(self.pid, sig)
+
+  def kill(self) -> None:
+    self.send_signal(signal.SIGKILL)
+
+  def wait(self, timeout: float | None = None) -> int:
+    if isinstance(self._proc, subprocess.Popen):
+      self._proc.wait(timeout)
+    else:
+      self._proc.join(timeout)
+      if self._proc.exitcode is None:
+        raise subprocess.TimeoutExpired(self.args, timeout)
+    if self.returncode is None:
+      self.returncode = self.poll()
+      self.stdout, self.stderr = (open(path, encoding='utf-8', errors='replace').read()
+                                  for path in (self._out, self._err))
+      shutil.rmtree(self._dir, ignore_errors=True)
+    return self.returncode
+
+
+def start(cmd: list[str], *, devices: int = 1, **env_vars: str) -> Started:
+  """Starts a command from the repository root (so `benchmarks` imports) as a fresh process
+  would, in the background: `python -m` commands are forked from a forkserver that has their
+  modules imported (`_forkserver_context`), unless they change what JAX or TensorFlow read on
+  import, or are `FRESH_ONLY`; anything else runs in a fresh process."""
+  return Started(cmd, env(devices, **env_vars))
 
 
 def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
         **env_vars: str) -> subprocess.CompletedProcess:
-  """Runs a command from the repository root (so `benchmarks` imports) as a fresh process would:
-  `python -m` commands are forked from a forkserver that has their modules imported
-  (`_forkserver_context`), unless they change what JAX or TensorFlow read on import, or are
-  `FRESH_ONLY`; anything else runs in a fresh process."""
-  env_ = env(devices, **env_vars)
-  if (cmd[:2] == [sys.executable, '-m'] and cmd[2] not in FRESH_ONLY and
-      _settings(env_) == _forkserver_context()[1]):
-    proc = _run_forked(cmd, env_, timeout)
-  else:
-    proc = subprocess.run(cmd, env=env_, capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+  """Runs a command as `start` starts it, and waits for it."""
+  proc = start(cmd, devices=devices, **env_vars)
+  try:
+    proc.wait(timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    raise
   if check and proc.returncode != 0:
     raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
-  return proc
+  return subprocess.CompletedProcess(cmd, proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_main(config: str, workdir_: str, *overrides: str, devices: int = 1,

@@ -3,7 +3,6 @@ a ViT and a MobileNetV3 (BatchNorm) student of a BiT teacher, a ViT teacher of a
 a killed MobileNetV3 run that resumes bit-identically (its batch statistics included)."""
 
 import signal
-import subprocess
 import time
 
 import jax
@@ -13,8 +12,8 @@ import ml_collections
 import pytest
 
 from big_distill import build, checkpoint, errors, workdir
-from tests.helpers import (FUNMATCH_CONFIG, env, get_config, main_command, read_metrics, run,
-                           run_main, saved_steps, shared_run)
+from tests.helpers import (FUNMATCH_CONFIG, get_config, main_command, read_metrics, run, run_main,
+                           saved_steps, shared_run, start)
 
 AT_28 = ('--config.input.resolution=28',)  # The teacher run's own resolution.
 VIT_STUDENT = ('--config.student.model=vit:patch_size=7,width=32,depth=2,num_heads=2,mlp_dim=64',)
@@ -87,8 +86,7 @@ def test_a_killed_mobilenet_run_resumes_bit_identically(tmp_path, teacher_run, m
   """Parameters and BatchNorm statistics end as those of an uninterrupted run."""
   config = f'{FUNMATCH_CONFIG}:{MOBILENET_CONFIG.format(teacher_run)}'
   long, whole, killed = MOBILENET_RUN, mobilenet_run, str(tmp_path / 'killed')
-  proc = subprocess.Popen(main_command(config, killed, *long), env=env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = start(main_command(config, killed, *long))
   deadline = time.time() + 300
   while not saved_steps(killed) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)

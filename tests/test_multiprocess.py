@@ -10,9 +10,8 @@ import jax
 import numpy as np
 
 from big_distill import checkpoint, errors, teachers
-from tests.helpers import (ROOT, TEACHER_CONFIG, TINY_TEACHER, main_command, metric,
-                           read_metrics)
-from tests.helpers import env as helpers_env
+from tests.helpers import (ROOT, TEACHER_CONFIG, TINY_TEACHER, Started, main_command, metric,
+                           read_metrics, run, start)
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
 OVERRIDES = (*TINY_TEACHER, '--config.optimizer.name=sgd', '--config.total_steps=4',
@@ -25,16 +24,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(log: str, workdir: str, devices: int, *flags: str, **env: str) -> subprocess.Popen:
-  """`python -m big_distill.main` in the background, its stderr going to the file `log`."""
-  cmd = main_command(f'{TEACHER_CONFIG}:runlocal=True', workdir, *OVERRIDES, *flags)
-  with open(log, 'w') as f:
-    return subprocess.Popen(cmd, env=helpers_env(devices, **env), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=f)
+def _start(workdir: str, devices: int, *flags: str, **env: str) -> Started:
+  """`python -m big_distill.main` in the background."""
+  return start(main_command(f'{TEACHER_CONFIG}:runlocal=True', workdir, *OVERRIDES, *flags),
+               devices=devices, **env)
 
 
-def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
-  """The contents of each process's log; fails (killing the rest) if one fails or hangs."""
+def _finish(procs: list[Started]) -> list[str]:
+  """Each process's stderr; fails (killing the rest) if one fails or hangs."""
   try:
     for p in procs:
       p.wait(timeout=600)  # Three runs at once on a shared 2-core machine: 72 s alone.
@@ -42,23 +39,21 @@ def _finish(procs: list[subprocess.Popen], logs: list[str]) -> list[str]:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  texts = [open(log).read() for log in logs]
-  for p, text in zip(procs, texts):
-    assert p.returncode == 0, text[-4000:]
-  return texts
+  for p in procs:
+    assert p.returncode == 0, p.stderr[-4000:]
+  return [p.stderr for p in procs]
 
 
 def test_two_processes_match_one_process(tmp_path):
   """Process 0 gets the coordinator flags, process 1 the environment variables."""
   multi, single = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
   address = f'127.0.0.1:{_free_port()}'
-  stderr = [str(tmp_path / f'{name}.log') for name in ('process0', 'process1', 'single')]
   logs = _finish([
-      _start(stderr[0], multi, 2, f'--coordinator_address={address}', '--num_processes=2',
+      _start(multi, 2, f'--coordinator_address={address}', '--num_processes=2',
              '--process_id=0'),
-      _start(stderr[1], multi, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2',
+      _start(multi, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2',
              JAX_PROCESS_ID='1'),
-      _start(stderr[2], single, 4)], stderr)
+      _start(single, 4)])
   for i in (0, 1):
     assert f'JAX process {i} of 2, 2 local / 4 global devices.' in logs[i]
   assert 'JAX process 0 of 1, 4 local / 4 global devices.' in logs[2]
@@ -74,10 +69,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_partial_multiprocess_flags_are_bad_input(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'big_distill.main', f'--config={TEACHER_CONFIG}:runlocal=True',
-       f'--workdir={tmp_path / "w"}', '--coordinator_address=127.0.0.1:1234'],
-      env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=120)
+  proc = run(main_command(f'{TEACHER_CONFIG}:runlocal=True', str(tmp_path / 'w'),
+                          '--coordinator_address=127.0.0.1:1234'), check=False, timeout=120)
   assert proc.returncode == errors.BAD_INPUT
   assert 'big_distill: error: a multi-process run needs' in proc.stderr
   assert not os.path.exists(tmp_path / 'w')

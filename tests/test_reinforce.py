@@ -1,13 +1,11 @@
 """Reinforcements (`big_distill.reinforce`): the teachers' targets of the live run's views, stored
 once and replayed; the truncated KL of `--top_k`; resume after a kill; any teacher function."""
 
-import glob
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 
 import jax
@@ -16,8 +14,8 @@ import pytest
 
 from big_distill import checkpoint, errors, losses, reinforcement, targets
 from big_distill import workdir as workdir_lib
-from tests.helpers import (FUNMATCH_CONFIG, ROOT, command, env, error_lines, main_command,
-                           read_metrics, run, run_main, snapshot)
+from tests.helpers import (FUNMATCH_CONFIG, Started, command, error_lines, main_command,
+                           read_metrics, run, run_main, snapshot, start)
 
 # 128 training images in batches of 32 at 28 px: 4 steps an epoch.
 SMALL = ('--config.input.train_split=train[:128]', '--config.input.eval_split=test[:64]',
@@ -98,10 +96,8 @@ def test_a_replay_trains_as_the_live_run_and_a_killed_reinforce_resumes(tmp_path
       8, 256, 2.0)
   assert summary['bytes_per_view'] == 4 * 10 + 4 + 4 / 32  # float32 logp, index, ratio.
 
-  proc = subprocess.Popen(
-      command('big_distill.reinforce', f'--config={config}', f'--workdir={resumed}', *SMALL,
-              '--views=2', '--steps_per_chunk=4'), env=env(), stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
+  proc = start(command('big_distill.reinforce', f'--config={config}', f'--workdir={resumed}',
+                       *SMALL, '--views=2', '--steps_per_chunk=4'))
   progress = os.path.join(resumed, 'progress.0.json')
   deadline = time.time() + 300
   while not os.path.exists(progress) and proc.poll() is None and time.time() < deadline:
@@ -282,31 +278,26 @@ def test_live_steps_are_evenly_spaced_fresh_views():
   live = [s for s in range(12) if targets.live_steps(s + 1, fraction) > targets.live_steps(
       s, fraction)]
   assert live == [3, 7, 11]
-  for start in (0, 5):
+  for first in (0, 5):
     stream = targets._with_live(  # pylint: disable=protected-access
-        (('replayed', r) for r in range(start - targets.live_steps(start, fraction), 99)),
-        (('live', k) for k in range(targets.live_steps(start, fraction), 99)), start, fraction)
-    got = [next(stream) for _ in range(start, 12)]
+        (('replayed', r) for r in range(first - targets.live_steps(first, fraction), 99)),
+        (('live', k) for k in range(targets.live_steps(first, fraction), 99)), first, fraction)
+    got = [next(stream) for _ in range(first, 12)]
     whole = [('live', live.index(s)) if s in live else ('replayed', s - sum(x < s for x in live))
              for s in range(12)]
-    assert got == whole[start:]
+    assert got == whole[first:]
 
 
-def _processes(tmp_path, name: str, cmd: list[str]) -> list[subprocess.Popen]:
-  """`cmd` as 2 processes of one CPU device each, joined on localhost; stderr to files."""
+def _processes(cmd: list[str]) -> list[Started]:
+  """`cmd` as 2 processes of one CPU device each, joined on localhost."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     address = f'127.0.0.1:{s.getsockname()[1]}'
-  procs = []
-  for i in (0, 1):
-    with open(tmp_path / f'{name}{i}.log', 'w') as log:
-      procs.append(subprocess.Popen(
-          [*cmd, f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
-          env=env(1), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log))
-  return procs
+  return [start([*cmd, f'--coordinator_address={address}', '--num_processes=2',
+                 f'--process_id={i}']) for i in (0, 1)]
 
 
-def _wait(procs: list[subprocess.Popen], tmp_path) -> None:
+def _wait(procs: list[Started]) -> None:
   try:
     for p in procs:
       p.wait(timeout=600)
@@ -315,8 +306,7 @@ def _wait(procs: list[subprocess.Popen], tmp_path) -> None:
       if p.poll() is None:
         p.kill()
   for p in procs:
-    assert p.returncode == 0, '\n'.join(
-        open(log).read()[-3000:] for log in sorted(glob.glob(str(tmp_path / '*.log'))))
+    assert p.returncode == 0, '\n'.join(q.stderr[-3000:] for q in procs if q.stderr)
 
 
 def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
@@ -328,10 +318,7 @@ def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
   reinforce = lambda workdir, *flags: command(
       'big_distill.reinforce', f'--config={config}', f'--workdir={workdir}', *SMALL,
       '--views=1', '--steps_per_chunk=2', *flags)
-  procs = _processes(tmp_path, 'reinforce', reinforce(two))
-  single = subprocess.Popen(reinforce(one, shards), env=env(2), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait([*procs, single], tmp_path)
+  _wait([*_processes(reinforce(two)), start(reinforce(one, shards), devices=2)])
   a, b = _arrays(one), _arrays(two)
   assert a.keys() == b.keys()
   for key in a:
@@ -340,10 +327,8 @@ def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
   flags = (*SMALL, '--config.optimizer.name=sgd', '--config.total_steps=4',
            f'--config.reinforcement.path={one}')
   replays = {n: str(tmp_path / f'replay_{n}') for n in ('one', 'two')}
-  procs = _processes(tmp_path, 'replay', main_command(config, replays['two'], *flags))
-  single = subprocess.Popen(main_command(config, replays['one'], *flags, shards), env=env(2),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait([*procs, single], tmp_path)
+  _wait([*_processes(main_command(config, replays['two'], *flags)),
+         start(main_command(config, replays['one'], *flags, shards), devices=2)])
   jax.tree_util.tree_map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
       *(checkpoint.read_variables(w, 4)[0] for w in replays.values()))

@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -19,8 +18,8 @@ from big_distill import workdir as workdir_lib
 from big_distill import errors
 from big_distill.models import bit, vit
 from tests.helpers import (FUNMATCH_CONFIG, ROOT, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
-                           command, env, error_lines, init_variables, main_command, params, run,
-                           run_main, saved_steps, snapshot)
+                           command, error_lines, init_variables, main_command, params, run,
+                           run_main, saved_steps, snapshot, start)
 
 # 60 distillation steps with mixup, a checkpoint every 3: long enough to be killed in between.
 LONG = ('--config.total_steps=60', '--config.checkpoint_every_steps=3',
@@ -48,8 +47,7 @@ def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, unin
   rng = random.Random(1234)
   for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
     before = max(saved_steps(workdir), default=0)
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = start(cmd)
     deadline = time.time() + 300
     while max(saved_steps(workdir), default=0) <= before and proc.poll() is None:
       assert time.time() < deadline
@@ -57,7 +55,8 @@ def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, unin
     time.sleep(rng.uniform(0, 0.6))  # Anywhere: mid-step, mid-write, between checkpoints.
     assert proc.poll() is None, 'the run finished before it could be interrupted'
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    stderr = proc.stderr
     if sig == signal.SIGTERM:
       assert proc.returncode == errors.PREEMPTED, stderr[-3000:]
       stopped = int(stderr.split('Preempted at step ')[1].split(';')[0])
