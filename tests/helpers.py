@@ -21,6 +21,7 @@ import termios
 import threading
 import time
 import traceback
+import types
 from typing import Callable
 
 import jax
@@ -120,10 +121,11 @@ def _settings(env_: dict[str, str]) -> dict[str, str]:
   return {k: v for k, v in env_.items() if k.startswith(('JAX_', 'TF_'))}
 
 
-def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str, err: str,
-                    status: str):
-  """In a process forked from the forkserver: `python -m module args` as a fresh interpreter runs
-  it (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
+def _forked_command(option: str, target: str, args: list[str], env_: dict[str, str], out: str,
+                    err: str, status: str):
+  """In a process forked from the forkserver: `python -m module args` (`option` '-m', `target`
+  the module) or `python -c code args` ('-c', the code) as a fresh interpreter runs it
+  (`sys.argv`, `__main__`, the working directory, the environment, stdout and stderr on file
   descriptors 1 and 2, non-daemon threads joined and `atexit` run at the end), then its exit, its
   code also written to the file `status` (see `Started`)."""
   os.environ.clear()
@@ -131,14 +133,19 @@ def _forked_command(module: str, args: list[str], env_: dict[str, str], out: str
   os.chdir(ROOT)
   sys.path[0] = ROOT
   for fd, path in ((1, out), (2, err)):
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(target, fd)
-    os.close(target)
-  sys.argv = [module, *args]
-  sys.modules.pop(module, None)  # As in a fresh process, `__main__` is the module's only copy.
+    opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(opened, fd)
+    os.close(opened)
   code = 0
   try:
-    runpy.run_module(module, run_name='__main__', alter_sys=True)
+    if option == '-m':
+      sys.argv = [target, *args]
+      sys.modules.pop(target, None)  # As in a fresh process, `__main__` is the module's only copy.
+      runpy.run_module(target, run_name='__main__', alter_sys=True)
+    else:
+      sys.argv = ['-c', *args]
+      sys.modules['__main__'] = main = types.ModuleType('__main__')
+      exec(compile(target, '<string>', 'exec'), main.__dict__)  # pylint: disable=exec-used
   except SystemExit as e:
     if isinstance(e.code, int) or e.code is None:
       code = e.code or 0
@@ -167,20 +174,30 @@ class Started:
   the forkserver first (multiprocessing's `_cleanup`), and the other's `exitcode` is then 255.
   Only a command that died without writing it (a signal) reports `exitcode`."""
 
-  def __init__(self, cmd: list[str], env_: dict[str, str]):
+  def __init__(self, cmd: list[str], env_: dict[str, str], fresh: bool):
     self.args, self.returncode, self.stdout, self.stderr = cmd, None, None, None
     self._dir = tempfile.mkdtemp(prefix='big_distill_command_')
     self._out, self._err, self._status = (os.path.join(self._dir, name)
                                           for name in ('stdout', 'stderr', 'status'))
-    if (cmd[:2] == [sys.executable, '-m'] and cmd[2] not in FRESH_ONLY and
-        _settings(env_) == _forkserver_context()[1]):
-      self._proc = _forkserver_context()[0].Process(
-          target=_forked_command, args=(cmd[2], cmd[3:], env_, self._out, self._err, self._status))
+    if (not fresh and cmd[0] == sys.executable and len(cmd) > 2 and cmd[1] in ('-m', '-c') and
+        cmd[2] not in FRESH_ONLY and _settings(env_) == _forkserver_context()[1]):
+      self._proc = _forkserver_context()[0].Process(target=_forked_command, args=(
+          cmd[1], cmd[2], cmd[3:], env_, self._out, self._err, self._status))
       self._proc.start()
-    else:
-      with open(self._out, 'w') as out, open(self._err, 'w') as err:
-        self._proc = subprocess.Popen(cmd, env=env_, stdout=out, stderr=err, cwd=ROOT)
+    else:  # Its output read as it comes (not into files, which `ulimit -f` would limit).
+      self._proc = subprocess.Popen(cmd, env=env_, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd=ROOT)
+      self._readers = [threading.Thread(target=self._read, args=(pipe, path), daemon=True)
+                       for pipe, path in ((self._proc.stdout, self._out),
+                                          (self._proc.stderr, self._err))]
+      for reader in self._readers:
+        reader.start()
     self.pid = self._proc.pid
+
+  @staticmethod
+  def _read(pipe, path: str) -> None:
+    with pipe, open(path, 'wb') as f:
+      shutil.copyfileobj(pipe, f)
 
   def poll(self) -> int | None:
     if isinstance(self._proc, subprocess.Popen):
@@ -199,6 +216,8 @@ class Started:
   def wait(self, timeout: float | None = None) -> int:
     if isinstance(self._proc, subprocess.Popen):
       self._proc.wait(timeout)
+      for reader in self._readers:
+        reader.join()
     else:
       self._proc.join(timeout)
       if self._proc.exitcode is None:
@@ -211,18 +230,19 @@ class Started:
     return self.returncode
 
 
-def start(cmd: list[str], *, devices: int = 1, **env_vars: str) -> Started:
+def start(cmd: list[str], *, devices: int = 1, fresh: bool = False, **env_vars: str) -> Started:
   """Starts a command from the repository root (so `benchmarks` imports) as a fresh process
-  would, in the background: `python -m` commands are forked from a forkserver that has their
-  modules imported (`_forkserver_context`), unless they change what JAX or TensorFlow read on
-  import, or are `FRESH_ONLY`; anything else runs in a fresh process."""
-  return Started(cmd, env(devices, **env_vars))
+  would, in the background: `python -m` and `python -c` commands are forked from a forkserver
+  that has their modules imported (`_forkserver_context`), unless they change what JAX or
+  TensorFlow read on import, are `FRESH_ONLY`, or `fresh` (a command that checks what it imports);
+  anything else runs in a fresh process."""
+  return Started(cmd, env(devices, **env_vars), fresh)
 
 
 def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
-        **env_vars: str) -> subprocess.CompletedProcess:
+        fresh: bool = False, **env_vars: str) -> subprocess.CompletedProcess:
   """Runs a command as `start` starts it, and waits for it."""
-  proc = start(cmd, devices=devices, **env_vars)
+  proc = start(cmd, devices=devices, fresh=fresh, **env_vars)
   try:
     proc.wait(timeout)
   except subprocess.TimeoutExpired:

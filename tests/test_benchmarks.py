@@ -249,7 +249,7 @@ def test_a_distill_step_builds_and_runs_without_tensorflow():
     loaded = {'tensorflow', 'tensorflow_datasets'} & set(sys.modules)
     assert int(state.step) == 1 and not loaded, loaded
     print('ok')'''
-  assert run([sys.executable, '-c', code]).stdout.split() == ['ok']
+  assert run([sys.executable, '-c', code], fresh=True).stdout.split() == ['ok']
 
 
 def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):

@@ -112,7 +112,8 @@ def test_savedmodel_in_plain_tensorflow_computes_the_runs_logits(exported, tmp_p
     tf.io.write_file(str(tmp_path / f'{i}.png'), tf.io.encode_png(image))
   np.save(tmp_path / 'pixels.npy', exported['pixels'])
   np.save(tmp_path / 'other_size.npy', exported['other_size'])
-  run([sys.executable, '-c', PLAIN_TF, exported['paths']['savedmodel'], str(tmp_path)])
+  run([sys.executable, '-c', PLAIN_TF, exported['paths']['savedmodel'], str(tmp_path)],
+      fresh=True)  # It checks what it imports.
   out = dict(np.load(tmp_path / 'out.npz'))
   want = exported['logits']
   for key in ('encoded', 'pixels'):

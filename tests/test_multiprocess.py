@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from big_distill import checkpoint, errors, teachers
-from tests.helpers import (ROOT, TEACHER_CONFIG, TINY_TEACHER, Started, main_command, metric,
+from tests.helpers import (TEACHER_CONFIG, TINY_TEACHER, Started, main_command, metric,
                            read_metrics, run, start)
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
@@ -108,14 +108,8 @@ print(json.dumps(teachers.fingerprint([{'model': 'bit'}], ({'kernel': split},)))
 def test_fingerprint_of_a_teacher_split_over_processes(tmp_path):
   """`variant=fixed` with fsdp across hosts: every process hashes the whole weights."""
   address = f'127.0.0.1:{_free_port()}'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu')
-  procs = [subprocess.Popen([sys.executable, '-c', _FINGERPRINT, address, str(i)], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in (0, 1)]
-  outs = [p.communicate(timeout=120) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  procs = [start([sys.executable, '-c', _FINGERPRINT, address, str(i)]) for i in (0, 1)]
+  _finish(procs)
   full = np.arange(12, dtype=np.float32).reshape(4, 3)
   expected = teachers.fingerprint([{'model': 'bit'}], ({'kernel': full},))
-  assert [json.loads(out.splitlines()[-1]) for out, _ in outs] == [expected, expected]
+  assert [json.loads(p.stdout.splitlines()[-1]) for p in procs] == [expected, expected]
