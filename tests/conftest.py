@@ -1,5 +1,6 @@
 """Fixtures: the offline Fashion-MNIST dataset and short runs of the real entry point."""
 
+import gc
 import importlib
 import os
 import shutil
@@ -32,6 +33,17 @@ def pytest_configure(config):
     config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
   jax.config.update('jax_compilation_cache_dir', os.environ[COMPILATION_CACHE])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # As `helpers.env`.
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_protocol(item, nextitem):
+  """After each test: its garbage collected, and what survives it (the caches of JAX, TensorFlow
+  and the session's fixtures) frozen (gc.freeze), as `helpers` freezes what is imported: Python's
+  full collections during the next tests scan only what those tests make."""
+  del item, nextitem
+  yield
+  gc.collect()
+  gc.freeze()
 
 
 @pytest.fixture(scope='session')
