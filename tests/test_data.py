@@ -1,6 +1,5 @@
 """The TFDS input pipeline on the real (offline-prepared) Fashion-MNIST."""
 
-import subprocess
 import sys
 
 import ml_collections
@@ -11,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from big_distill import configlib
 from big_distill.data import input_pipeline, offline
+from tests.helpers import start
 
 
 def _input_config(**overrides) -> ml_collections.ConfigDict:
@@ -27,11 +27,10 @@ def test_offline_preparation_is_the_standard_tfds_dataset_prepared_once(tmp_path
   the second to finish fails renaming its copy onto the first's)."""
   code = ('import sys; from big_distill.data import input_pipeline as ip; '
           'print(ip.num_examples(ip.get_builder("fashion_mnist", sys.argv[1]), "test"))')
-  procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  procs = [start([sys.executable, '-c', code, str(tmp_path)]) for _ in range(2)]
   for proc in procs:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and out.splitlines()[-1] == '10000', err[-2000:]
+    proc.wait(timeout=300)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == '10000', proc.stderr[-2000:]
   builder = input_pipeline.get_builder('fashion_mnist', str(tmp_path))
   assert input_pipeline.num_examples(builder, 'train[:1024]') == 1024
   reference = tfds.builder('fashion_mnist', data_dir=str(tmp_path))  # TFDS's own builder.
@@ -138,9 +137,9 @@ def test_resumed_stream_equals_the_continued_one_epochs_in(fmnist_builder):
 
   continued = stream(0)
   batches = [next(continued) for _ in range(28)]
-  for start in (22, 25):
-    resumed = stream(start)
-    for expected in batches[start:]:
+  for first in (22, 25):
+    resumed = stream(first)
+    for expected in batches[first:]:
       got = next(resumed)
       for key in ('image', 'label', 'index'):
         np.testing.assert_array_equal(got[key], expected[key])
