@@ -239,6 +239,21 @@ def start(cmd: list[str], *, devices: int = 1, fresh: bool = False, **env_vars: 
   return Started(cmd, env(devices, **env_vars), fresh)
 
 
+def finish(procs: list[Started], timeout: int = 600) -> list[str]:
+  """Waits for commands started together; fails, with their stderr, if one fails or hangs
+  (killing the rest). Returns each one's stderr."""
+  try:
+    for p in procs:
+      p.wait(timeout)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p in procs:
+    assert p.returncode == 0, '\n'.join(q.stderr[-3000:] for q in procs if q.stderr)
+  return [p.stderr for p in procs]
+
+
 def run(cmd: list[str], *, devices: int = 1, check: bool = True, timeout: int = 600,
         fresh: bool = False, **env_vars: str) -> subprocess.CompletedProcess:
   """Runs a command as `start` starts it, and waits for it."""

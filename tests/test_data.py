@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from big_distill import configlib
 from big_distill.data import input_pipeline, offline
-from tests.helpers import start
+from tests.helpers import finish, start
 
 
 def _input_config(**overrides) -> ml_collections.ConfigDict:
@@ -28,9 +28,8 @@ def test_offline_preparation_is_the_standard_tfds_dataset_prepared_once(tmp_path
   code = ('import sys; from big_distill.data import input_pipeline as ip; '
           'print(ip.num_examples(ip.get_builder("fashion_mnist", sys.argv[1]), "test"))')
   procs = [start([sys.executable, '-c', code, str(tmp_path)]) for _ in range(2)]
-  for proc in procs:
-    proc.wait(timeout=300)
-    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == '10000', proc.stderr[-2000:]
+  finish(procs, timeout=300)
+  assert [p.stdout.splitlines()[-1] for p in procs] == ['10000', '10000']
   builder = input_pipeline.get_builder('fashion_mnist', str(tmp_path))
   assert input_pipeline.num_examples(builder, 'train[:1024]') == 1024
   reference = tfds.builder('fashion_mnist', data_dir=str(tmp_path))  # TFDS's own builder.

@@ -18,8 +18,9 @@ from big_distill import build, configlib, errors
 from big_distill import workdir as workdir_lib
 from big_distill.data import folders, images, input_pipeline
 from tests.helpers import (FUNMATCH_CONFIG, TEACHER_CONFIG, TINY_STUDENT, TINY_TEACHER,
-                           command, error_lines, main_command, metric, params, read_metrics, run,
-                           run_main, saved_steps, snapshot, start, write_mixed_folder)
+                           command, error_lines, finish, main_command, metric, params,
+                           read_metrics, run, run_main, saved_steps, snapshot, start,
+                           write_mixed_folder)
 
 # Five classes: the distillation eval's top-5 agreement needs at least five.
 CLASSES = ('blue', 'cyan', 'green', 'orange', 'red')
@@ -112,9 +113,8 @@ def test_prepared_once_and_again_when_the_folder_changes(image_dirs, tmp_path):
           'print(ip.num_examples(ip.get_builder("imagefolder:" + sys.argv[1], sys.argv[2]), '
           '"train"))')
   procs = [start([sys.executable, '-c', code, images, data_dir]) for _ in range(2)]
-  for proc in procs:
-    proc.wait(timeout=300)
-    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == str(TRAIN), proc.stderr[-2000:]
+  finish(procs, timeout=300)
+  assert [p.stdout.splitlines()[-1] for p in procs] == [str(TRAIN)] * 2
   name = f'imagefolder:{images}'
   before = snapshot(data_dir)
   unchanged = input_pipeline.get_builder(name, data_dir)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from big_distill import checkpoint, errors, teachers
-from tests.helpers import (TEACHER_CONFIG, TINY_TEACHER, Started, main_command, metric,
+from tests.helpers import (TEACHER_CONFIG, TINY_TEACHER, Started, finish, main_command, metric,
                            read_metrics, run, start)
 
 # SGD (see test_e2e.test_four_devices_match_one_device); equal `data_shards`, equal batches.
@@ -30,25 +30,11 @@ def _start(workdir: str, devices: int, *flags: str, **env: str) -> Started:
                devices=devices, **env)
 
 
-def _finish(procs: list[Started]) -> list[str]:
-  """Each process's stderr; fails (killing the rest) if one fails or hangs."""
-  try:
-    for p in procs:
-      p.wait(timeout=600)  # Three runs at once on a shared 2-core machine: 72 s alone.
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p in procs:
-    assert p.returncode == 0, p.stderr[-4000:]
-  return [p.stderr for p in procs]
-
-
 def test_two_processes_match_one_process(tmp_path):
   """Process 0 gets the coordinator flags, process 1 the environment variables."""
   multi, single = str(tmp_path / 'two_processes'), str(tmp_path / 'one_process')
   address = f'127.0.0.1:{_free_port()}'
-  logs = _finish([
+  logs = finish([  # Three runs at once on a shared 2-core machine: 72 s alone.
       _start(multi, 2, f'--coordinator_address={address}', '--num_processes=2',
              '--process_id=0'),
       _start(multi, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2',
@@ -109,7 +95,7 @@ def test_fingerprint_of_a_teacher_split_over_processes(tmp_path):
   """`variant=fixed` with fsdp across hosts: every process hashes the whole weights."""
   address = f'127.0.0.1:{_free_port()}'
   procs = [start([sys.executable, '-c', _FINGERPRINT, address, str(i)]) for i in (0, 1)]
-  _finish(procs)
+  finish(procs, timeout=120)
   full = np.arange(12, dtype=np.float32).reshape(4, 3)
   expected = teachers.fingerprint([{'model': 'bit'}], ({'kernel': full},))
   assert [json.loads(p.stdout.splitlines()[-1]) for p in procs] == [expected, expected]

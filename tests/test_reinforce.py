@@ -14,7 +14,7 @@ import pytest
 
 from big_distill import checkpoint, errors, losses, reinforcement, targets
 from big_distill import workdir as workdir_lib
-from tests.helpers import (FUNMATCH_CONFIG, Started, command, error_lines, main_command,
+from tests.helpers import (FUNMATCH_CONFIG, Started, command, error_lines, finish, main_command,
                            read_metrics, run, run_main, snapshot, start)
 
 # 128 training images in batches of 32 at 28 px: 4 steps an epoch.
@@ -297,18 +297,6 @@ def _processes(cmd: list[str]) -> list[Started]:
                  f'--process_id={i}']) for i in (0, 1)]
 
 
-def _wait(procs: list[Started]) -> None:
-  try:
-    for p in procs:
-      p.wait(timeout=600)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p in procs:
-    assert p.returncode == 0, '\n'.join(q.stderr[-3000:] for q in procs if q.stderr)
-
-
 def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
   """Two processes, each writing the rows of its data shard, store what one process with the
   same two data shards stores; two processes replaying it train as one does."""
@@ -318,7 +306,7 @@ def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
   reinforce = lambda workdir, *flags: command(
       'big_distill.reinforce', f'--config={config}', f'--workdir={workdir}', *SMALL,
       '--views=1', '--steps_per_chunk=2', *flags)
-  _wait([*_processes(reinforce(two)), start(reinforce(one, shards), devices=2)])
+  finish([*_processes(reinforce(two)), start(reinforce(one, shards), devices=2)])
   a, b = _arrays(one), _arrays(two)
   assert a.keys() == b.keys()
   for key in a:
@@ -327,8 +315,8 @@ def test_two_processes_store_and_replay_as_one(tmp_path, teacher_run):
   flags = (*SMALL, '--config.optimizer.name=sgd', '--config.total_steps=4',
            f'--config.reinforcement.path={one}')
   replays = {n: str(tmp_path / f'replay_{n}') for n in ('one', 'two')}
-  _wait([*_processes(main_command(config, replays['two'], *flags)),
-         start(main_command(config, replays['one'], *flags, shards), devices=2)])
+  finish([*_processes(main_command(config, replays['two'], *flags)),
+          start(main_command(config, replays['one'], *flags, shards), devices=2)])
   jax.tree_util.tree_map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
       *(checkpoint.read_variables(w, 4)[0] for w in replays.values()))
