@@ -6,6 +6,13 @@ import os
 import shutil
 import tempfile
 
+# The tests compile hundreds of programs of tiny models and run each for a few steps: JAX's switch
+# for when "the cost of optimization is greater than that of running a less-optimized program"
+# (XLA:CPU's LLVM at level 0, its expensive passes off), read when JAX is imported, here and in
+# every command the tests run (`helpers.env` passes the environment on). Set to 0 to test programs
+# compiled as users' are; the `optimized_compilation` fixture does so for one test.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+
 try:  # Before TensorFlow (which `big_distill` loads): torchvision's extension, which timm loads,
   importlib.import_module('timm')  # crashes the process when loaded after it.
 except ImportError:  # timm and torch are test-only dependencies, for parity with the original.
@@ -44,6 +51,16 @@ def pytest_runtest_protocol(item, nextitem):
   yield
   gc.collect()
   gc.freeze()
+
+
+@pytest.fixture
+def optimized_compilation():
+  """The test's own programs compiled with XLA's full optimisation, as users' are: for a test
+  whose tolerance is how two optimised programs round."""
+  unoptimized = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', unoptimized)
 
 
 @pytest.fixture(scope='session')
