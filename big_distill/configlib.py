@@ -139,8 +139,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'
   c.teacher_dtype = 'float32'
   # How every model of the run (student and teachers) computes MobileNetV3's depthwise
-  # convolutions ('taps' or 'grouped') and ViT's attention ('einsum' or 'fused'); 'auto': the
-  # backend's choice (`models.kernels`).
+  # convolutions ('taps' or 'grouped') and ViT's attention ('einsum', 'fused' or 'heads_first');
+  # 'auto': the backend's choice (`models.kernels`).
   c.kernels = ml_collections.ConfigDict(dict(depthwise='auto', attention='auto', scheduler='auto'))
   # A jax.profiler trace of `num_steps` steps from `first_step` into the workdir (TensorBoard's
   # profile tab, or Perfetto); 0 steps: none.

@@ -268,8 +268,9 @@ def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
   assert report['cases']['paper']['teachers'][0].startswith('bit:depth=14,width=0.25')
   # Each switch's implementations side by side; the cases hold 'auto''s, the CPU's.
   assert report['kernels']['depthwise']['auto'] == 'taps'
+  assert report['kernels']['attention']['auto'] == 'heads_first'
   assert set(report['kernels']['depthwise']) == {'auto', 'case', 'taps', 'grouped'}
-  assert set(report['kernels']['attention']) == {'auto', 'case', 'einsum', 'fused'}
+  assert set(report['kernels']['attention']) == {'auto', 'case', 'einsum', 'fused', 'heads_first'}
   assert report['kernels']['depthwise']['taps'] == report['cases']['mobilenet_v3'][
       'distill_step_img_per_sec']
   assert report['input']['img_per_sec'] > 0 and report['input']['cores'] >= 1

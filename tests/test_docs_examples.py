@@ -110,7 +110,7 @@ COVERED = {
     ('docs/performance.md', 'python -m benchmarks.versus_pytorch --rounds=5 --steps=2 --setup='): {
         'benchmarks.versus_pytorch': 'tests/test_benchmarks.py::'
                                      'test_versus_pytorch_times_the_same_models_on_the_same_weights'},
-    ('docs/performance.md', 'python -m benchmarks.versus_pytorch --rounds=5 --steps=2 "--setup=|'): {
+    ('docs/performance.md', 'python -m benchmarks.versus_pytorch --rounds=3 --steps=2 "--setup=|'): {
         'benchmarks.versus_pytorch': 'tests/test_benchmarks.py::'
                                      'test_versus_pytorch_times_the_same_models_on_the_same_weights'},
     ('docs/performance.md', 'python -m benchmarks.compile_time'): {

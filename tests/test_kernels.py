@@ -15,9 +15,10 @@ from big_distill import build, errors, models, parallel, workdir
 from big_distill.models import kernels as kernels_lib, mobilenet_v3
 from tests.helpers import get_config
 
-CPU = kernels_lib.Kernels('taps', 'fused', 'student')
+CPU = kernels_lib.Kernels('taps', 'heads_first', 'student')
 ACCELERATOR = kernels_lib.Kernels('grouped', 'fused', 'default')
-# Every implementation that runs here: each switch's two, side by side.
+# Two rows of implementations that run here, side by side: both depthwise convolutions, and two
+# attentions that round bfloat16 apart ('heads_first' is 'fused''s math in another layout).
 ROWS = {'cpu': kernels_lib.Kernels('taps', 'einsum'), 'accelerator': ACCELERATOR}
 DTYPES = ('float32', 'bfloat16')
 
@@ -94,12 +95,15 @@ def test_attention_implementations_agree():
             if name in on_cpu}
 
   got = both(q, k, v)
-  for dtype in DTYPES:
-    einsum, fused = got['einsum', dtype], got['fused', dtype]
-    assert all(t.dtype == dtype for t in einsum + fused)  # Output, d/dq, d/dk, d/dv.
-    for a, b, reference in zip(einsum, fused, got['einsum', 'float32']):
-      assert_agree(a, b, dtype == 'float32')
-      assert_agree(a, reference, dtype == 'float32')
+  assert len(on_cpu) == 3
+  for name in on_cpu:
+    for dtype in DTYPES:
+      assert all(t.dtype == dtype for t in got[name, dtype])  # Output, d/dq, d/dk, d/dv.
+      for a, reference in zip(got[name, dtype], got['einsum', 'float32']):
+        assert_agree(a, reference, dtype == 'float32')
+  # 'heads_first' moves the heads before the tokens: its dots' batch axes lead in both operands.
+  dots = matmuls(kernels_lib.heads_first_attention, q, k, v)
+  assert [e.params['dimension_numbers'][1] for e in dots] == [((0, 1), (0, 1))] * 2
   low = tuple(t.astype(jnp.bfloat16) for t in (q, k, v))
   for name in on_cpu:  # Float32 softmax, bfloat16 matmuls.
     assert not float32_matmuls(kernels_lib.ATTENTION[name], *low)
@@ -149,7 +153,7 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
   assert kernels_lib.Kernels().resolved('gpu') == ACCELERATOR
   assert kernels_lib.Kernels().resolved('tpu') == ACCELERATOR
   assert kernels_lib.Kernels(depthwise='grouped').resolved('cpu') == kernels_lib.Kernels(
-      'grouped', 'fused', 'student')
+      'grouped', 'heads_first', 'student')
   assert kernels_lib.Kernels(attention='einsum').resolved('tpu') == kernels_lib.Kernels(
       'grouped', 'einsum', 'default')
   assert kernels_lib.Kernels().resolved() == CPU  # The tests run on the CPU.
@@ -157,14 +161,15 @@ def test_auto_is_the_backends_row_and_bad_names_are_one_line():
                      r"taps, grouped\.$"):
     kernels_lib.Kernels(depthwise='fast').resolved('gpu')
   with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='flash'; use one of "
-                     r"auto, einsum, fused, cudnn\.$"):
+                     r"auto, einsum, fused, heads_first, cudnn\.$"):
     models.resolve('bit').create(10, kernels=kernels_lib.Kernels(attention='flash'))
   assert kernels_lib.Kernels(attention='cudnn').resolved('gpu').attention == 'cudnn'
   with pytest.raises(errors.BadInput, match=r"^config.kernels.attention='cudnn' runs on a gpu "
                      r"only; this backend is cpu\.$"):
     kernels_lib.Kernels(attention='cudnn').resolved()
-  assert kernels_lib.Kernels.available('attention', 'cpu') == ['einsum', 'fused']
-  assert kernels_lib.Kernels.available('attention', 'gpu') == ['einsum', 'fused', 'cudnn']
+  assert kernels_lib.Kernels.available('attention', 'cpu') == ['einsum', 'fused', 'heads_first']
+  assert kernels_lib.Kernels.available('attention', 'gpu') == ['einsum', 'fused', 'heads_first',
+                                                               'cudnn']
 
 
 def test_the_train_steps_scheduler_is_the_student_familys_on_a_cpu():

@@ -14,15 +14,16 @@ backend's row of `AUTO`, the one place the choice is made:
   activations.
 - attention 'einsum': flax's `dot_product_attention` math (queries scaled, two einsums), what ViTs
   computed before the switch.
-- attention 'fused' (CPU, GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to
-  JAX: cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA
-  always). On XLA:CPU its program runs ViT-S/16's forward pass 1.5x as fast as 'einsum's
-  (docs/performance.md, `benchmarks.versus_pytorch`).
+- attention 'fused' (GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to JAX:
+  cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA always).
+- attention 'heads_first' (CPU): 'fused''s function with the heads moved before the tokens and
+  the softmax divided after the values' dot: on XLA:CPU, the fastest of the three for ViT's
+  forward pass and train step (docs/performance.md, `benchmarks.versus_pytorch`).
 - attention 'cudnn' (GPU only, never 'auto' until measured there): `jax.nn.dot_product_attention`
   asking for cuDNN's fused kernel, in bfloat16 or float16 (JAX's choice in float32).
 
-Both attentions take the softmax in float32 and multiply the values by its probabilities in the
-compute dtype.
+Every attention takes the softmax's exponentials in float32 and multiplies the values by them in
+the compute dtype.
 
 - scheduler 'default': XLA's own op order. 'memory' (CPU only): XLA:CPU's memory-optimised
   scheduler (`CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`), an option of the train step's compilation
@@ -50,7 +51,7 @@ Attention = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # jax.default_backend() -> the implementation of each switch; backends not listed (plugins) take
 # the 'gpu' row, plain XLA ops.
 AUTO = {
-    'cpu': dict(depthwise='taps', attention='fused', scheduler='student'),
+    'cpu': dict(depthwise='taps', attention='heads_first', scheduler='student'),
     'gpu': dict(depthwise='grouped', attention='fused', scheduler='default'),
     'tpu': dict(depthwise='grouped', attention='fused', scheduler='default'),
 }
@@ -174,6 +175,21 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
   return jax.nn.dot_product_attention(query, key, value)
 
 
+def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """`jax.nn.dot_product_attention`'s function with the heads moved before the tokens, so that both
+  batched dots have their batch axes leading (XLA:CPU otherwise lays each dot's operands out in
+  loops of its own), and the softmax's division left until after the values' dot, where it
+  divides head_dim numbers per query instead of one per key."""
+  q, k, v = (jnp.swapaxes(t, -3, -2) for t in (query, key, value))  # [batch, heads, length, dim]
+  logits = jnp.einsum('...qd,...kd->...qk', q, k, preferred_element_type=jnp.float32)
+  logits = logits * q.shape[-1] ** -0.5
+  unnormalised = jnp.exp(logits - lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  unnormalised = unnormalised.astype(value.dtype)  # Summed as rounded, so the weights sum to 1.
+  out = jnp.einsum('...qk,...kd->...qd', unnormalised, v, preferred_element_type=jnp.float32)
+  out = out / unnormalised.sum(axis=-1, keepdims=True, dtype=jnp.float32)
+  return jnp.swapaxes(out, -3, -2).astype(value.dtype)
+
+
 def cudnn_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
   half = query.dtype in (jnp.bfloat16, jnp.float16)  # What cuDNN's kernel takes.
   return jax.nn.dot_product_attention(query, key, value, implementation='cudnn' if half else None)
@@ -181,6 +197,7 @@ def cudnn_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
 
 DEPTHWISE: dict[str, Depthwise] = {'taps': depthwise_taps, 'grouped': depthwise_grouped}
 ATTENTION: dict[str, Attention] = {'einsum': einsum_attention, 'fused': fused_attention,
+                                   'heads_first': heads_first_attention,
                                    'cudnn': cudnn_attention}
 ONLY_ON = {'cudnn': 'gpu', 'memory': 'cpu'}  # Implementations that run on one backend alone.
 SWITCHES = {'depthwise': DEPTHWISE, 'attention': ATTENTION,
