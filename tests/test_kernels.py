@@ -18,7 +18,8 @@ from tests.helpers import get_config
 CPU = kernels_lib.Kernels('taps', 'heads_first', 'student')
 ACCELERATOR = kernels_lib.Kernels('grouped', 'fused', 'default')
 # Two rows of implementations that run here, side by side: both depthwise convolutions, and two
-# attentions that round bfloat16 apart ('heads_first' is 'fused''s math in another layout).
+# attentions that round bfloat16 apart ('heads_first', 'fused''s function, is tested with the
+# attentions).
 ROWS = {'cpu': kernels_lib.Kernels('taps', 'einsum'), 'accelerator': ACCELERATOR}
 DTYPES = ('float32', 'bfloat16')
 

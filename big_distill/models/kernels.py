@@ -17,8 +17,8 @@ backend's row of `AUTO`, the one place the choice is made:
 - attention 'fused' (GPU, TPU): `jax.nn.dot_product_attention`, its implementation left to JAX:
   cuDNN's fused attention where JAX picks it on a GPU, XLA elsewhere (JAX 0.10 picks XLA always).
 - attention 'heads_first' (CPU): 'fused''s function with the heads moved before the tokens and
-  the softmax divided after the values' dot: on XLA:CPU, the fastest of the three for ViT's
-  forward pass and train step (docs/performance.md, `benchmarks.versus_pytorch`).
+  the softmax divided after the values' dot: on XLA:CPU, the fastest of the three for ViT-S/16's
+  forward pass (docs/performance.md, `benchmarks.versus_pytorch`).
 - attention 'cudnn' (GPU only, never 'auto' until measured there): `jax.nn.dot_product_attention`
   asking for cuDNN's fused kernel, in bfloat16 or float16 (JAX's choice in float32).
 
