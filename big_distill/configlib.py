@@ -1,7 +1,6 @@
 """What config files share: the defaults of every key (`base_config`), the arguments after a
 config file's `:` (`parse_arg`), reading a config file (`load`), and mechanical transforms
-(`teacher_entries`, `model_arg`, `distillation`, `distill_from_args`, `shrink_for_local_run`), and
-the recipe the paper's configs share (`paper_recipe`, `paper_transfer`).
+(`teacher_entries`, `model_arg`, `distillation`, `shrink_for_local_run`).
 
 Config files call `base_config()` and set what their run needs, so every run carries the same set
 of keys and a command-line override of a misspelt key fails loudly.
@@ -251,56 +250,6 @@ def distillation(config: ml_collections.ConfigDict, variant: str) -> None:
   config.variant = variant
   if variants.get(variant).cacheable:
     config.teacher_logits_cache = workdir.TEACHER_LOGITS
-
-
-def distill_from_args(config: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
-  """Distill mode as a config file's arguments say: `variant`, `teacher` (a checkpoint; several
-  joined by '+' are an ensemble) of the architecture `teacher_model` ('' takes the checkpoint's),
-  and `student`."""
-  distillation(config, arg.variant)
-  config.teachers = teacher_entries(arg.teacher,
-                                    model_arg(arg.teacher_model, 'teacher', 'teacher_model'))
-  config.student.model = model_arg(arg.student, 'student', 'student')
-
-
-def paper_recipe(arg: ml_collections.ConfigDict, *, epochs: float, lr: float, wd: float,
-                 temperature: float, warmup_steps: int) -> ml_collections.ConfigDict:
-  """What all the paper's runs share (Beyer et al. 2022, big_vision's `proj/distill` configs):
-  distillation as `arg` says (`distill_from_args`), KL at `temperature`, mixup ratios ~ Beta(1, 1)
-  = U(0, 1), the inception crop + flip, `epochs`, Adam with its first moment in bfloat16, `lr`,
-  weight decay `wd` per step (as big_vision's, not multiplied by the lr; `config.wd` is, so it
-  holds wd / lr), the gradient norm clipped at 1, `warmup_steps` then cosine decay. The caller
-  sets the dataset, resolution, batch and intervals."""
-  config = base_config()
-  distill_from_args(config, arg)
-  config.temperature = temperature
-  config.mixup_alpha = 1.0
-  config.input.update(augment='inception_crop', flip=True)
-  config.total_epochs = epochs
-  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
-  config.lr = lr
-  config.wd = wd / lr
-  config.grad_clip_norm = 1.0
-  config.schedule = dict(name='cosine', warmup_steps=warmup_steps)
-  return config
-
-
-def paper_transfer(arg: ml_collections.ConfigDict, schedules: dict[str, dict[str, float]], *,
-                   log_every_steps: int, **dataset) -> ml_collections.ConfigDict:
-  """The paper's recipe on a transfer dataset (its Fig. 4): `paper_recipe` with the epochs, lr,
-  wd and temperature that `schedules` gives `arg.schedule`; 128 px (eval: the central 128 of
-  160), batch 512, 1,500 warm-up steps, eval and checkpoints every 2,500 steps; `dataset` sets
-  `config.input` (dataset, splits, cache); `arg.runlocal` shrinks it (`shrink_for_local_run`)."""
-  if arg.schedule not in schedules:
-    raise errors.BadInput(f'schedule={arg.schedule!r}; use one of {", ".join(schedules)}.')
-  config = paper_recipe(arg, **schedules[arg.schedule], warmup_steps=1500)
-  config.input.update(batch_size=512, resolution=128, central_crop=128 / 160, **dataset)
-  config.log_every_steps = log_every_steps
-  config.eval_every_steps = 2500
-  config.checkpoint_every_steps = 2500
-  if arg.runlocal:
-    shrink_for_local_run(config, tiny_models=True)
-  return config
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:

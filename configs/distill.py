@@ -32,7 +32,10 @@ def get_config(arg=None):
                             dataset='fashion_mnist', resolution=56, epochs=5.0,
                             variant='funmatch', runlocal=False)
   config = configlib.base_config()
-  configlib.distill_from_args(config, arg)
+  configlib.distillation(config, arg.variant)
+  config.teachers = configlib.teacher_entries(
+      arg.teacher, configlib.model_arg(arg.teacher_model, 'teacher', 'teacher_model'))
+  config.student.model = configlib.model_arg(arg.student, 'student', 'student')
   config.temperature = 1.0
   config.mixup_alpha = 1.0
 

@@ -47,10 +47,23 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, epochs=1200.0, variant='funmatch', teacher='R152x2_T_224.npz',
                             teacher_model='bit:depth=152,width=2', student='bit:depth=50,width=1',
                             runlocal=False)
-  config = configlib.paper_recipe(arg, epochs=arg.epochs, lr=0.03, wd=3e-4, temperature=1.0,
-                                  warmup_steps=5000)
+  config = configlib.base_config()
+  configlib.distillation(config, arg.variant)
+  config.teachers = configlib.teacher_entries(
+      arg.teacher, configlib.model_arg(arg.teacher_model, 'teacher', 'teacher_model'))
+  config.student.model = configlib.model_arg(arg.student, 'student', 'student')
+  config.temperature = 1.0
+  config.mixup_alpha = 1.0  # Ratios ~ Beta(1, 1) = U(0, 1).
+
   config.input.update(dataset='imagenet2012', train_split='train[:98%]', eval_split='validation',
-                      batch_size=4096, eval_batch_size=1024, resolution=224, central_crop=0.875)
+                      batch_size=4096, eval_batch_size=1024, resolution=224, central_crop=0.875,
+                      augment='inception_crop', flip=True)
+  config.total_epochs = arg.epochs
+  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
+  config.lr = 0.03
+  config.wd = 3e-4 / config.lr  # The paper's decay per step, as `config.wd` is scaled by the lr.
+  config.grad_clip_norm = 1.0
+  config.schedule = dict(name='cosine', warmup_steps=5000)
 
   config.log_every_steps = 50
   config.eval_every_steps = 5000

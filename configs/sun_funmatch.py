@@ -33,7 +33,7 @@ ensemble), `teacher_model` ('' takes the checkpoint's), `student`, `runlocal` (w
 teacher, a BiT R14 x1/4 file with 397 classes).
 """
 
-from big_distill import configlib
+from big_distill import configlib, errors
 
 SCHEDULES = {
     'fast': dict(epochs=100, lr=1e-2, wd=1e-3, temperature=10.0),
@@ -46,6 +46,30 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, schedule='fast', variant='funmatch', runlocal=False,
                             teacher='R152x2_T_sun128.npz',
                             teacher_model='bit:depth=152,width=2', student='bit:depth=50,width=1')
-  return configlib.paper_transfer(arg, SCHEDULES, dataset='sun397',
-                                  train_split='train', eval_split='test', cache=False,
-                                  log_every_steps=50)
+  if arg.schedule not in SCHEDULES:
+    raise errors.BadInput(f'schedule={arg.schedule!r}; use one of {", ".join(SCHEDULES)}.')
+  schedule = SCHEDULES[arg.schedule]
+  config = configlib.base_config()
+  configlib.distillation(config, arg.variant)
+  config.teachers = configlib.teacher_entries(
+      arg.teacher, configlib.model_arg(arg.teacher_model, 'teacher', 'teacher_model'))
+  config.student.model = configlib.model_arg(arg.student, 'student', 'student')
+  config.temperature = schedule['temperature']
+  config.mixup_alpha = 1.0  # Ratios ~ Beta(1, 1) = U(0, 1).
+
+  config.input.update(dataset='sun397', train_split='train', eval_split='test',
+                      batch_size=512, resolution=128, central_crop=128 / 160,
+                      augment='inception_crop', flip=True, cache=False)
+  config.total_epochs = schedule['epochs']
+  config.optimizer = dict(name='adam', mu_dtype='bfloat16')
+  config.lr = schedule['lr']
+  config.wd = schedule['wd'] / config.lr  # The paper's decay per step; `config.wd` is scaled by lr.
+  config.grad_clip_norm = 1.0
+  config.schedule = dict(name='cosine', warmup_steps=1500)
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 2500
+  config.checkpoint_every_steps = 2500
+  if arg.runlocal:
+    configlib.shrink_for_local_run(config, tiny_models=True)
+  return config
