@@ -77,7 +77,6 @@ import ml_collections
 import numpy as np
 
 from big_distill import build, cli, errors, parallel, reinforcement, steps
-from big_distill.data import synthetic
 from big_distill.models import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,6 +207,7 @@ def input_images_per_second(run: build.Run) -> float:
 
 def make_standin(config: ml_collections.ConfigDict, directory: str) -> None:
   """Points `config.input` at a synthetic stand-in of its dataset written into `directory`."""
+  from big_distill.data import synthetic  # pylint: disable=g-import-not-at-top  # TFDS: only here.
   train = config.input.train_split.split('[')[0]
   evaluation = config.input.eval_split.split('[')[0]
   with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress; stdout is JSON lines.

@@ -235,21 +235,20 @@ def test_versus_pytorch_times_the_same_models_on_the_same_weights():
 
 
 def test_a_distill_step_builds_and_runs_without_tensorflow():
-  # Accelerator images bring JAX but not TensorFlow: a step on given data never loads it.
+  """Accelerator images bring JAX but not TensorFlow or TFDS: the accelerator check's cases
+  (`step_throughput --input=false`) import, build and time a distillation step without them."""
   code = '''if True:
-    import sys
-    import jax
-    from big_distill import build, configlib
-    config = configlib.load('configs/distill.py', 'teacher=unused,teacher_model=bit,resolution=16')
-    config.input.batch_size = 2
-    run = build.create_run(config, data=build.Data(3, 1, 2), teacher_params='random')
-    batch = {'image': jax.numpy.zeros((2, 16, 16, 1)), 'label': jax.numpy.zeros(2, 'int32')}
-    state, metrics = run.train_step(run.init_state(jax.random.PRNGKey(0)), run.teacher_params,
-                                    batch, jax.random.PRNGKey(1))
-    loaded = {'tensorflow', 'tensorflow_datasets'} & set(sys.modules)
-    assert int(state.step) == 1 and not loaded, loaded
-    print('ok')'''
-  assert run([sys.executable, '-c', code], fresh=True).stdout.split() == ['ok']
+    import runpy, sys
+    for name in ('tensorflow', 'tensorflow_datasets'):
+      sys.modules[name] = None  # Importing it fails, as where it is not installed.
+    sys.argv = ['step_throughput', '--input=false', '--components=distill_step', '--rounds=1',
+                '--steps=1', '--matmul_size=64', '--channels=1', '--num_classes=3',
+                '--config=configs/distill.py:teacher=unused,teacher_model=bit,resolution=16',
+                '--config.input.batch_size=2']
+    runpy.run_module('benchmarks.step_throughput', run_name='__main__')'''
+  lines = [json.loads(l) for l in run([sys.executable, '-c', code], fresh=True).stdout.splitlines()]
+  step, = [l for l in lines if l.get('name') == 'distill_step']
+  assert step['img_per_sec'] > 0 and step['batch_size'] == 2 and step['image_shape'] == [16, 16, 1]
 
 
 def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
