@@ -3,6 +3,7 @@ the paper's recipe runs there. On a CPU, `--tiny` runs the same cases with tiny 
 
   python -m benchmarks.accelerator --out=accelerator.json [--peak_tflops=989] [--batch_size=128]
   python -m benchmarks.accelerator --out=/tmp/accelerator.json --tiny
+  python -m benchmarks.accelerator --out=rest.json --cases=vit_b16,mobilenet_v3   # some cases
 
 Cases, all at 224 px in bfloat16 with random weights (`configs/imagenet_funmatch.py`, 1,000
 classes), `--batch_size` images per step on one chip:
@@ -26,6 +27,9 @@ step and the device's peak bytes in use. `kernels` sets each switch's implementa
 config's input pipeline on a synthetic JPEG stand-in (`--standin` images of 384x512), decoding
 with the machine's cores, against the paper case's step (`input_over_step` >= 1: it keeps up);
 it needs TensorFlow, and says so where it is missing.
+
+The file is written again after each case (`complete` false until the last), so a run stopped by
+a time limit keeps the cases it finished, each with its `seconds`; `--cases` runs the others.
 """
 
 import importlib.util
@@ -35,9 +39,10 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 import benchmarks
+from big_distill import cli, errors
 from big_distill.models import kernels  # JAX imported, no backend started: the cases have the chip.
 
 _OUT = flags.DEFINE_string('out', None, 'The JSON file to write.', required=True)
@@ -48,6 +53,8 @@ _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'The chip\'s dense bfloat16 peak 
 _STANDIN = flags.DEFINE_integer('standin', 2048, 'JPEGs in the input pipeline\'s stand-in.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timings per part (the median).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Calls per timing.')
+_CASES = flags.DEFINE_list('cases', ['paper', 'vit_b16', 'mobilenet_v3'],
+                           'The cases to run (`CASES`), in this order.')
 
 # Dense bfloat16 TFLOP/s per JAX device, by the start of `device_kind` (vendors' data sheets; a TPU
 # v3's devices are its cores, half a chip).
@@ -120,14 +127,25 @@ def has_tensorflow() -> bool:
   return importlib.util.find_spec('tensorflow_datasets') is not None
 
 
+def write(report: dict[str, Any]) -> None:
+  with open(_OUT.value, 'w') as f:
+    json.dump(report, f, indent=1)
+
+
 def main(argv):
   del argv
+  unknown = [name for name in _CASES.value if name not in CASES]
+  if unknown or not _CASES.value:
+    raise errors.BadInput(f'--cases={",".join(_CASES.value)}: name one or more of '
+                          f'{", ".join(CASES)}.')
   start = time.perf_counter()
-  report = {'tiny': _TINY.value, **device(), 'cases': {}, 'kernels': {}}
+  report = {'tiny': _TINY.value, **device(), 'cases': {}, 'kernels': {}, 'complete': False}
   peak = [f'--peak_tflops={report["peak_tflops"]}'] if report['peak_tflops'] else []
   auto = kernels.Kernels().resolved(report['backend'])
   tensorflow = has_tensorflow()
-  for name, (arguments, switch) in CASES.items():
+  for name in _CASES.value:
+    arguments, switch = CASES[name]
+    case_start = time.perf_counter()
     extra = [f'--standin={16 if _TINY.value else _STANDIN.value}'
              if name == 'paper' and tensorflow else '--input=false']
     if switch:  # The case runs 'auto''s implementation; the others time its distillation step.
@@ -137,22 +155,24 @@ def main(argv):
                 f'--kernels={",".join(f"{switch}={i}" for i in others)}']
     lines = step_throughput(arguments, *peak, *extra,
                             parts=(*PARTS, REPLAYED) if name == 'paper' else PARTS)
-    report['cases'][name] = {**case(lines), 'kernels': switch and {switch: chosen}}
+    found = report['cases'][name] = {**case(lines), 'kernels': switch and {switch: chosen}}
     if switch:
       timed = report['kernels'][switch] = {'auto': chosen, 'case': name}
       for line in lines:
         if line.get('name') == 'distill_step':
           timed[line.get('kernels', {}).get(switch, chosen)] = line['img_per_sec']
-  paper = report['cases']['paper']
-  report['input'] = ({'img_per_sec': paper.pop('input_img_per_sec'),
-                      'over_paper_step': paper.pop('input_over_step'),
-                      'cores': report['cores']} if tensorflow else
-                     {'skipped': 'tensorflow_datasets is not installed here'})
-  report['seconds'] = time.perf_counter() - start
-  with open(_OUT.value, 'w') as f:
-    json.dump(report, f, indent=1)
+    if name == 'paper':
+      report['input'] = ({'img_per_sec': found.pop('input_img_per_sec'),
+                          'over_paper_step': found.pop('input_over_step'),
+                          'cores': report['cores']} if tensorflow else
+                         {'skipped': 'tensorflow_datasets is not installed here'})
+    found['seconds'] = time.perf_counter() - case_start
+    report['seconds'] = time.perf_counter() - start
+    write(report)
+  report['complete'] = True
+  write(report)
   print(json.dumps({'out': _OUT.value, 'seconds': report['seconds']}))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

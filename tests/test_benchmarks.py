@@ -256,7 +256,6 @@ def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
   _run('accelerator', f'--out={out}', '--tiny', '--rounds=1', '--steps=1')
   report = json.loads(out.read_text())
   assert report['tiny'] and report['backend'] == 'cpu' and report['peak_tflops'] is None
-  assert sorted(report['cases']) == ['mobilenet_v3', 'paper', 'vit_b16']
   for case in report['cases'].values():
     for part in ('teacher_forward', 'student_step', 'distill_step'):
       assert case[f'{part}_img_per_sec'] > 0 and case[f'{part}_compile_s'] > 0
@@ -277,6 +276,18 @@ def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
   assert paper['replayed_over_distill_step'] == pytest.approx(
       paper['distill_step_replayed_img_per_sec'] / paper['distill_step_img_per_sec'], rel=1e-3)
   assert 'distill_step_replayed_img_per_sec' not in report['cases']['vit_b16']
+  # Written after each case: complete once the last one is in, each case with its own time.
+  assert report['complete'] and list(report['cases']) == ['paper', 'vit_b16', 'mobilenet_v3']
+  assert 0 < sum(c['seconds'] for c in report['cases'].values()) <= report['seconds']
+
+
+def test_accelerator_check_refuses_an_unknown_case_before_running_any(tmp_path):
+  out = tmp_path / 'accelerator.json'
+  proc = run(command('benchmarks.accelerator', f'--out={out}', '--tiny', '--cases=paper,vit'),
+             check=False)
+  assert proc.returncode == errors.BAD_INPUT and proc.stdout == '' and not out.exists()
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'big_distill: error: --cases=paper,vit: name one or more of paper, vit_b16, mobilenet_v3.')
 
 
 def test_compile_time_compiles_once_and_loads_from_the_cache_the_second_time():
