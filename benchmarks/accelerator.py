@@ -143,6 +143,7 @@ def main(argv):
   peak = [f'--peak_tflops={report["peak_tflops"]}'] if report['peak_tflops'] else []
   auto = kernels.Kernels().resolved(report['backend'])
   tensorflow = has_tensorflow()
+  write(report)  # An unwritable --out fails now, not after the first case.
   for name in _CASES.value:
     arguments, switch = CASES[name]
     case_start = time.perf_counter()

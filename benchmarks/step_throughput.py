@@ -185,8 +185,10 @@ def memory_mb(compiled: Any) -> float:
 
 def matmul_flops_per_second(n: int, timer: Timer) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  matmul = jax.jit(lambda x, y: x @ y)  # Both arguments: a captured `a` would be a constant of
-  jax.block_until_ready(matmul(a, a))    # the program, seconds to lower.
+  # Both operands are arguments: a captured array would be a constant of the program, seconds to
+  # lower.
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
   for _ in range(_ROUNDS.value):
     timer.time('matmul', lambda: matmul(a, a), 5)
   return 2 * n**3 / timer.seconds('matmul')
