@@ -23,10 +23,11 @@ Per case the file gives images/s of each part, the distillation step's fraction 
 bfloat16 peak (`--peak_tflops`, else the device's entry in `PEAK_TFLOPS`), step efficiency (the
 step's time over its parts'), each program's compile seconds, XLA's memory figure of the compiled
 step and the device's peak bytes in use. `kernels` sets each switch's implementations side by side
-(distillation images/s, and which one `auto` picks on this backend, the one its case runs). `input`: the ImageNet
-config's input pipeline on a synthetic JPEG stand-in (`--standin` images of 384x512), decoding
-with the machine's cores, against the paper case's step (`input_over_step` >= 1: it keeps up);
-it needs TensorFlow, and says so where it is missing.
+(distillation images/s, or the error of one that failed; and which one `auto` picks on this
+backend, the one its case runs). `input`: the ImageNet config's input pipeline on a synthetic
+JPEG stand-in (`--standin` images of 384x512), decoding with the machine's cores, against the
+paper case's step (`input_over_step` >= 1: it keeps up); it needs TensorFlow, and says so where
+it is missing.
 
 The file is written again after each case (`complete` false until the last), so a run stopped by
 a time limit keeps the cases it finished, each with its `seconds`; `--cases` runs the others.
@@ -160,8 +161,9 @@ def main(argv):
     if switch:
       timed = report['kernels'][switch] = {'auto': chosen, 'case': name}
       for line in lines:
-        if line.get('name') == 'distill_step':
-          timed[line.get('kernels', {}).get(switch, chosen)] = line['img_per_sec']
+        if line.get('name') == 'distill_step':  # Images/s, or why it could not be timed.
+          timed[line.get('kernels', {}).get(switch, chosen)] = line.get('img_per_sec',
+                                                                       line.get('error'))
     if name == 'paper':
       report['input'] = ({'img_per_sec': found.pop('input_img_per_sec'),
                           'over_paper_step': found.pop('input_over_step'),

@@ -35,19 +35,21 @@ config's dataset) with random teacher weights, frozen as in training. Each step 
   neither side keeps its weights in cache from one call to the next; and its range),
   `one_program_efficiency` (`teacher_forward_and_student_step` against the parts, the same way),
   `cached_logits_over_student_step`, `replayed_over_distill_step` (replayed step images/s / live
-  distill step images/s: the median of the rounds' ratios, and its range), `input_over_step` and `input_over_replayed_step` (pipeline images/s /
-  that step's images/s: a replay rebuilds its views with the same pipeline),
-  `reinforcement_bytes_per_view` (`--top_k` classes in float16 and the rest, with the example's
-  index and the step's ratio, of the config's classes and batch), `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
-  `distill_fraction_of_peak`: achieved / the chip's peak),
-  `distill_compile_s`, `ready_s` (from the process's first import to every part compiled and
-  warmed up: what a run waits before its first step), `distill_memory_mb` (what the compiled step holds on its device: arguments,
+  distill step images/s: the median of the rounds' ratios, and its range), `input_over_step` and
+  `input_over_replayed_step` (pipeline images/s / that step's images/s: a replay rebuilds its
+  views with the same pipeline), `reinforcement_bytes_per_view` (`--top_k` classes in float16 and
+  the rest, with the example's index and the step's ratio, of the config's classes and batch),
+  `distill_fraction_of_matmul` (achieved / matmul FLOP/s; with `--peak_tflops`,
+  `distill_fraction_of_peak`: achieved / the chip's peak), `distill_compile_s`, `ready_s` (from
+  the process's first import to every part compiled and warmed up: what a run waits before its
+  first step), `distill_memory_mb` (what the compiled step holds on its device: arguments,
   outputs and temporaries, from XLA's memory analysis), `peak_rss_mb` and, on a GPU or TPU,
   `device_peak_mb` (the device's peak bytes in use). `--components` times only some parts; the
   summary then gives the ratios whose parts were timed.
 - With `--kernels=switch=name,...`: one more `component` line `distill_step` per entry, with
   `kernels` ({switch: name}): that implementation's distillation step, built and timed after
-  the summary (its rounds are not interleaved with the parts').
+  the summary (its rounds are not interleaved with the parts'), or its `error` where it failed
+  to compile or run.
 - With `--profile_dir`: `profile` (one per part: ms per call inside XLA ops, `op_times`) and
   `profile_summary` (the distill step's span and op time over the sums of its parts').
 """
@@ -234,14 +236,20 @@ def main(argv, config):
     config = variant_of(config, total_steps=config.schedule.warmup_steps + 1000)
     data = benchmark(config)
   for switch, name in alternatives:  # The parts' states and programs are gone by now.
-    alternative(config, data, switch, name)
+    try:
+      alternative(config, data, switch, name)
+    except Exception as e:  # pylint: disable=broad-except  # One failing here is a finding.
+      first = (str(e).strip().splitlines() or [''])[0]
+      emit({'measure': 'component', 'name': 'distill_step', 'kernels': {switch: name},
+            'error': f'{type(e).__name__}: {first}'})
 
 
 def alternative(config: ml_collections.ConfigDict, data: build.Data, switch: str,
                 name: str) -> None:
   """A `component` line for the distillation step with `config.kernels.<switch>=<name>`: built,
   compiled and timed on its own, after the parts (so that the summary's device memory is
-  theirs)."""
+  theirs). One that fails to compile or run (a kernel this device lacks, its memory) gets a line
+  with its `error` instead, and the next one is timed."""
   config = copy.deepcopy(config)
   config.kernels[switch] = name
   data = build.Data(data.num_classes, data.channels, config.input.batch_size, data.class_names)

@@ -85,6 +85,32 @@ def test_step_throughput_refuses_other_kernels_it_cannot_build_before_measuring(
     assert message in proc.stderr
 
 
+def test_step_throughput_reports_an_implementation_that_fails_and_times_the_next():
+  """A kernel that fails on the device (here one made to fail) is a line with its error; the
+  implementations after it are still timed."""
+  code = '''if True:
+    import sys
+    from benchmarks import step_throughput
+    timed = step_throughput.alternative
+    def alternative(config, data, switch, name):
+      if name == 'memory':
+        raise RuntimeError('RESOURCE_EXHAUSTED: out of memory\\nwhile running')
+      timed(config, data, switch, name)
+    step_throughput.alternative = alternative
+    sys.argv = ['step_throughput', *sys.argv[1:]]
+    step_throughput.cli.run(step_throughput.main, config='configs/distill.py:teacher_model=bit')'''
+  lines = [json.loads(l) for l in run([sys.executable, '-c', code, '--input=false', '--rounds=1',
+                                       '--steps=1', '--components=teacher_forward',
+                                       '--matmul_size=64', '--channels=1', '--num_classes=10',
+                                       '--kernels=scheduler=memory,scheduler=default',
+                                       *TINY]).stdout.splitlines()]
+  failed, timed = [l for l in lines if 'kernels' in l]
+  assert failed == {'measure': 'component', 'name': 'distill_step',
+                    'kernels': {'scheduler': 'memory'},
+                    'error': 'RuntimeError: RESOURCE_EXHAUSTED: out of memory'}
+  assert timed['kernels'] == {'scheduler': 'default'} and timed['img_per_sec'] > 0
+
+
 def test_scaling_summary_is_relative_to_one_device():
   lines = _run('scaling', '--devices=1,2', '--steps=2', '--per_device_batch=8',
                '--batch_size=16', '--measure=scaling', *TINY)
