@@ -30,7 +30,9 @@ paper case's step (`input_over_step` >= 1: it keeps up); it needs TensorFlow, an
 it is missing.
 
 The file is written again after each case (`complete` false until the last), so a run stopped by
-a time limit keeps the cases it finished, each with its `seconds`; `--cases` runs the others.
+a time limit keeps the cases it finished, each with its `seconds`; `--cases` runs the others. A
+case whose process fails (its memory, a compile error) gets its `error` (the end of its stderr),
+and the next case runs.
 """
 
 import importlib.util
@@ -128,6 +130,35 @@ def has_tensorflow() -> bool:
   return importlib.util.find_spec('tensorflow_datasets') is not None
 
 
+def run_case(name: str, report: dict[str, Any], auto: kernels.Kernels, peak: list[str],
+             tensorflow: bool) -> dict[str, Any]:
+  """Runs case `name` into `report` (its case, its switch's `kernels`, the paper case's `input`);
+  returns its case."""
+  arguments, switch = CASES[name]
+  extra = [f'--standin={16 if _TINY.value else _STANDIN.value}'
+           if name == 'paper' and tensorflow else '--input=false']
+  if switch:  # The case runs 'auto''s implementation; the others time its distillation step.
+    chosen = getattr(auto, switch)
+    others = [i for i in kernels.Kernels.available(switch, report['backend']) if i != chosen]
+    extra += [f'--config.kernels.{switch}={chosen}',
+              f'--kernels={",".join(f"{switch}={i}" for i in others)}']
+  lines = step_throughput(arguments, *peak, *extra,
+                          parts=(*PARTS, REPLAYED) if name == 'paper' else PARTS)
+  found = report['cases'][name] = {**case(lines), 'kernels': switch and {switch: chosen}}
+  if switch:
+    timed = report['kernels'][switch] = {'auto': chosen, 'case': name}
+    for line in lines:
+      if line.get('name') == 'distill_step':  # Images/s, or why it could not be timed.
+        timed[line.get('kernels', {}).get(switch, chosen)] = line.get('img_per_sec',
+                                                                     line.get('error'))
+  if name == 'paper':
+    report['input'] = ({'img_per_sec': found.pop('input_img_per_sec'),
+                        'over_paper_step': found.pop('input_over_step'),
+                        'cores': report['cores']} if tensorflow else
+                       {'skipped': 'tensorflow_datasets is not installed here'})
+  return found
+
+
 def write(report: dict[str, Any]) -> None:
   with open(_OUT.value, 'w') as f:
     json.dump(report, f, indent=1)
@@ -146,29 +177,11 @@ def main(argv):
   tensorflow = has_tensorflow()
   write(report)  # An unwritable --out fails now, not after the first case.
   for name in _CASES.value:
-    arguments, switch = CASES[name]
     case_start = time.perf_counter()
-    extra = [f'--standin={16 if _TINY.value else _STANDIN.value}'
-             if name == 'paper' and tensorflow else '--input=false']
-    if switch:  # The case runs 'auto''s implementation; the others time its distillation step.
-      chosen = getattr(auto, switch)
-      others = [i for i in kernels.Kernels.available(switch, report['backend']) if i != chosen]
-      extra += [f'--config.kernels.{switch}={chosen}',
-                f'--kernels={",".join(f"{switch}={i}" for i in others)}']
-    lines = step_throughput(arguments, *peak, *extra,
-                            parts=(*PARTS, REPLAYED) if name == 'paper' else PARTS)
-    found = report['cases'][name] = {**case(lines), 'kernels': switch and {switch: chosen}}
-    if switch:
-      timed = report['kernels'][switch] = {'auto': chosen, 'case': name}
-      for line in lines:
-        if line.get('name') == 'distill_step':  # Images/s, or why it could not be timed.
-          timed[line.get('kernels', {}).get(switch, chosen)] = line.get('img_per_sec',
-                                                                       line.get('error'))
-    if name == 'paper':
-      report['input'] = ({'img_per_sec': found.pop('input_img_per_sec'),
-                          'over_paper_step': found.pop('input_over_step'),
-                          'cores': report['cores']} if tensorflow else
-                         {'skipped': 'tensorflow_datasets is not installed here'})
+    try:
+      found = run_case(name, report, auto, peak, tensorflow)
+    except RuntimeError as e:  # Its process failed (its memory, a compile error): why, then on.
+      found = report['cases'][name] = {'error': str(e)[-2000:]}
     found['seconds'] = time.perf_counter() - case_start
     report['seconds'] = time.perf_counter() - start
     write(report)

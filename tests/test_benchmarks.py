@@ -307,6 +307,27 @@ def test_accelerator_check_writes_every_case_in_tiny_mode(tmp_path):
   assert 0 < sum(c['seconds'] for c in report['cases'].values()) <= report['seconds']
 
 
+def test_accelerator_check_records_a_failed_case_and_runs_the_next(tmp_path):
+  """A case whose process fails (here each one made to fail, naming its case) gets the error, and
+  the next case still runs; the file is complete once every case has had its turn."""
+  out = tmp_path / 'accelerator.json'
+  code = '''if True:
+    import sys
+    from benchmarks import accelerator
+    def step_throughput(arguments, *flags_, parts):
+      raise RuntimeError(f'step_throughput {arguments!r} failed (1):\\nRESOURCE_EXHAUSTED')
+    accelerator.step_throughput = step_throughput
+    sys.argv = ['accelerator', *sys.argv[1:]]
+    accelerator.cli.run(accelerator.main)'''
+  run([sys.executable, '-c', code, f'--out={out}', '--tiny', '--cases=vit_b16,mobilenet_v3'])
+  report = json.loads(out.read_text())
+  assert report['complete'] and list(report['cases']) == ['vit_b16', 'mobilenet_v3']
+  for case, model in zip(report['cases'].values(), ('vit_base_patch16_224', 'mobilenetv3_large')):
+    assert case['error'].startswith('step_throughput ') and model in case['error'], case
+    assert case['error'].endswith('failed (1):\nRESOURCE_EXHAUSTED') and case['seconds'] >= 0
+  assert report['kernels'] == {} and 'input' not in report
+
+
 def test_accelerator_check_refuses_an_unknown_case_before_running_any(tmp_path):
   out = tmp_path / 'accelerator.json'
   proc = run(command('benchmarks.accelerator', f'--out={out}', '--tiny', '--cases=paper,vit'),
