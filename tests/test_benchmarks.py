@@ -91,11 +91,11 @@ def test_step_throughput_reports_an_implementation_that_fails_and_times_the_next
   code = '''if True:
     import sys
     from benchmarks import step_throughput
-    timed = step_throughput.alternative
+    original = step_throughput.alternative
     def alternative(config, data, switch, name):
       if name == 'memory':
         raise RuntimeError('RESOURCE_EXHAUSTED: out of memory\\nwhile running')
-      timed(config, data, switch, name)
+      original(config, data, switch, name)
     step_throughput.alternative = alternative
     sys.argv = ['step_throughput', *sys.argv[1:]]
     step_throughput.cli.run(step_throughput.main, config='configs/distill.py:teacher_model=bit')'''
