@@ -56,8 +56,6 @@ _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'The chip\'s dense bfloat16 peak 
 _STANDIN = flags.DEFINE_integer('standin', 2048, 'JPEGs in the input pipeline\'s stand-in.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timings per part (the median).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Calls per timing.')
-_CASES = flags.DEFINE_list('cases', ['paper', 'vit_b16', 'mobilenet_v3'],
-                           'The cases to run (`CASES`), in this order.')
 
 # Dense bfloat16 TFLOP/s per JAX device, by the start of `device_kind` (vendors' data sheets; a TPU
 # v3's devices are its cores, half a chip).
@@ -72,6 +70,7 @@ CASES = {
     'vit_b16': (f'teacher_model={VIT_B16}', 'attention'),
     'mobilenet_v3': (f'teacher_model={R50},student=timm:mobilenetv3_large_100', 'depthwise'),
 }
+_CASES = flags.DEFINE_list('cases', list(CASES), 'The cases to run (`CASES`), in this order.')
 PARTS = ('teacher_forward', 'student_step', 'distill_step')
 REPLAYED = 'distill_step_replayed'  # Timed for the paper case besides `PARTS`.
 
