@@ -139,6 +139,29 @@ class Run:
     return [EVAL, *self.data.evals]
 
 
+_POSITIVE = (lambda v: v >= 1, 'a positive integer')
+# The numeric keys' valid values, checked by `validate` (a key set to None passes):
+# (key, a valid value's test, what to use instead).
+LIMITS = (
+    ('total_steps', *_POSITIVE),
+    ('total_epochs', lambda v: v > 0, 'a positive number of epochs'),
+    ('lr', lambda v: v >= 0, 'a learning rate >= 0'),
+    ('wd', lambda v: v >= 0, 'a weight decay >= 0'),
+    ('grad_clip_norm', lambda v: v > 0, 'a positive norm, or None for no clipping'),
+    ('schedule.warmup_steps', lambda v: v >= 0, 'a number of steps >= 0'),
+    *((key, *_POSITIVE) for key in ('log_every_steps', 'eval_every_steps',
+                                    'checkpoint_every_steps', 'keep_checkpoints')),
+    ('profile.first_step', lambda v: v >= 0, 'a step >= 0'),
+    ('profile.num_steps', lambda v: v >= 0, 'a number of steps >= 0 (0: no profile)'),
+    ('input.resolution', lambda v: v >= 1, 'a positive side in pixels'),
+    ('input.crop_padding', lambda v: v >= 0, 'a number of pixels >= 0'),
+    ('input.central_crop', lambda v: 0 < v <= 1, 'a fraction of the short side in (0, 1]'),
+    ('input.shuffle_buffer', *_POSITIVE),
+    ('input.prefetch', lambda v: v >= 0, 'a number of batches >= 0'),
+    ('input.data_shards', lambda v: v >= 0, 'a number of data slices, or 0 for one per process'),
+)
+
+
 def validate(config: ml_collections.ConfigDict,
              teachers: bool = True) -> variants.Variant | None:
   """Checks that need no data and no model; returns the variant (None in supervised mode).
@@ -162,9 +185,14 @@ def validate(config: ml_collections.ConfigDict,
       raise errors.BadInput(
           f'config.input.extra_data.fraction={config.input.extra_data.fraction}; use a share of '
           'the batch between 0 and 1.')
-  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    if config[key] < 1:
-      raise errors.BadInput(f'config.{key}={config[key]}; use a positive integer.')
+  for key, valid, use in LIMITS:
+    value = functools.reduce(getattr, key.split('.'), config)
+    if value is not None and not valid(value):
+      raise errors.BadInput(f'config.{key}={value}; use {use}.')
+  for i, entry in enumerate(config.teachers):
+    if entry.get('resolution') is not None and entry.resolution < 1:
+      raise errors.BadInput(f'config.teachers[{i}].resolution={entry.resolution}; use a '
+                            'positive side in pixels, or None for input.resolution.')
   if variant and config.temperature <= 0:
     raise errors.BadInput(f'config.temperature={config.temperature}; use a positive temperature.')
   if variant and variant.mixup and config.mixup_alpha <= 0:

@@ -67,9 +67,9 @@ def define_flags() -> None:
                       'timm:<timm name> (default: what the file says; not for a run, which knows '
                       'its student).')
   flags.DEFINE_string('step', 'best', 'A run\'s checkpoint: best, latest, or a step.')
-  flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.')
+  flags.DEFINE_integer('channels', 3, 'Image channels the weights are for.', lower_bound=1)
   flags.DEFINE_integer('resolution', None, 'Input side (default: a ViT file\'s own '
-                       'position-embedding grid, else 224).')
+                       'position-embedding grid, else 224).', lower_bound=1)
 
 
 def main(argv):

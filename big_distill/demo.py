@@ -21,6 +21,8 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', '/tmp/big_distill_demo', 'Where both runs live.')
   flags.DEFINE_float('teacher_epochs', None, 'Override the teacher config.')
   flags.DEFINE_float('student_epochs', None, 'Override the student config.')
+  for name in ('teacher_epochs', 'student_epochs'):  # Refused before the teacher's minutes.
+    flags.register_validator(name, lambda v: v is None or v > 0, 'use a positive number of epochs')
 
 
 def main(argv):

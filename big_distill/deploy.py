@@ -42,10 +42,12 @@ def define_flags() -> None:
   flags.DEFINE_string('output_dir', None, 'A new or empty directory for the exports (default: a '
                       'temporary one).')
   flags.DEFINE_string('step', 'best', 'Checkpoint: best, latest, or a step number.')
-  flags.DEFINE_integer('max_examples', 0, 'Eval examples for accuracy (0: all).')
-  flags.DEFINE_integer('batch', 32, 'The larger batch of the latency measurement.')
-  flags.DEFINE_integer('rounds', 20, 'Timings per batch size; the median.')
-  flags.DEFINE_integer('tflite_threads', os.cpu_count(), 'TFLite interpreter threads.')
+  flags.DEFINE_integer('max_examples', 0, 'Eval examples for accuracy (0: all).', lower_bound=0)
+  flags.DEFINE_integer('batch', 32, 'The larger batch of the latency measurement.',
+                       lower_bound=1)
+  flags.DEFINE_integer('rounds', 20, 'Timings per batch size; the median.', lower_bound=1)
+  flags.DEFINE_integer('tflite_threads', os.cpu_count(), 'TFLite interpreter threads.',
+                       lower_bound=1)
 
 EXPORTS = {'savedmodel': ('savedmodel', False), 'tflite_float32': ('tflite', False),
            'tflite_int8': ('tflite', True)}

@@ -31,10 +31,12 @@ def define_flags() -> None:
                       'timm:<timm name> (default: what the file says).')
   flags.DEFINE_string('exported', None, 'A SavedModel directory or .tflite file written by '
                       'big_distill.export.')
-  flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.')
+  flags.DEFINE_integer('channels', 3, '--weights: image channels of the model.', lower_bound=1)
   flags.DEFINE_integer('resolution', None, '--weights: input side (default: a ViT file\'s own '
-                       'grid, else 224).')
-  flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction.')
+                       'grid, else 224).', lower_bound=1)
+  flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction, in (0, 1].')
+  flags.register_validator('central_crop', lambda v: 0 < v <= 1,
+                           '--central_crop is the fraction of the short side kept, in (0, 1].')
 
 
 def source() -> str:

@@ -76,6 +76,9 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 def check_batch_size(batch_size: int, name: str = 'input.batch_size') -> None:
   """Global batches must split evenly over devices and processes."""
   n = jax.device_count()
+  if batch_size < 1:
+    raise errors.BadInput(f'{name}={batch_size}; use a positive number of images'
+                          f'{f", a multiple of the {n} devices" if n > 1 else ""}.')
   if batch_size % n:
     raise errors.BadInput(f'{name}={batch_size} is not divisible by the {n} devices; '
                           f'use a multiple of {n}.')

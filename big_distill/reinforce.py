@@ -48,7 +48,8 @@ def define_flags() -> None:
                     'log-probabilities (default: float32, float16 with --top_k).')
   flags.DEFINE_string('teacher_fn', None, 'module:function giving the targets instead of the '
                       'config\'s teachers (see the module docstring).')
-  flags.DEFINE_integer('steps_per_chunk', 16, 'Steps in a stored chunk (the resume granularity).')
+  flags.DEFINE_integer('steps_per_chunk', 16, 'Steps in a stored chunk (the resume granularity).',
+                       lower_bound=1)
   main_lib.define_process_flags()
 
 

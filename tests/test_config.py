@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from big_distill import cli, configlib, errors, models, workdir
+from big_distill import build, cli, configlib, errors, models, workdir
 from tests.helpers import TEACHER_CONFIG, TINY_TEACHER, get_config, run_main
 
 
@@ -71,6 +71,12 @@ def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path):
   assert ('big_distill: error: input.batch_size=100 is not divisible by the 3 devices; '
           'use a multiple of 3.') in proc.stderr
   assert not run.exists()
+  proc = run_main(TEACHER_CONFIG, str(run), '--config.input.batch_size=-3', devices=3,
+                  check=False)
+  assert proc.returncode == errors.BAD_INPUT
+  assert ('big_distill: error: input.batch_size=-3; use a positive number of images, a multiple '
+          'of the 3 devices.') in proc.stderr
+  assert not run.exists()
   proc = run_main(TEACHER_CONFIG, str(run), '--config.kernels.depthwise=fast', check=False)
   assert proc.returncode == errors.BAD_INPUT
   assert ("big_distill: error: config.kernels.depthwise='fast'; use one of auto, taps, "
@@ -93,6 +99,48 @@ def test_a_workdir_continues_with_other_logging_but_not_other_training(tmp_path)
   with pytest.raises(ValueError, match=r'holds a run of another config \(differs in: '
                                        r'input.batch_size\)'):
     workdir.check(other, str(tmp_path))
+
+
+# (key, a value it refuses and the start of the error, the nearest value it takes).
+OUT_OF_RANGE = [
+    ('total_steps', -5, 'config.total_steps=-5; use a positive integer.', 1),
+    ('total_epochs', 0.0, 'config.total_epochs=0.0; use a positive number of epochs.', 0.01),
+    ('lr', -1.0, 'config.lr=-1.0; use a learning rate >= 0.', 0.0),
+    ('wd', -0.1, 'config.wd=-0.1; use a weight decay >= 0.', 0.0),
+    ('grad_clip_norm', 0.0, 'config.grad_clip_norm=0.0; use a positive norm', 0.1),
+    ('schedule.warmup_steps', -3, 'config.schedule.warmup_steps=-3; use a number of steps', 0),
+    ('log_every_steps', 0, 'config.log_every_steps=0; use a positive integer.', 1),
+    ('eval_every_steps', -1, 'config.eval_every_steps=-1; use a positive integer.', 1),
+    ('checkpoint_every_steps', 0, 'config.checkpoint_every_steps=0; use a positive', 1),
+    ('keep_checkpoints', 0, 'config.keep_checkpoints=0; use a positive integer.', 1),
+    ('profile.first_step', -1, 'config.profile.first_step=-1; use a step >= 0.', 0),
+    ('profile.num_steps', -1, 'config.profile.num_steps=-1; use a number of steps >= 0', 0),
+    ('input.resolution', 0, 'config.input.resolution=0; use a positive side in pixels.', 1),
+    ('input.crop_padding', -2, 'config.input.crop_padding=-2; use a number of pixels >= 0.', 0),
+    ('input.central_crop', 1.5, 'config.input.central_crop=1.5; use a fraction of the short '
+     'side in (0, 1].', 1.0),
+    ('input.shuffle_buffer', 0, 'config.input.shuffle_buffer=0; use a positive integer.', 1),
+    ('input.prefetch', -1, 'config.input.prefetch=-1; use a number of batches >= 0.', 0),
+    ('input.data_shards', -1, 'config.input.data_shards=-1; use a number of data slices, or 0 '
+     'for one per process.', 0),
+    ('input.eval_batch_size', 0, 'input.eval_batch_size=0; use a positive number of images.', 1),
+    ('teachers[0].resolution', 0, 'config.teachers[0].resolution=0; use a positive side', 1),
+]
+
+
+def test_a_numeric_key_outside_its_range_is_one_line_before_anything_is_built():
+  """`build.validate` refuses each numeric key's first value outside its range (the run used to
+  train 1 step on negative epochs, or end in a traceback on a zero batch, negative steps or a zero
+  resolution) and takes the value next to it; every key of `build.LIMITS` is covered."""
+  base = get_config('distill.py', 'teacher=unused')
+  build.validate(base)
+  for key, bad, message, good in OUT_OF_RANGE:
+    config = configlib.override(base, [f'--config.{key}={bad}'])
+    with pytest.raises(errors.BadInput) as refused:
+      build.validate(config)
+    assert str(refused.value).startswith(message), (key, str(refused.value))
+    build.validate(configlib.override(base, [f'--config.{key}={good}']))
+  assert {key for key, *_ in build.LIMITS} <= {key for key, *_ in OUT_OF_RANGE}
 
 
 @pytest.mark.parametrize('name', ['distill.py', 'imagenet_funmatch.py', 'flowers_funmatch.py'])
