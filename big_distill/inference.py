@@ -36,7 +36,7 @@ def define_flags() -> None:
                        'grid, else 224).', lower_bound=1)
   flags.DEFINE_float('central_crop', 1.0, '--weights: eval crop fraction, in (0, 1].')
   flags.register_validator('central_crop', lambda v: 0 < v <= 1,
-                           '--central_crop is the fraction of the short side kept, in (0, 1].')
+                           'use a fraction of the short side in (0, 1]')
 
 
 def source() -> str:

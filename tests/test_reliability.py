@@ -279,7 +279,7 @@ def bad_inputs(tmp_path_factory, teacher_run, uninterrupted):
        'flag --rounds=0: 0 is not a positive integer'),
       ('predict: no crop', *tool('big_distill.predict', f'--weights={five}', '--central_crop=0',
                                  str(d)),
-       'flag --central_crop=0.0: --central_crop is the fraction of the short side kept'),
+       'flag --central_crop=0.0: use a fraction of the short side in (0, 1]'),
       ('reproduce: variant', *tool('big_distill.reproduce', f'--workdir={fresh}',
                                    '--variants=funmatch,mixup', touched=[fresh]),
        "--variants: 'mixup' is not a variant; use fixed, independent, consistent, funmatch."),
