@@ -323,6 +323,9 @@ def test_describe_data_checks_everything_and_writes_nothing(image_dirs, tmp_path
   images_dir = write_folder(tmp_path / 'pets')
   holdout = write_folder(tmp_path / 'holdout', classes=CLASSES[1:3], per_class={'test': 2})
   zoo = write_folder(tmp_path / 'zoo', classes=('blue', 'zebra'), per_class={'test': 1})
+  with_val = write_folder(tmp_path / 'with_val', per_class={'train': 1, 'val': 1})
+  train_only = write_folder(tmp_path / 'train_only', per_class={'train': 1})
+  one_class = write_folder(tmp_path / 'one_class', classes=('cat',))
   data_dir = str(tmp_path / 'tfds')
   name = f'imagefolder:{images_dir}'
   config = _folder_config(name, data_dir, train_split='train[:90%]')
@@ -350,12 +353,27 @@ def test_describe_data_checks_everything_and_writes_nothing(image_dirs, tmp_path
       'eval set split': ({}, f'holdout=val@imagefolder:{holdout}',
                          f"Split 'val' of imagefolder:{holdout}: Unknown split"),
   }
-  for case, (overrides, evals, expected) in refused.items():
-    bad = _folder_config(name, data_dir, **overrides)
+  whole = {  # The whole message.
+      'train/ and val/': (dict(dataset=f'imagefolder:{with_val}'), '',
+                          f"Split 'test' of imagefolder:{with_val}: Unknown split 'test'. Should "
+                          "be one of ['train', 'val']. Its splits: train (5 examples), val (5 "
+                          'examples). Evaluate on val/ with --config.input.eval_split=val.'),
+      'train/ alone': (dict(dataset=f'imagefolder:{train_only}'), '',
+                       f"Split 'test' of imagefolder:{train_only}: Unknown split 'test'. Should "
+                       "be one of ['train']. Its splits: train (5 examples). Hold some of the "
+                       'training images out to evaluate on: --config.input.train_split=train[:90%] '
+                       '--config.input.eval_split=train[90%:].'),
+      'one class': (dict(dataset=f'imagefolder:{one_class}'), '',
+                    f'imagefolder:{one_class} has one class folder (cat/); a classifier learns to '
+                    'tell two or more classes apart.'),
+  }
+  for case, (overrides, evals, expected) in {**refused, **whole}.items():
+    bad = _folder_config(overrides.pop('dataset', name), data_dir, **overrides)
     bad.evals = evals
     with pytest.raises(errors.BadInput) as e:
       build.create_data(bad)
-    assert str(e.value).startswith(expected), (case, str(e.value))
+    assert (str(e.value) == expected if case in whole else
+            str(e.value).startswith(expected)), (case, str(e.value))
   assert not os.path.exists(data_dir)
 
   data = build.create_data(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Callable
 
 import ml_collections
@@ -90,6 +91,17 @@ class RunSources:
   evals: dict[str, tuple[Source, str]]
 
 
+def eval_split_hint(folder: folders.Described, train_split: str) -> str:
+  """What to set where `config.input.eval_split` names none of an image folder's splits."""
+  others = [s for s in folder.split_sizes if s != re.match(r'\w*', train_split)[0]]
+  if len(others) == 1:
+    return f'Evaluate on {others[0]}/ with --config.input.eval_split={others[0]}.'
+  if others:
+    return 'Name the split to evaluate on with --config.input.eval_split=NAME.'
+  return ('Hold some of the training images out to evaluate on: '
+          '--config.input.train_split=train[:90%] --config.input.eval_split=train[90%:].')
+
+
 def describe_run(config: ml_collections.ConfigDict,
                  evals: dict[str, tuple[str, str]]) -> RunSources:
   """The datasets of a run's config, checked, nothing written: every configured split exists,
@@ -100,8 +112,16 @@ def describe_run(config: ml_collections.ConfigDict,
   cfg = config.input
   skip = cfg.get('skip_bad_images', False)  # Runs stored before the key existed lack it.
   main = describe(cfg.dataset, cfg.data_dir, skip_bad=skip)
+  if main.folder and len(main.class_names) < 2:
+    raise errors.BadInput(f'{cfg.dataset} has one class folder ({main.class_names[0]}/); a '
+                          'classifier learns to tell two or more classes apart.')
   train_split = input_pipeline.fit_split(cfg.train_split, main.num_examples)
-  eval_split = input_pipeline.fit_split(cfg.eval_split, main.num_examples)
+  try:
+    eval_split = input_pipeline.fit_split(cfg.eval_split, main.num_examples)
+  except errors.BadInput as e:
+    if not main.folder:
+      raise
+    raise errors.BadInput(f'{e} {eval_split_hint(main.folder, train_split)}') from None
   extra = None
   if cfg.extra_data.dataset:
     extra = describe(cfg.extra_data.dataset, cfg.extra_data.data_dir, labels=False,
