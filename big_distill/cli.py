@@ -106,7 +106,11 @@ def run(main: Callable[..., None], *, config: bool | str = False, positional: bo
     except OSError as e:
       fail(f'{e}', errors.exit_code(e))
 
-  app.run(main_with_contract, argv=argv, flags_parser=_parse_flags)
+  try:
+    app.run(main_with_contract, argv=argv, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # A training run saves first (`errors.Interrupted`); others stop.
+    say('big_distill: interrupted (Ctrl-C).')
+    sys.exit(errors.INTERRUPTED)
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

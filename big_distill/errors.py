@@ -9,6 +9,8 @@
 | 3 | diverged (`Diverged`): a non-finite loss, gradient or parameter norm |
 | 74 | an I/O error (`WriteFailed`, or any `OSError`), e.g. a full disk |
 | 75 | preempted (`Preempted`): saved up to the current step; run the same command again |
+| 130 | interrupted by Ctrl-C: a training run saves up to the current step as when preempted
+        (`Interrupted`); any other command stops at once |
 
 `BadInput` is a `ValueError` and `WriteFailed` an `OSError`, so code that calls the library and
 catches those keeps working; only big_distill's own checks raise them, so a `ValueError` raised
@@ -21,6 +23,7 @@ BAD_INPUT = 2
 DIVERGED = 3
 IO_ERROR = 74  # EX_IOERR.
 PREEMPTED = 75  # EX_TEMPFAIL: run it again.
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C.
 
 
 class Error(Exception):
@@ -46,11 +49,18 @@ class WriteFailed(Error, OSError):
 class Preempted(Error):
   """Raised once the run is saved up to the step at which a preemption was noticed."""
   exit_code = PREEMPTED
+  event = 'Preempted'
 
   def __init__(self, step: int):
-    super().__init__(f'Preempted at step {step}; the run is saved up to it. Run the same command '
-                     'again to resume.')
+    super().__init__(f'{self.event} at step {step}; the run is saved up to it. Run the same '
+                     'command again to resume.')
     self.step = step
+
+
+class Interrupted(Preempted):
+  """Raised once the run is saved up to the step at which a Ctrl-C came."""
+  exit_code = INTERRUPTED
+  event = 'Interrupted'
 
 
 class StageFailed(Error):

@@ -30,12 +30,16 @@ CONFIGS = _configs_dir()
 
 def run_command(name: str, module: str, *args: str) -> float:
   """Runs `python -m <module> <args>` as the stage `name` (its progress and errors go to this
-  process's terminal); returns its wall time in seconds. A failed stage has said why:
-  `errors.StageFailed` with its exit code."""
+  process's terminal); returns its wall time in seconds. A failed or interrupted stage has said
+  why: `errors.StageFailed` with its exit code (after a Ctrl-C, once the stage has saved)."""
   cmd = [sys.executable, '-m', module, *args]
   print(f'[{name}]', shlex.join(cmd), flush=True)
   start = time.time()
-  code = subprocess.run(cmd, check=False).returncode
+  with subprocess.Popen(cmd) as stage:
+    try:
+      code = stage.wait()
+    except KeyboardInterrupt:  # The stage had the Ctrl-C too: it saves its step, then stops.
+      code = stage.wait()
   if code:
     raise errors.StageFailed(code)
   return time.time() - start

@@ -25,7 +25,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains per `config` in `workdir`; returns the final eval metrics.
 
   Bad input is refused before anything is written. A SIGTERM from the start on makes the run save
-  the step it has finished and raise `errors.Preempted`.
+  the step it has finished and raise `errors.Preempted`; a Ctrl-C during the steps, likewise
+  `errors.Interrupted`.
   """
   with preemption.Preemption() as preempt:
     config = targets_lib.with_stored_teachers(config)
@@ -83,31 +84,32 @@ def _loop(targets: targets_lib.Targets, state: steps.TrainState, workdir: str,
   train_log, eval_results = _TrainLog(writer, run), {}
   bar = console.Bar('train', total=num_steps, initial=start_step)
   try:
-    for step in range(start_step + 1, num_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = train_step(state, run.teacher_params, next(batches), rng)
-      train_log.add(step_metrics)
-      for hook in hooks:
-        hook(step)
-      preempted = preempt.reached(manager, step)
-      eval_now = step % config.eval_every_steps == 0 or step == num_steps
-      save_now = (step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
-                  or (keep_best and eval_now))
-      if save_now:
-        train_log.check(step, manager, batches_from)  # Nothing non-finite is saved.
-      if step % config.log_every_steps == 0 or step == num_steps:
-        bar.update(0, loss=f'{train_log.write(step, manager, batches_from):.4g}')
-      if eval_now:
-        with hooks[0].timed('eval'), train_log.paused():
-          eval_results = run.evaluate(state.variables, eval_sets)
-        writer.write_scalars(step, eval_results)
-        bar.update(0, eval=f'{checkpoint.best_metric(eval_results):.2%}')
-      if save_now:
-        checkpoint.save(manager, step, state, eval_results if eval_now and keep_best else None)
-      bar.update()
-      if preempted:
-        checkpoint.wait(manager)
-        raise errors.Preempted(step)
+    with preempt.interruptible():  # Ctrl-C: save this step, then stop.
+      for step in range(start_step + 1, num_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, step_metrics = train_step(state, run.teacher_params, next(batches), rng)
+        train_log.add(step_metrics)
+        for hook in hooks:
+          hook(step)
+        preempted = preempt.reached(manager, step)
+        eval_now = step % config.eval_every_steps == 0 or step == num_steps
+        save_now = (step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
+                    or (keep_best and eval_now))
+        if save_now:
+          train_log.check(step, manager, batches_from)  # Nothing non-finite is saved.
+        if step % config.log_every_steps == 0 or step == num_steps:
+          bar.update(0, loss=f'{train_log.write(step, manager, batches_from):.4g}')
+        if eval_now:
+          with hooks[0].timed('eval'), train_log.paused():
+            eval_results = run.evaluate(state.variables, eval_sets)
+          writer.write_scalars(step, eval_results)
+          bar.update(0, eval=f'{checkpoint.best_metric(eval_results):.2%}')
+        if save_now:
+          checkpoint.save(manager, step, state, eval_results if eval_now and keep_best else None)
+        bar.update()
+        if preempted:
+          checkpoint.wait(manager)
+          raise (errors.Interrupted if preempt.interrupted else errors.Preempted)(step)
     checkpoint.wait(manager)
   finally:
     bar.close()

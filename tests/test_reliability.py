@@ -1,4 +1,5 @@
-"""Reliability: exact resume after SIGKILL/SIGTERM, damaged checkpoints, bad input, divergence."""
+"""Reliability: exact resume after SIGKILL/SIGTERM/Ctrl-C, damaged checkpoints, bad input,
+divergence."""
 
 import concurrent.futures
 import glob
@@ -6,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -39,15 +41,27 @@ def uninterrupted(tmp_path_factory, teacher_run):
   return workdir
 
 
+def with_ctrl_c(cmd: list[str]) -> list[str]:
+  """`python -m MODULE ARGS` whose SIGINT raises `KeyboardInterrupt`, as in a shell's foreground
+  job, whatever the test runner's (a background job ignores SIGINT)."""
+  _, _, module, *args = cmd
+  return [sys.executable, '-c', 'import runpy, signal, sys\n'
+          'signal.signal(signal.SIGINT, signal.default_int_handler)\n'
+          f'sys.modules.pop({module!r}, None)\n'
+          f'sys.argv[0] = {module!r}\n'
+          f'runpy.run_module({module!r}, run_name="__main__", alter_sys=True)\n', *args]
+
+
 def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, uninterrupted):
-  """3 SIGKILLs at random points and a SIGTERM, each followed by the same command again."""
+  """SIGKILLs at random points, a Ctrl-C (SIGINT) and a SIGTERM, each followed by the same
+  command again."""
   config = f'{FUNMATCH_CONFIG}:runlocal=True,teacher={teacher_run}'
   workdir = str(tmp_path / 'run')
   cmd = main_command(config, workdir, *LONG)
   rng = random.Random(1234)
-  for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+  for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGTERM):
     before = max(saved_steps(workdir), default=0)
-    proc = start(cmd)
+    proc = start(with_ctrl_c(cmd) if sig == signal.SIGINT else cmd)
     deadline = time.time() + 300
     while max(saved_steps(workdir), default=0) <= before and proc.poll() is None:
       assert time.time() < deadline
@@ -57,9 +71,11 @@ def test_killed_and_preempted_run_ends_bit_identical(tmp_path, teacher_run, unin
     proc.send_signal(sig)
     proc.wait(timeout=120)
     stderr = proc.stderr
-    if sig == signal.SIGTERM:
-      assert proc.returncode == errors.PREEMPTED, stderr[-3000:]
-      stopped = int(stderr.split('Preempted at step ')[1].split(';')[0])
+    if sig in (signal.SIGTERM, signal.SIGINT):
+      code, event = ((errors.PREEMPTED, 'Preempted') if sig == signal.SIGTERM else
+                     (errors.INTERRUPTED, 'Interrupted'))
+      assert proc.returncode == code, stderr[-3000:]
+      stopped = int(stderr.split(f'{event} at step ')[1].split(';')[0])
       assert max(saved_steps(workdir)) == stopped  # It saved the step it had finished.
       assert 'Run the same command again to resume' in stderr
     else:
@@ -348,6 +364,70 @@ def test_sigterm_during_start_up_is_a_preemption(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / 'run')
 
 
+def test_ctrl_c_is_a_preemption_only_during_the_steps_and_a_second_one_stops_at_once():
+  """Inside `interruptible` the first SIGINT is noticed, the second is `KeyboardInterrupt`;
+  outside it, and where SIGINT is ignored (a background job), SIGINT keeps its handler."""
+  from big_distill import preemption
+
+  default = signal.getsignal(signal.SIGINT)
+  assert default is signal.default_int_handler
+  with preemption.Preemption() as preempt:
+    assert signal.getsignal(signal.SIGINT) is default  # Start-up: Ctrl-C stops at once.
+    with preempt.interruptible():
+      os.kill(os.getpid(), signal.SIGINT)
+      assert preempt.interrupted and not preempt.requested
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is default
+  try:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with preemption.Preemption() as preempt, preempt.interruptible():
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGINT)
+      assert not preempt.interrupted
+  finally:
+    signal.signal(signal.SIGINT, default)
+
+
+# A stage that takes a second to save when interrupted, then exits as `main` does (130).
+SAVING_STAGE = """
+import signal, sys, time
+def save(*_):
+  time.sleep(1)
+  open(sys.argv[1], 'w').write('saved')
+  sys.exit(130)
+signal.signal(signal.SIGINT, save)
+print('ready', flush=True)
+time.sleep(120)
+"""
+
+
+def test_ctrl_c_one_line_and_a_stage_saves_before_its_parent_exits(tmp_path):
+  """A command interrupted outside a training loop: one line, exit 130. The demo's and
+  reproduce's stages get the terminal's Ctrl-C too: the parent waits while the stage saves, then
+  exits with its code (subprocess.run would kill the stage after 0.25 s)."""
+  script = 'from big_distill import cli\ncli.run(lambda argv: exec("raise KeyboardInterrupt"))\n'
+  proc = run([sys.executable, '-c', script], check=False, timeout=300)
+  assert proc.returncode == errors.INTERRUPTED == 130
+  assert proc.stderr.strip() == 'big_distill: interrupted (Ctrl-C).'
+
+  (tmp_path / 'saving_stage.py').write_text(SAVING_STAGE)
+  saved = tmp_path / 'saved'
+  parent = ('import signal\n'
+            'signal.signal(signal.SIGINT, signal.default_int_handler)  # A foreground job\'s.\n'
+            'from big_distill import cli, runs\n'
+            f'cli.run(lambda argv: runs.run_command("stage", "saving_stage", {str(saved)!r}))\n')
+  proc = subprocess.Popen([sys.executable, '-c', parent], cwd=ROOT, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, 'PYTHONPATH': f'{tmp_path}:{ROOT}'})
+  assert proc.stdout.readline().startswith('[stage]')
+  assert proc.stdout.readline() == 'ready\n'
+  os.killpg(proc.pid, signal.SIGINT)  # As a terminal's Ctrl-C: to the whole foreground group.
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == errors.INTERRUPTED, stderr
+  assert saved.read_text() == 'saved'
+
+
 def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
   """Files may not grow beyond 64 KiB (RLIMIT_FSIZE): the checkpoint write fails like ENOSPC."""
   workdir = str(tmp_path / 'run')
@@ -388,6 +468,8 @@ def test_exit_codes_come_from_the_error_types():
   assert errors.exit_code(errors.WriteFailed('disk full')) == errors.IO_ERROR
   assert errors.exit_code(errors.Diverged('loss')) == errors.DIVERGED == 3
   assert errors.exit_code(errors.Preempted(7)) == errors.PREEMPTED == 75
+  assert errors.exit_code(errors.Interrupted(7)) == errors.INTERRUPTED == 130
+  assert str(errors.Interrupted(7)).startswith('Interrupted at step 7; the run is saved up to it.')
   assert errors.exit_code(KeyError('key')) == errors.BUG
 
 
