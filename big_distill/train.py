@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from big_distill import build, checkpoint, console, errors, metrics, parallel, preemption, steps
 from big_distill import targets as targets_lib, workdir as workdir_lib
+from big_distill.data import locks
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -28,7 +29,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the step it has finished and raise `errors.Preempted`; a Ctrl-C during the steps, likewise
   `errors.Interrupted`.
   """
-  with preemption.Preemption() as preempt:
+  with preemption.Preemption() as preempt, contextlib.ExitStack() as held:
     config = targets_lib.with_stored_teachers(config)
     run = build.create_run(workdir_lib.with_stored_models(config, workdir), prepare=False)
     config = run.config  # With every model's architecture and split resolved.
@@ -42,6 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = build.prepare_data(run)  # Every check has passed: image folders may be written.
 
     workdir_lib.create(workdir)
+    if jax.process_count() == 1:  # The processes of a multi-process run share it.
+      held.enter_context(locks.exclusive(workdir, busy=in_use(workdir)))
     console.log_to(workdir_lib.log_file(workdir, jax.process_index()))
     targets = dataclasses.replace(targets, run=run).ready()
     keep_best = run.distill if config.keep_best is None else config.keep_best
@@ -64,6 +67,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return _loop(targets, state, workdir, manager, preempt, keep_best)
     finally:
       manager.close()
+
+
+def in_use(workdir: str) -> str:
+  """The refusal of a run whose workdir another run holds."""
+  return (f'--workdir={workdir} is in use by another big_distill run on this machine; wait for it '
+          'to end, or stop it (Ctrl-C saves its step), then run this command again.')
 
 
 def _loop(targets: targets_lib.Targets, state: steps.TrainState, workdir: str,

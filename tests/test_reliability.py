@@ -428,6 +428,41 @@ def test_ctrl_c_one_line_and_a_stage_saves_before_its_parent_exits(tmp_path):
   assert saved.read_text() == 'saved'
 
 
+def test_a_workdir_is_one_runs_at_a_time(tmp_path):
+  """The same command started again while the first runs: bad input before it writes anything;
+  the first goes on undisturbed. The lock goes with its block (in a notebook, a second run in the
+  same process) and with its process."""
+  from big_distill import train
+  from big_distill.data import locks
+
+  workdir = tmp_path / 'run'
+  cmd = main_command(f'{TEACHER_CONFIG}:runlocal=True', str(workdir), *TINY_TEACHER,
+                     '--config.total_steps=5000')
+  first = start(cmd)
+  deadline = time.time() + 300
+  while not saved_steps(str(workdir)):
+    assert first.poll() is None and time.time() < deadline, first.stderr
+    time.sleep(0.05)
+  logs = sorted(os.listdir(workdir))
+  second = run(cmd, check=False)
+  assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
+  assert error_lines(second.stderr) == [
+      f'big_distill: error: --workdir={workdir} is in use by another big_distill run on this '
+      'machine; wait for it to end, or stop it (Ctrl-C saves its step), then run this command '
+      'again.']
+  assert sorted(os.listdir(workdir)) == logs  # No second log, events file or cache.
+  first.send_signal(signal.SIGTERM)
+  assert first.wait(120) == errors.PREEMPTED, first.stderr[-2000:]
+
+  busy = train.in_use(str(workdir))
+  with locks.exclusive(str(workdir), busy=busy):
+    with pytest.raises(errors.BadInput, match='is in use by another big_distill run'):
+      with locks.exclusive(str(workdir), busy=busy):
+        pass
+  with locks.exclusive(str(workdir), busy=busy):
+    pass
+
+
 def test_full_disk_while_saving_keeps_earlier_checkpoints(tmp_path):
   """Files may not grow beyond 64 KiB (RLIMIT_FSIZE): the checkpoint write fails like ENOSPC."""
   workdir = str(tmp_path / 'run')

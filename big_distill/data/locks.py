@@ -1,19 +1,21 @@
 """One process of a host at a time: the processes of a multi-process run that start together
-prepare a dataset once (TFDS's own preparation fails in all but the first to finish)."""
+prepare a dataset once (TFDS's own preparation fails in all but the first to finish), and a
+workdir is one run's (the same command started twice)."""
 
 import contextlib
 import fcntl
 import os
 from typing import Iterator
 
-from big_distill import workdir
+from big_distill import errors, workdir
 
 
 @contextlib.contextmanager
-def exclusive(path: str) -> Iterator[None]:
-  """Holds an exclusive `flock` on `path` while the block runs: on a directory itself (nothing is
-  created), or on a file, created if missing. No lock on a remote path (gs://...), where datasets
-  are prepared before a run."""
+def exclusive(path: str, *, busy: str | None = None) -> Iterator[None]:
+  """Holds an exclusive `flock` on `path` while the block runs (released when it ends or the
+  process dies): on a directory itself (nothing is created), or on a file, created if missing.
+  With `busy`, does not wait: `errors.BadInput(busy)` where another process holds it. No lock on
+  a remote path (gs://...), where datasets are prepared before a run."""
   if workdir.is_remote(path):
     yield
     return
@@ -21,7 +23,10 @@ def exclusive(path: str) -> Iterator[None]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
   fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT, 0o644)
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX)  # Released when the descriptor is closed.
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))  # Until `fd` is closed.
+    except BlockingIOError:
+      raise errors.BadInput(busy) from None
     yield
   finally:
     os.close(fd)
