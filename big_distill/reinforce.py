@@ -23,6 +23,7 @@ Several processes (hosts) make one reinforcement together, as they run `big_dist
 flags or environment, `main`): each computes and writes the rows of its data shards.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -73,7 +74,7 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
   from big_distill import build, configlib, console, reinforcement
   from big_distill import targets as targets_lib, teacher_fn as teacher_fn_lib
   from big_distill import teachers as teachers_lib
-  from big_distill.data import input_pipeline
+  from big_distill.data import input_pipeline, locks
   from jax.experimental import multihost_utils
   # pylint: enable=g-import-not-at-top
   if config.mode != 'distill' or config.reinforcement.path or config.teacher_logits_cache:
@@ -96,59 +97,62 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
                  for name, (builder, split) in splits.items()})
   function = teacher_fn_lib.TeacherFunction(teacher_fn, data.num_classes) if teacher_fn else None
   started = time.time()
-  try:
-    if function:  # Refused before anything is written if it cannot answer.
-      side = _teacher_side(config)
-      function.logits(np.zeros((1, side, side, data.channels), np.float32))
-    store = reinforcement.create(workdir, dict(
-        format=reinforcement.FORMAT, fingerprint=fingerprint, views=views,
-        layout=dataclasses.asdict(layout),
-        teachers=None if teacher_fn else teachers_lib.fingerprint(
-            config.teachers, run.teacher_params)['teachers']))
-    rows = targets_lib.process_rows(layout.batch_size)
-    store.create_arrays(rows.stop - rows.start)
-    start = min(store.progress(p) for p in range(jax.process_count()))
-    start -= start % steps_per_chunk  # A whole chunk: its steps are written together.
-    targets_of, eval_logp_of = _targets_fns(run, function)
-    batches = run.train_batches(start, with_index=True)
-    buffer: dict[str, list[Any]] = {}
-    with console.Bar('reinforce', total=layout.steps, initial=start) as bar:
-      for step in range(start, layout.steps):
-        host = next(batches)
-        index = host.pop('index')
-        logp, ratio = targets_of(host, step, config.temperature)
-        stored = {**reinforcement.encode(logp, top_k), 'index': index}
-        if jax.process_index() == 0:  # Every process's ratio is the same: one writes it.
-          stored['ratio'] = ratio
-        for name, value in stored.items():
-          buffer.setdefault(name, []).append(value)
-        if (step + 1) % steps_per_chunk == 0 or step + 1 == layout.steps:
-          store.write_steps(step + 1 - len(buffer['index']), rows,
-                            {k: np.stack(v) for k, v in buffer.items()})
-          store.set_progress(jax.process_index(), step + 1)
-          buffer = {}
-        bar.update()
-    tables = {name: teachers_lib.compute_logits(  # Every process's rows.
-        lambda batch: eval_logp_of(batch['image']), ds.as_numpy_iterator(),
-        layout.eval_sets[name]) for name, ds in eval_sets.items()}
-  finally:
-    if function:
-      function.close()
-  teacher_count = 1 if teacher_fn else len(run.teachers.models)
-  views_stored = layout.steps * layout.batch_size
-  summary = dict(
-      views_per_example=views, steps=layout.steps, views=views_stored,
-      teacher_forwards=teacher_count * (views_stored + sum(layout.eval_sets.values())),
-      teacher_forwards_per_example=teacher_count * views_stored / data.num_train,
-      bytes_per_view=layout.bytes_per_view(), seconds=round(time.time() - started, 1),
-      top_k=top_k, dtype=layout.dtype)
-  multihost_utils.sync_global_devices('reinforce: every process has written its rows')
-  if jax.process_index() == 0:
-    for name, table in tables.items():
-      store.write_eval(name, table)
-    summary['stored_bytes'] = _size(str(store.path))
-    store.complete(summary)
-  return summary
+  with contextlib.ExitStack() as held:  # This workdir's lock, until it is complete.
+    try:
+      if function:  # Refused before anything is written if it cannot answer.
+        side = _teacher_side(config)
+        function.logits(np.zeros((1, side, side, data.channels), np.float32))
+      if jax.process_count() == 1:  # The processes of a multi-process run share it.
+        held.enter_context(locks.only_user(workdir))
+      store = reinforcement.create(workdir, dict(
+          format=reinforcement.FORMAT, fingerprint=fingerprint, views=views,
+          layout=dataclasses.asdict(layout),
+          teachers=None if teacher_fn else teachers_lib.fingerprint(
+              config.teachers, run.teacher_params)['teachers']))
+      rows = targets_lib.process_rows(layout.batch_size)
+      store.create_arrays(rows.stop - rows.start)
+      start = min(store.progress(p) for p in range(jax.process_count()))
+      start -= start % steps_per_chunk  # A whole chunk: its steps are written together.
+      targets_of, eval_logp_of = _targets_fns(run, function)
+      batches = run.train_batches(start, with_index=True)
+      buffer: dict[str, list[Any]] = {}
+      with console.Bar('reinforce', total=layout.steps, initial=start) as bar:
+        for step in range(start, layout.steps):
+          host = next(batches)
+          index = host.pop('index')
+          logp, ratio = targets_of(host, step, config.temperature)
+          stored = {**reinforcement.encode(logp, top_k), 'index': index}
+          if jax.process_index() == 0:  # Every process's ratio is the same: one writes it.
+            stored['ratio'] = ratio
+          for name, value in stored.items():
+            buffer.setdefault(name, []).append(value)
+          if (step + 1) % steps_per_chunk == 0 or step + 1 == layout.steps:
+            store.write_steps(step + 1 - len(buffer['index']), rows,
+                              {k: np.stack(v) for k, v in buffer.items()})
+            store.set_progress(jax.process_index(), step + 1)
+            buffer = {}
+          bar.update()
+      tables = {name: teachers_lib.compute_logits(  # Every process's rows.
+          lambda batch: eval_logp_of(batch['image']), ds.as_numpy_iterator(),
+          layout.eval_sets[name]) for name, ds in eval_sets.items()}
+    finally:
+      if function:
+        function.close()
+    teacher_count = 1 if teacher_fn else len(run.teachers.models)
+    views_stored = layout.steps * layout.batch_size
+    summary = dict(
+        views_per_example=views, steps=layout.steps, views=views_stored,
+        teacher_forwards=teacher_count * (views_stored + sum(layout.eval_sets.values())),
+        teacher_forwards_per_example=teacher_count * views_stored / data.num_train,
+        bytes_per_view=layout.bytes_per_view(), seconds=round(time.time() - started, 1),
+        top_k=top_k, dtype=layout.dtype)
+    multihost_utils.sync_global_devices('reinforce: every process has written its rows')
+    if jax.process_index() == 0:
+      for name, table in tables.items():
+        store.write_eval(name, table)
+      summary['stored_bytes'] = _size(str(store.path))
+      store.complete(summary)
+    return summary
 
 
 def _epochs(config: Any, views: int) -> Any:

@@ -44,7 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     workdir_lib.create(workdir)
     if jax.process_count() == 1:  # The processes of a multi-process run share it.
-      held.enter_context(locks.exclusive(workdir, busy=in_use(workdir)))
+      held.enter_context(locks.only_user(workdir))
     console.log_to(workdir_lib.log_file(workdir, jax.process_index()))
     targets = dataclasses.replace(targets, run=run).ready()
     keep_best = run.distill if config.keep_best is None else config.keep_best
@@ -67,12 +67,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return _loop(targets, state, workdir, manager, preempt, keep_best)
     finally:
       manager.close()
-
-
-def in_use(workdir: str) -> str:
-  """The refusal of a run whose workdir another run holds."""
-  return (f'--workdir={workdir} is in use by another big_distill run on this machine; wait for it '
-          'to end, or stop it (Ctrl-C saves its step), then run this command again.')
 
 
 def _loop(targets: targets_lib.Targets, state: steps.TrainState, workdir: str,

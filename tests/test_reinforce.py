@@ -14,6 +14,7 @@ import pytest
 
 from big_distill import checkpoint, errors, losses, reinforcement, targets
 from big_distill import workdir as workdir_lib
+from big_distill.data import locks
 from tests.helpers import (FUNMATCH_CONFIG, Started, command, error_lines, finish, main_command,
                            read_metrics, run, run_main, snapshot, start)
 
@@ -227,7 +228,7 @@ def test_a_replay_past_its_views_with_live_steps_resumes_exactly_and_knows_its_t
 def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path, teacher_run,
                                                                         top_k_store):
   """Exit 2, one line, nothing written: K < 1, top_k of every class, a teacher function that
-  cannot be imported or returns the wrong shape; replaying an unfinished reinforcement, one of
+  cannot be imported or returns the wrong shape, a workdir another reinforce holds; replaying an unfinished reinforcement, one of
   another temperature, data, augmentation or teacher, or with a live fraction of 1."""
   config = f'{FUNMATCH_CONFIG}:teacher={teacher_run}'
   (tmp_path / 'bad_teacher.py').write_text(BAD_FUNCTION)
@@ -237,7 +238,7 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
   os.remove(os.path.join(unfinished, reinforcement.COMPLETE))
   other_teacher = str(tmp_path / 'other_teacher')  # The same weights elsewhere: other teachers.
   shutil.copytree(teacher_run, other_teacher)
-  new = str(tmp_path / 'new')
+  new, busy = str(tmp_path / 'new'), str(tmp_path / 'busy')
   reinforce = lambda *flags: command('big_distill.reinforce', f'--config={config}',
                                      f'--workdir={new}', *SMALL, *flags)
   replay = lambda path, *flags: main_command(config, new, *SMALL,
@@ -260,14 +261,18 @@ def test_bad_reinforcements_and_replays_are_one_line_and_write_nothing(tmp_path,
                     f'--config.reinforcement.path={done}'), 'differs in: teachers'),
       (replay(done, '--config.reinforcement.live_fraction=1'),
        'config.reinforcement.live_fraction=1.0; use a share of the steps from 0'),
+      (command('big_distill.reinforce', f'--config={config}', f'--workdir={busy}', *SMALL,
+               '--views=1'),  # The same reinforce started twice.
+       f'--workdir={busy} is in use by another big_distill process on this machine'),
   ]
-  before = snapshot(str(tmp_path))
-  for cmd, message in cases:
-    proc = run(cmd, check=False, PYTHONPATH=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == errors.BAD_INPUT and len(lines) == 1, (cmd, proc.stderr[-2000:])
-    assert message in lines[0], lines[0]
-  assert snapshot(str(tmp_path)) == before
+  with locks.only_user(busy):
+    before = snapshot(str(tmp_path))
+    for cmd, message in cases:
+      proc = run(cmd, check=False, PYTHONPATH=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
+      lines = error_lines(proc.stderr)
+      assert proc.returncode == errors.BAD_INPUT and len(lines) == 1, (cmd, proc.stderr[-2000:])
+      assert message in lines[0], lines[0]
+    assert snapshot(str(tmp_path)) == before
 
 
 def test_live_steps_are_evenly_spaced_fresh_views():

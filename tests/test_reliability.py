@@ -432,7 +432,6 @@ def test_a_workdir_is_one_runs_at_a_time(tmp_path):
   """The same command started again while the first runs: bad input before it writes anything;
   the first goes on undisturbed. The lock goes with its block (in a notebook, a second run in the
   same process) and with its process."""
-  from big_distill import train
   from big_distill.data import locks
 
   workdir = tmp_path / 'run'
@@ -447,19 +446,18 @@ def test_a_workdir_is_one_runs_at_a_time(tmp_path):
   second = run(cmd, check=False)
   assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
   assert error_lines(second.stderr) == [
-      f'big_distill: error: --workdir={workdir} is in use by another big_distill run on this '
-      'machine; wait for it to end, or stop it (Ctrl-C saves its step), then run this command '
-      'again.']
+      f'big_distill: error: --workdir={workdir} is in use by another big_distill process on this '
+      'machine; wait for it to end, or stop it (Ctrl-C: a training run saves its step), then run '
+      'this command again.']
   assert sorted(os.listdir(workdir)) == logs  # No second log, events file or cache.
   first.send_signal(signal.SIGTERM)
   assert first.wait(120) == errors.PREEMPTED, first.stderr[-2000:]
 
-  busy = train.in_use(str(workdir))
-  with locks.exclusive(str(workdir), busy=busy):
-    with pytest.raises(errors.BadInput, match='is in use by another big_distill run'):
-      with locks.exclusive(str(workdir), busy=busy):
+  with locks.only_user(str(workdir)):
+    with pytest.raises(errors.BadInput, match='is in use by another big_distill process'):
+      with locks.only_user(str(workdir)):
         pass
-  with locks.exclusive(str(workdir), busy=busy):
+  with locks.only_user(str(workdir)):
     pass
 
 

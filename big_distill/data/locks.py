@@ -30,3 +30,15 @@ def exclusive(path: str, *, busy: str | None = None) -> Iterator[None]:
     yield
   finally:
     os.close(fd)
+
+
+def only_user(directory: str) -> contextlib.AbstractContextManager[None]:
+  """`exclusive` on a workdir, created if missing, for a single-process run or reinforcement: bad
+  input where another process holds it, the same command started twice (the processes of a
+  multi-process run share their workdir: they take no lock)."""
+  if not workdir.is_remote(directory):
+    os.makedirs(directory, exist_ok=True)
+  return exclusive(directory, busy=(
+      f'--workdir={directory} is in use by another big_distill process on this machine; wait for '
+      'it to end, or stop it (Ctrl-C: a training run saves its step), then run this command '
+      'again.'))
