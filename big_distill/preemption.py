@@ -40,9 +40,9 @@ class Preemption:
 
   @contextlib.contextmanager
   def interruptible(self) -> Iterator[None]:
-    """Inside the block (the training steps), a Ctrl-C is a preemption (`interrupted`), and a
-    second one Python's `KeyboardInterrupt`; outside it (start-up, compilation) the first one
-    is."""
+    """Inside the block (the training steps) a first Ctrl-C is a preemption (`interrupted`) and a
+    second one Python's `KeyboardInterrupt`; outside it (start-up, compilation) a first one
+    already is."""
     if not self._handles or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
       yield  # Several processes, or SIGINT ignored (a background job) or handled by others.
       return
