@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from big_distill import errors, models, workdir
+from big_distill import checkpoint, errors, models, runs, workdir
 from big_distill.models import kernels as kernels_lib, loading
 
 
@@ -100,7 +100,14 @@ def freeze(teachers: Teachers, params: tuple[Any, ...]) -> tuple[Teachers, tuple
 
 def load_params(entries: list[ml_collections.ConfigDict], teachers: Teachers,
                 abstract: tuple[Any, ...]) -> tuple[Any, ...]:
-  """Each teacher's variables (host arrays) from its `checkpoint`, checked against `abstract`."""
+  """Each teacher's variables (host arrays) from its `checkpoint`, checked against `abstract`; a
+  warning for a run that has not finished (stopped, or still training), whose latest checkpoint
+  teaches."""
+  for i, entry in enumerate(entries):
+    run = loading.run_directory(entry.checkpoint) if epath.Path(entry.checkpoint).is_dir() else None
+    if run is not None and not runs.finished(str(run)):
+      logging.warning('config.teachers[%d]: %s has not finished its run; its latest checkpoint, '
+                      'step %d, teaches.', i, run, max(checkpoint.saved_steps(str(run))))
   return tuple(loading.load_variables(entry.get('checkpoint'), spec.family, model, shapes)
                for entry, spec, model, shapes in zip(entries, teachers.specs, teachers.models,
                                                      abstract))

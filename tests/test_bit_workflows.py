@@ -2,6 +2,7 @@
 initialisation, fine-tuning with a new head, and exporting a trained student."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +105,23 @@ def test_export_student_to_bit_npz(tmp_path, distill_run):
   loaded = bit.load_bit_npz(str(out), bit.ResNetV2(depth=14, width=0.125, num_classes=10))
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded,
                          jax.tree_util.tree_map(np.asarray, params))
+
+
+def test_a_teacher_run_that_has_not_finished_teaches_with_a_warning(tmp_path, teacher_run,
+                                                                      caplog):
+  """A teacher run stopped before its last step (or still training) teaches from its latest
+  checkpoint, and the log says so; a finished one does not warn."""
+  from big_distill import build, checkpoint
+  from tests.helpers import get_config
+
+  stopped = tmp_path / 'stopped'
+  shutil.copytree(teacher_run, stopped)
+  steps = checkpoint.saved_steps(str(stopped))
+  shutil.rmtree(workdir_lib.checkpoints(str(stopped)) / str(steps[-1]))
+  for teacher, warned in ((teacher_run, False), (stopped, True)):
+    caplog.clear()
+    config = get_config('distill.py', f'runlocal=True,teacher={teacher}')
+    build.create_run(config, data=build.Data(10, 1, 64), teacher_params='load')
+    warnings = [r.getMessage() for r in caplog.records if 'has not finished' in r.getMessage()]
+    assert warnings == ([f'config.teachers[0]: {stopped} has not finished its run; its latest '
+                         f'checkpoint, step {steps[-2]}, teaches.'] if warned else [])
