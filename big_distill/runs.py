@@ -57,10 +57,11 @@ def finished(workdir: str) -> bool:
   """Whether `workdir` holds a run that has saved the checkpoint of its last step (False for no
   run, or one that predates `data.json`, which records its training examples), or a complete
   reinforcement."""
-  if os.path.exists(os.path.join(workdir, reinforcement.META)):
-    return os.path.exists(os.path.join(workdir, reinforcement.COMPLETE))
-  data = workdir_lib.read_data(workdir) if os.path.isdir(workdir) else None
-  if data is None or not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
+  p = workdir_lib.path(workdir)  # Local or remote (gs://).
+  if (p / reinforcement.META).exists():
+    return (p / reinforcement.COMPLETE).exists()
+  data = workdir_lib.read_data(workdir) if p.is_dir() else None
+  if data is None or not (p / workdir_lib.CONFIG).exists():
     return False
   from big_distill import checkpoint, configlib  # pylint: disable=g-import-not-at-top  # JAX.
   config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))

@@ -89,3 +89,19 @@ def test_workdir_files_go_through_epath(fake_gcs):
     assert json.loads(f.read()) == {'step': 1, 'train/loss': 0.5}
   with open(fake_gcs / workdir.CONFIG) as f:
     assert json.load(f)['lr'] == 1e-3
+
+
+def test_a_remote_run_is_finished_once_its_last_step_is_saved(fake_gcs):
+  """`runs.finished` (a teacher run's warning, the reproduction's reuse) reads through epath."""
+  from big_distill import runs
+
+  config = configlib.base_config()
+  config.total_steps = 3
+  workdir.create(WORKDIR)
+  workdir.write_config(config, WORKDIR)
+  workdir.write_data(WORKDIR, num_classes=10, channels=1, num_train=64)
+  (epath.Path(WORKDIR) / workdir.CHECKPOINTS / '2').mkdir(parents=True)
+  assert not runs.finished(WORKDIR)
+  (epath.Path(WORKDIR) / workdir.CHECKPOINTS / '3').mkdir()
+  assert runs.finished(WORKDIR)
+  assert sorted(os.listdir(fake_gcs / workdir.CHECKPOINTS)) == ['2', '3']
