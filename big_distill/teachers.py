@@ -103,8 +103,9 @@ def load_params(entries: list[ml_collections.ConfigDict], teachers: Teachers,
   """Each teacher's variables (host arrays) from its `checkpoint`, checked against `abstract`; a
   warning for a run that has not finished (stopped, or still training), whose latest checkpoint
   teaches."""
-  for i, entry in enumerate(entries):
-    run = loading.run_directory(entry.checkpoint) if epath.Path(entry.checkpoint).is_dir() else None
+  for i, entry in enumerate(entries):  # ConfigDicts, or dicts of a stored config.
+    path = entry.get('checkpoint')
+    run = loading.run_directory(path) if epath.Path(path).is_dir() else None
     if run is not None and not runs.finished(str(run)):
       logging.warning('config.teachers[%d]: %s has not finished its run; its latest checkpoint, '
                       'step %d, teaches.', i, run, max(checkpoint.saved_steps(str(run))))

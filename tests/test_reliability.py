@@ -369,24 +369,23 @@ def test_ctrl_c_is_a_preemption_only_during_the_steps_and_a_second_one_stops_at_
   outside it, and where SIGINT is ignored (a background job), SIGINT keeps its handler."""
   from big_distill import preemption
 
-  default = signal.getsignal(signal.SIGINT)
-  assert default is signal.default_int_handler
-  with preemption.Preemption() as preempt:
-    assert signal.getsignal(signal.SIGINT) is default  # Start-up: Ctrl-C stops at once.
-    with preempt.interruptible():
-      os.kill(os.getpid(), signal.SIGINT)
-      assert preempt.interrupted and not preempt.requested
-      with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is default
+  runner = signal.signal(signal.SIGINT, signal.default_int_handler)  # A foreground job's.
   try:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with preemption.Preemption() as preempt:
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Start-up.
+      with preempt.interruptible():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert preempt.interrupted and not preempt.requested
+        with pytest.raises(KeyboardInterrupt):
+          os.kill(os.getpid(), signal.SIGINT)
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # A background job's.
     with preemption.Preemption() as preempt, preempt.interruptible():
       assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
       os.kill(os.getpid(), signal.SIGINT)
       assert not preempt.interrupted
   finally:
-    signal.signal(signal.SIGINT, default)
+    signal.signal(signal.SIGINT, runner)
 
 
 # A stage that takes a second to save when interrupted, then exits as `main` does (130).
