@@ -102,8 +102,7 @@ def reinforce(config: Any, workdir: str, views: int, *, top_k: int | None = None
       if function:  # Refused before anything is written if it cannot answer.
         side = _teacher_side(config)
         function.logits(np.zeros((1, side, side, data.channels), np.float32))
-      if jax.process_count() == 1:  # The processes of a multi-process run share it.
-        held.enter_context(locks.only_user(workdir))
+      held.enter_context(locks.only_user(workdir))
       store = reinforcement.create(workdir, dict(
           format=reinforcement.FORMAT, fingerprint=fingerprint, views=views,
           layout=dataclasses.asdict(layout),

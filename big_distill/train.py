@@ -43,8 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = build.prepare_data(run)  # Every check has passed: image folders may be written.
 
     workdir_lib.create(workdir)
-    if jax.process_count() == 1:  # The processes of a multi-process run share it.
-      held.enter_context(locks.only_user(workdir))
+    held.enter_context(locks.only_user(workdir))
     console.log_to(workdir_lib.log_file(workdir, jax.process_index()))
     targets = dataclasses.replace(targets, run=run).ready()
     keep_best = run.distill if config.keep_best is None else config.keep_best

@@ -7,6 +7,8 @@ import fcntl
 import os
 from typing import Iterator
 
+import jax
+
 from big_distill import errors, workdir
 
 
@@ -36,6 +38,8 @@ def only_user(directory: str) -> contextlib.AbstractContextManager[None]:
   """`exclusive` on a workdir, created if missing, for a single-process run or reinforcement: bad
   input where another process holds it, the same command started twice (the processes of a
   multi-process run share their workdir: they take no lock)."""
+  if jax.process_count() > 1:
+    return contextlib.nullcontext()
   if not workdir.is_remote(directory):
     os.makedirs(directory, exist_ok=True)
   return exclusive(directory, busy=(
